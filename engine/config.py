@@ -1,0 +1,324 @@
+"""Typed, validated configuration of a training run.
+
+`TrainConfig` is the single source of truth for training: the CLI, the YAML loader and the
+dashboard's Train form all build one and call `validate()`, so every front end shows the same
+messages. Every problem raises `ConfigError` naming the field. No heavy imports here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "Qwen/Qwen2-Audio-7B-Instruct"
+TINY_MODEL = "tiny"
+
+ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
+TARGET_PRESETS = {
+    "attention": ATTENTION_TARGETS,
+    "attention+mlp": ATTENTION_TARGETS + MLP_TARGETS,
+}
+PRESET_LABELS = {"attention": "Attention-Only", "attention+mlp": "Attention+MLP"}
+# Linear layers of Qwen2-Audio a LoRA may target (LM, audio encoder, projector). A name outside
+# this set matches nothing in the model; peft would fail late, so we fail early.
+MODEL_LINEAR_NAMES = frozenset(ATTENTION_TARGETS + MLP_TARGETS + ("out_proj", "fc1", "fc2", "linear"))
+
+QUANTIZATIONS = ("4bit", "8bit", "none")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+CHECKPOINT_POLICIES = ("final", "epoch")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "bfloat16", "float32")
+GRAD_CHECKPOINTING = ("auto", "on", "off")
+
+DEFAULT_LABELS = ("SPEECH", "NONSPEECH")
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+DEFAULT_PROMPT = "Is this short clip speech or non-speech? Answer with one word: SPEECH or NONSPEECH."
+
+_FILTER_SPEC = re.compile(r"^\s*(?:(-?[\d.]+)?\s*:\s*(-?[\d.]+)?|-?[\d.]+(?:\s*,\s*-?[\d.]+)*)\s*$")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; `field` names the offending field."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
+
+@dataclass
+class TrainConfig:
+    """One QLoRA training run of Qwen2-Audio for SPEECH / NONSPEECH clip classification."""
+
+    label: str = ""
+    """Human name of the configuration, e.g. "Attention-Only" (default: from the target preset)."""
+    model: str = DEFAULT_MODEL
+    """Hub id (loaded from the local hub cache only), a local model folder, or "tiny"."""
+    quantization: str = "4bit"
+    """"4bit" (NF4, double quantization, bf16 compute), "8bit", or "none"."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: float = 32
+    """LoRA alpha (scaling = alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    targets: str | list[str] = "attention"
+    """Preset "attention" (q,k,v,o_proj), "attention+mlp" (adds gate,up,down_proj), or a list."""
+    seed: int = 42
+    """Seed for initialisation, data order and dropout."""
+    epochs: float = 3
+    """Passes over the training set."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs when smaller)."""
+    per_device_batch: int = 2
+    """Clips per micro-batch."""
+    grad_accum: int = 8
+    """Micro-batches per optimizer step (effective batch = per_device_batch * grad_accum)."""
+    learning_rate: float = 2e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.03
+    """Fraction of optimizer steps spent warming up linearly."""
+    scheduler: str = "linear"
+    """Learning-rate schedule after warm-up: linear, cosine, constant, constant_with_warmup."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables)."""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    """System turn of the chat."""
+    prompt: str = DEFAULT_PROMPT
+    """Question asked after the audio in the user turn."""
+    label_words: list[str] = field(default_factory=lambda: list(DEFAULT_LABELS))
+    """Answer words, positive class first: [SPEECH word, NONSPEECH word]."""
+    max_clip_seconds: float = 30.0
+    """Longer clips are truncated (and counted in the summary); 30 s is the encoder's limit."""
+    train_data: str = ""
+    """Training manifest (CSV/JSONL with path,label), class folders, or an audiofolder."""
+    val_data: str = ""
+    """Optional validation data, same formats; scored at the end of training."""
+    filters: dict[str, str] = field(default_factory=dict)
+    """Manifest filters, column -> "min:max" range or "v1,v2" values (e.g. duration_ms, snr_db)."""
+    skip_bad_audio: bool = False
+    """Skip unreadable clips (listed in the summary) instead of refusing to start."""
+    checkpoints: str = "final"
+    """"final": only the final adapter; "epoch": also one adapter per epoch. Never optimizer state."""
+    device: str = "auto"
+    """"auto" (cuda when available), "cpu" or "cuda"."""
+    dtype: str = "auto"
+    """Compute dtype: auto (bf16 on GPU, fp32 on CPU), bfloat16 or float32."""
+    gradient_checkpointing: str = "auto"
+    """"auto" (on for GPUs), "on" or "off". Always non-reentrant."""
+    num_workers: int = 0
+    """DataLoader workers for audio decoding."""
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def target_modules(self) -> list[str]:
+        if isinstance(self.targets, str):
+            return list(TARGET_PRESETS[self.targets])
+        return list(self.targets)
+
+    @property
+    def target_preset(self) -> str | None:
+        if isinstance(self.targets, str):
+            return self.targets
+        for name, modules in TARGET_PRESETS.items():
+            if sorted(modules) == sorted(self.targets):
+                return name
+        return None
+
+    @property
+    def effective_batch(self) -> int:
+        return self.per_device_batch * self.grad_accum
+
+    def display_label(self) -> str:
+        if self.label:
+            return self.label
+        preset = self.target_preset
+        return PRESET_LABELS.get(preset, "+".join(self.target_modules)) if preset else "+".join(self.target_modules)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, check_paths: bool = True) -> "TrainConfig":
+        """Normalise and check every field; raises ConfigError naming the first bad one."""
+        _require(isinstance(self.model, str) and self.model.strip(), "model", "must not be empty")
+        _choice(self, "quantization", QUANTIZATIONS)
+        _choice(self, "scheduler", SCHEDULERS)
+        _choice(self, "checkpoints", CHECKPOINT_POLICIES)
+        _choice(self, "device", DEVICES)
+        _choice(self, "dtype", DTYPES)
+        _choice(self, "gradient_checkpointing", GRAD_CHECKPOINTING)
+
+        self.lora_r = _int(self, "lora_r", minimum=1)
+        self.lora_alpha = _number(self, "lora_alpha")
+        _require(self.lora_alpha > 0, "lora_alpha", f"must be > 0 (got {self.lora_alpha:g})")
+        self.lora_dropout = _number(self, "lora_dropout")
+        _require(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1) (got {self.lora_dropout:g})")
+        self.seed = _int(self, "seed", minimum=0)
+        self.epochs = _number(self, "epochs")
+        _require(self.epochs > 0, "epochs", f"must be > 0 (got {self.epochs:g})")
+        if self.max_steps is not None:
+            self.max_steps = _int(self, "max_steps", minimum=1)
+        self.per_device_batch = _int(self, "per_device_batch", minimum=1)
+        self.grad_accum = _int(self, "grad_accum", minimum=1)
+        self.num_workers = _int(self, "num_workers", minimum=0)
+        self.learning_rate = _number(self, "learning_rate")
+        _require(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1) (got {self.learning_rate:g})")
+        self.weight_decay = _number(self, "weight_decay")
+        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        self.warmup_ratio = _number(self, "warmup_ratio")
+        _require(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1) (got {self.warmup_ratio:g})")
+        self.max_grad_norm = _number(self, "max_grad_norm")
+        _require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 disables clipping)")
+        self.max_clip_seconds = _number(self, "max_clip_seconds")
+        _require(0 < self.max_clip_seconds <= 30, "max_clip_seconds",
+                 f"must be in (0, 30]: the audio encoder sees at most 30 s (got {self.max_clip_seconds:g})")
+
+        self._validate_targets()
+        self._validate_labels()
+        _require(isinstance(self.prompt, str) and self.prompt.strip(), "prompt", "must not be empty")
+        self._validate_filters()
+        if self.quantization != "none" and self.device == "cpu" and self.dtype == "bfloat16":
+            pass  # allowed: bitsandbytes runs bf16 compute on CPU, only slower
+        if check_paths:
+            _require(bool(self.train_data), "train_data", "is required (a manifest CSV/JSONL or a folder)")
+            _path_exists("train_data", self.train_data)
+            if self.val_data:
+                _path_exists("val_data", self.val_data)
+        return self
+
+    def _validate_targets(self) -> None:
+        targets = self.targets
+        if isinstance(targets, str):
+            if "," in targets:
+                targets = [t.strip() for t in targets.split(",") if t.strip()]
+            elif targets not in TARGET_PRESETS:
+                raise ConfigError("targets", f"unknown preset {targets!r}; use one of "
+                                  f"{', '.join(TARGET_PRESETS)} or a list of module names")
+        if isinstance(targets, (list, tuple)):
+            targets = [str(t).strip() for t in targets]
+            _require(len(targets) > 0, "targets", "must name at least one module")
+            unknown = sorted(set(targets) - MODEL_LINEAR_NAMES)
+            _require(not unknown, "targets",
+                     f"Qwen2-Audio has no module named {', '.join(unknown)}; "
+                     f"known linear layers: {', '.join(sorted(MODEL_LINEAR_NAMES))}")
+            targets = list(dict.fromkeys(targets))
+        self.targets = targets
+
+    def _validate_labels(self) -> None:
+        words = [str(w).strip() for w in (self.label_words or [])]
+        _require(len(words) == 2, "label_words", f"needs exactly two words, SPEECH first (got {words})")
+        _require(all(words), "label_words", "must not be empty")
+        _require(words[0] != words[1], "label_words", "the two words must differ")
+        self.label_words = words
+
+    def _validate_filters(self) -> None:
+        _require(isinstance(self.filters, dict), "filters", "must map column -> spec")
+        for column, spec in self.filters.items():
+            spec = str(spec)
+            _require(bool(_FILTER_SPEC.match(spec)), f"filters.{column}",
+                     f"{spec!r} is not 'min:max' or 'v1,v2,...'")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["target_modules"] = self.target_modules
+        data["effective_batch"] = self.effective_batch
+        data["label"] = self.display_label()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"target_modules", "effective_batch", "kind", "schema_version"})
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown field (known: {', '.join(sorted(known))})")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("config", f"file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("config", f"{path} must hold a mapping of field: value")
+        return cls.from_dict(data)
+
+
+def config_fields() -> list[tuple[str, Any, str]]:
+    """(name, default, docstring) of every field, for forms and docs."""
+    import ast
+    import inspect
+
+    source = inspect.getsource(TrainConfig)
+    docs: dict[str, str] = {}
+    tree = ast.parse(source)
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]
+    out = []
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        out.append((f.name, getattr(defaults, f.name), docs.get(f.name, "")))
+    return out
+
+
+def parse_filter(spec: str):
+    """A predicate for one filter spec: "min:max" (inclusive, either side open) or "v1,v2"."""
+    spec = str(spec).strip()
+    if ":" in spec:
+        lo_s, hi_s = (s.strip() for s in spec.split(":", 1))
+        lo = float(lo_s) if lo_s else -math.inf
+        hi = float(hi_s) if hi_s else math.inf
+        return lambda v: v is not None and lo <= float(v) <= hi
+    values = {float(v) for v in spec.split(",")}
+    return lambda v: v is not None and float(v) in values
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _require(ok: Any, field_name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(field_name, message)
+
+
+def _choice(cfg: TrainConfig, name: str, options: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    _require(value in options, name, f"{value!r} is not one of {', '.join(options)}")
+
+
+def _number(cfg: TrainConfig, name: str) -> float:
+    value = getattr(cfg, name)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(name, f"must be a number (got {value!r})") from None
+    _require(math.isfinite(number), name, f"must be finite (got {value!r})")
+    return int(number) if isinstance(value, int) and not isinstance(value, bool) else number
+
+
+def _int(cfg: TrainConfig, name: str, minimum: int) -> int:
+    value = getattr(cfg, name)
+    try:
+        number = int(value)
+        if float(value) != number:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(name, f"must be a whole number (got {value!r})") from None
+    _require(number >= minimum, name, f"must be >= {minimum} (got {number})")
+    return number
+
+
+def _path_exists(name: str, value: str) -> None:
+    path = Path(value).expanduser()
+    _require(path.exists(), name, f"not found: {path}")
