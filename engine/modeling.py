@@ -1,0 +1,465 @@
+"""Everything that knows the Qwen2-Audio model family: loading, quantization, LoRA, prompts,
+label tokens, and the forward passes used for training and scoring.
+
+The traps of ../shared/QWEN2AUDIO.md are handled here and nowhere else:
+- transformers 5 matches quantization skip-modules against full names (`model.audio_tower`,
+  `model.multi_modal_projector`); the audio encoder and projector stay in bf16.
+- gradient checkpointing is always non-reentrant (reentrant starves the encoder's LoRA of grads).
+- the processor is called with `audio=`, never the silently ignored `audios=`.
+- bf16 compute (fp16 gives NaN losses with Qwen2); fp32 on CPU.
+- embeddings and lm_head are not upcast to fp32 unless asked (+2.6 GB on the 7B).
+
+The forward pass (`encode`, `hidden_states`) is the engine's fast path and is exact:
+- the audio encoder gets only the mel frames the batch needs (longest clip + 2 frames for the
+  convolution edge, even length) with the positional table sliced to match; the padding mask
+  makes the real frames' outputs identical to the 3000-frame stock input;
+- the lm_head runs only at the positions that are scored or trained on.
+`stock_*` functions run the unmodified Hugging Face forward, for equivalence tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.config import DEFAULT_MODEL, TARGET_PRESETS, TINY_MODEL, ConfigError
+
+AUDIO_PLACEHOLDER = "<|audio_bos|><|AUDIO|><|audio_eos|>"
+FULL_MEL_FRAMES = 3000
+HOP_LENGTH = 160
+QUANT_SKIP_MODULES = ["model.audio_tower", "model.multi_modal_projector", "lm_head"]
+
+# Public configuration of Qwen/Qwen2-Audio-7B-Instruct (no weights needed to build it on meta).
+QWEN2_AUDIO_7B = dict(
+    audio_config=dict(model_type="qwen2_audio_encoder", d_model=1280, encoder_layers=32,
+                      encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128,
+                      max_source_positions=1500),
+    text_config=dict(model_type="qwen2", vocab_size=156032, hidden_size=4096, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008,
+                     rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=8192,
+                     tie_word_embeddings=False),
+    audio_token_index=151646,
+)
+MODEL_ALIASES = {"qwen2-audio-7b": DEFAULT_MODEL, "qwen2-audio-7b-instruct": DEFAULT_MODEL}
+
+
+class ModelError(RuntimeError):
+    """The model could not be found or loaded; the message says where we looked."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+def resolve_model_path(model: str) -> Path:
+    """`tiny` -> the locally built tiny model; a folder -> itself; a hub id -> the local hub cache.
+
+    Nothing is downloaded: a hub id must already be in the Hugging Face cache.
+    """
+    model = MODEL_ALIASES.get(model.lower(), model) if isinstance(model, str) else model
+    if model == TINY_MODEL:
+        from engine.tiny import ensure_tiny_model
+
+        return ensure_tiny_model()
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is a folder but has no config.json: not a Hugging Face model folder")
+        return path
+    if path.is_absolute() or str(model).startswith((".", "~")):
+        raise ModelError(f"model folder not found: {path}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception as exc:  # noqa: BLE001 - hub raises several types for "not cached"
+        raise ModelError(
+            f"model {model!r} is not in the local Hugging Face cache ({type(exc).__name__}). "
+            "Nothing is downloaded at run time: download it once with `huggingface-cli download "
+            f"{model}` or pass a local folder with --model") from None
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda was asked for but no CUDA GPU is visible")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+
+
+def quantization_config(quantization: str, compute_dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=QUANT_SKIP_MODULES)
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=QUANT_SKIP_MODULES)
+    return None
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model with its processor and what scoring/training need to know about it."""
+
+    model: Any  # Qwen2AudioForConditionalGeneration, possibly wrapped by peft
+    processor: Any
+    device: torch.device
+    dtype: torch.dtype
+    model_path: Path
+    quantization: str
+
+    @property
+    def hf(self):
+        """The underlying Qwen2AudioForConditionalGeneration (through a peft wrapper if any)."""
+        return unwrap(self.model)
+
+
+def unwrap(model):
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.base_model.model
+    return model
+
+
+def load_model(model: str, quantization: str = "4bit", device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load processor + Qwen2AudioForConditionalGeneration, 4/8-bit through bitsandbytes or plain."""
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    path = resolve_model_path(model)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    processor = AutoProcessor.from_pretrained(path)
+    kwargs: dict[str, Any] = dict(dtype=torch_dtype)
+    qconfig = quantization_config(quantization, torch_dtype)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
+    try:
+        hf = Qwen2AudioForConditionalGeneration.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not load {path}: {exc}") from exc
+    if qconfig is None:
+        hf.to(dev)
+    hf.config.use_cache = False
+    return LoadedModel(hf, processor, dev, torch_dtype, path, quantization)
+
+
+def attach_lora(loaded: LoadedModel, r: int, alpha: float, dropout: float, targets: Sequence[str],
+                gradient_checkpointing: bool, upcast_non_quantized: bool = False) -> None:
+    """Freeze the base, attach LoRA adapters (trainable), and prepare for k-bit training."""
+    from peft import LoraConfig, get_peft_model
+
+    hf = loaded.hf
+    present = {name.rsplit(".", 1)[-1] for name, mod in hf.named_modules() if isinstance(mod, torch.nn.Linear)
+               or type(mod).__name__ in ("Linear4bit", "Linear8bitLt")}
+    missing = sorted(set(targets) - present)
+    if missing:
+        raise ConfigError("targets", f"this model has no module named {', '.join(missing)} "
+                          f"(linear layers present: {', '.join(sorted(present))})")
+    for param in hf.parameters():
+        param.requires_grad_(False)
+    if upcast_non_quantized:
+        for param in hf.parameters():
+            if param.dtype in (torch.float16, torch.bfloat16):
+                param.data = param.data.float()
+    if gradient_checkpointing:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf.enable_input_require_grads()
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
+                      bias="none", task_type="CAUSAL_LM")
+    loaded.model = get_peft_model(hf, lora)
+
+
+def load_adapter(loaded: LoadedModel, adapter_dir: Path) -> None:
+    """Wrap the loaded base model with a saved PEFT adapter (inference only)."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir} has no adapter_config.json: not a PEFT adapter folder")
+    loaded.model = PeftModel.from_pretrained(loaded.hf, adapter_dir, is_trainable=False)
+
+
+def parameter_counts(model) -> dict[str, Any]:
+    """Trainable and total parameters (4-bit weights counted at their logical size)."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored byte
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total if total else 0.0,
+            "adapter_mb": trainable * 4 / 1e6}
+
+
+# ----------------------------------------------------------------------------- prompts & labels
+
+def prompt_text(system_prompt: str, prompt: str) -> str:
+    """The chat text before the answer: Qwen2-Audio-Instruct's turn format with one audio."""
+    return (f"<|im_start|>system\n{system_prompt}<|im_end|>\n"
+            f"<|im_start|>user\nAudio 1: {AUDIO_PLACEHOLDER}\n{prompt}<|im_end|>\n"
+            f"<|im_start|>assistant\n")
+
+
+@dataclass
+class LabelPlan:
+    """How the two answers are tokenized and where they first differ.
+
+    Scoring appends the shared prefix (often empty) to the prompt and compares the
+    log-probabilities of the first token where the answers differ: one forward pass, and
+    sub-tokens are never pooled across classes (`SPEECH` = S|PE|ECH, `NONSPEECH` = N|ONS|PE|ECH).
+    """
+
+    words: tuple[str, str]
+    answer_ids: tuple[list[int], list[int]]  # each answer + <|im_end|>
+    shared_prefix: list[int]
+    decision_ids: tuple[int, int]
+
+
+def label_plan(tokenizer, label_words: Sequence[str]) -> LabelPlan:
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = [tokenizer(w, add_special_tokens=False).input_ids + [end] for w in label_words]
+    k = 0
+    while k < min(len(ids[0]), len(ids[1])) and ids[0][k] == ids[1][k]:
+        k += 1
+    if k == min(len(ids[0]), len(ids[1])):
+        raise ConfigError("label_words", f"{label_words} tokenize identically")
+    return LabelPlan(tuple(label_words), (ids[0], ids[1]), ids[0][:k], (ids[0][k], ids[1][k]))
+
+
+# ----------------------------------------------------------------------------- batching
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor          # (B, S)
+    attention_mask: torch.Tensor     # (B, S)
+    position_ids: torch.Tensor       # (B, S)
+    input_features: torch.Tensor     # (B, 128, 3000) mel, as the processor returns it
+    feature_attention_mask: torch.Tensor  # (B, 3000)
+    target_positions: torch.Tensor   # (N,) flat indices b*S+s of positions that predict a target
+    target_ids: torch.Tensor         # (N,) token ids predicted there
+    target_rows: torch.Tensor        # (N,) batch row of each target
+    score_positions: torch.Tensor    # (B,) flat index of the position that decides the class
+
+    def to(self, device) -> "Batch":
+        return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+
+def audio_token_count(n_samples: int) -> int:
+    """Audio tokens the processor inserts for a clip (about 25 per second)."""
+    frames = min(FULL_MEL_FRAMES, math.ceil(n_samples / HOP_LENGTH)) if n_samples else 1
+    return (((frames - 1) // 2 + 1) - 2) // 2 + 1
+
+
+def make_batch(processor, audios: Sequence[np.ndarray], system_prompt: str, prompt: str, plan: LabelPlan,
+               answers: Sequence[int] | None = None, padding_side: str = "left") -> Batch:
+    """Tokens and mel features for a batch of clips.
+
+    answers=None -> scoring batch: prompt + the answers' shared prefix; score at its last token.
+    answers=[class index per clip] -> training batch: prompt + full answer; targets = answer tokens.
+    The prompt ids equal what `processor(text=..., audio=...)` produces (tested).
+    """
+    tok = processor.tokenizer
+    feats = processor.feature_extractor(list(audios), sampling_rate=16000, padding="max_length",
+                                        return_attention_mask=True, return_tensors="pt")
+    before, after = prompt_text(system_prompt, prompt).split("<|AUDIO|>")
+    ids_before = tok(before, add_special_tokens=False).input_ids
+    ids_after = tok(after, add_special_tokens=False).input_ids
+    audio_id = tok.convert_tokens_to_ids("<|AUDIO|>")
+    mel_lengths = feats["attention_mask"].sum(-1).tolist()
+    rows, targets = [], []
+    for i, mel_len in enumerate(mel_lengths):
+        n_audio = (((int(mel_len) - 1) // 2 + 1) - 2) // 2 + 1
+        seq = ids_before + [audio_id] * n_audio + ids_after
+        if answers is None:
+            seq = seq + plan.shared_prefix
+            targets.append([])
+        else:
+            answer = plan.answer_ids[answers[i]]
+            targets.append(list(range(len(seq) - 1, len(seq) - 1 + len(answer))))
+            seq = seq + answer
+        rows.append(seq)
+    width = max(len(r) for r in rows)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    t_pos, t_ids, t_rows, s_pos = [], [], [], []
+    for b, seq in enumerate(rows):
+        offset = width - len(seq) if padding_side == "left" else 0
+        input_ids[b, offset:offset + len(seq)] = torch.tensor(seq)
+        attention[b, offset:offset + len(seq)] = 1
+        for p in targets[b]:
+            t_pos.append(b * width + offset + p)
+            t_ids.append(seq[p + 1])
+            t_rows.append(b)
+        s_pos.append(b * width + offset + len(seq) - 1)
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    return Batch(input_ids, attention, position_ids, feats["input_features"], feats["attention_mask"],
+                 torch.tensor(t_pos, dtype=torch.long), torch.tensor(t_ids, dtype=torch.long),
+                 torch.tensor(t_rows, dtype=torch.long), torch.tensor(s_pos, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- fast forward
+
+def encode_audio(hf, input_features: torch.Tensor, feature_attention_mask: torch.Tensor,
+                 trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Audio features (B, T_out, hidden) after the projector, and per-clip valid lengths.
+
+    With trim=True only the first `longest + 2` mel frames (even) go through the encoder; the
+    last real output reads at most frame length+1 through the two convolutions, and the
+    attention mask hides everything after each clip, so the kept outputs equal the full ones.
+    """
+    from transformers.masking_utils import create_bidirectional_mask
+
+    tower = hf.model.audio_tower
+    lengths = feature_attention_mask.sum(-1)
+    frames = FULL_MEL_FRAMES
+    if trim:
+        longest = int(lengths.max())
+        frames = min(FULL_MEL_FRAMES, longest + 2 + (longest % 2))
+    feats = input_features[:, :, :frames].to(dtype=tower.conv1.weight.dtype, device=tower.conv1.weight.device)
+    conv_lengths, out_lengths = tower._get_feat_extract_output_lengths(lengths.to(feats.device))
+    x = F.gelu(tower.conv1(feats))
+    x = F.gelu(tower.conv2(x)).permute(0, 2, 1)
+    x = x + tower.embed_positions.weight[: x.shape[1]]
+    x = F.dropout(x, p=tower.dropout, training=tower.training)
+    valid = (torch.arange(x.shape[1], device=x.device)[None, :] < conv_lengths[:, None]).long()
+    mask = create_bidirectional_mask(config=tower.config, inputs_embeds=x[..., :1], attention_mask=valid)
+    for layer in tower.layers:
+        x = layer(x, mask)
+    x = tower.avg_pooler(x.permute(0, 2, 1)).permute(0, 2, 1)
+    x = tower.layer_norm(x)
+    return hf.model.multi_modal_projector(x), out_lengths
+
+
+def hidden_states(hf, batch: Batch, trim: bool = True) -> torch.Tensor:
+    """Last hidden states (B, S, H) of the language model with the audio features merged in."""
+    audio, out_lengths = encode_audio(hf, batch.input_features, batch.feature_attention_mask, trim=trim)
+    keep = torch.arange(audio.shape[1], device=audio.device)[None, :] < out_lengths[:, None]
+    audio = audio[keep]
+    embed = hf.model.get_input_embeddings()
+    inputs_embeds = embed(batch.input_ids)
+    audio_mask = (batch.input_ids == hf.config.audio_token_id).unsqueeze(-1)
+    if int(audio_mask.sum()) != audio.shape[0]:
+        raise RuntimeError(f"audio tokens ({int(audio_mask.sum())}) != audio features ({audio.shape[0]})")
+    inputs_embeds = inputs_embeds.masked_scatter(audio_mask, audio.to(inputs_embeds.dtype))
+    out = hf.model.language_model(inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask,
+                                  position_ids=batch.position_ids, use_cache=False)
+    return out.last_hidden_state
+
+
+def answer_loss(model, batch: Batch, trim: bool = True) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the answer tokens; the lm_head runs only at those positions."""
+    hf = unwrap(model)
+    h = hidden_states(hf, batch, trim=trim)
+    picked = h.reshape(-1, h.shape[-1])[batch.target_positions]
+    logits = hf.lm_head(picked).float()
+    return F.cross_entropy(logits, batch.target_ids), int(batch.target_ids.numel())
+
+
+def class_scores(model, batch: Batch, plan: LabelPlan, trim: bool = True) -> torch.Tensor:
+    """(B, 2) log-probabilities of the first token where the two answers differ."""
+    hf = unwrap(model)
+    h = hidden_states(hf, batch, trim=trim)
+    picked = h.reshape(-1, h.shape[-1])[batch.score_positions]
+    logp = torch.log_softmax(hf.lm_head(picked).float(), dim=-1)
+    return logp[:, list(plan.decision_ids)]
+
+
+# ----------------------------------------------------------------------------- stock path
+
+def stock_forward_logits(model, batch: Batch) -> torch.Tensor:
+    """The unmodified Hugging Face forward: 3000 mel frames, full-vocabulary logits everywhere."""
+    hf = unwrap(model)
+    out = hf(input_ids=batch.input_ids, input_features=batch.input_features, attention_mask=batch.attention_mask,
+             feature_attention_mask=batch.feature_attention_mask, position_ids=batch.position_ids, use_cache=False)
+    return out.logits
+
+
+def stock_answer_loss(model, batch: Batch) -> torch.Tensor:
+    """HF's own loss with labels = answer tokens (prompt masked with -100), like the users' script."""
+    hf = unwrap(model)
+    labels = torch.full_like(batch.input_ids, -100)
+    labels.view(-1)[batch.target_positions + 1] = batch.target_ids
+    out = hf(input_ids=batch.input_ids, input_features=batch.input_features, attention_mask=batch.attention_mask,
+             feature_attention_mask=batch.feature_attention_mask, position_ids=batch.position_ids,
+             labels=labels, use_cache=False)
+    return out.loss
+
+
+def stock_class_scores(model, batch: Batch, plan: LabelPlan) -> torch.Tensor:
+    logits = stock_forward_logits(model, batch)
+    picked = logits.reshape(-1, logits.shape[-1])[batch.score_positions]
+    return torch.log_softmax(picked.float(), dim=-1)[:, list(plan.decision_ids)]
+
+
+# ----------------------------------------------------------------------------- parameter accounting
+
+def meta_parameter_counts(model: str, targets: Sequence[str], lora_r: int = 16, lora_alpha: float = 32) -> dict:
+    """Trainable/total parameters of LoRA on a model built on the meta device (no weights)."""
+    from accelerate import init_empty_weights
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    if MODEL_ALIASES.get(model.lower(), model) == DEFAULT_MODEL:
+        config = Qwen2AudioConfig(**QWEN2_AUDIO_7B)
+    else:
+        config = AutoConfig.from_pretrained(resolve_model_path(model))
+    with init_empty_weights():
+        hf = Qwen2AudioForConditionalGeneration(config)
+    total_base = sum(p.numel() for p in hf.parameters())
+    peft_model = get_peft_model(hf, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=list(targets),
+                                               task_type="CAUSAL_LM"))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = total_base + trainable
+    return {"trainable": trainable, "total": total, "percent": round(100.0 * trainable / total, 4),
+            "adapter_mb": round(trainable * 4 / 1e6, 1), "base_total": total_base,
+            "targets": list(targets), "lora_r": lora_r}
+
+
+def params_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="qwen2-audio-7b",
+                        help="qwen2-audio-7b (public config, no weights), tiny, or a model folder")
+    parser.add_argument("--targets", default="attention",
+                        help="attention | attention+mlp | comma-separated module names")
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--lora-alpha", type=float, default=32)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def params_main(args: argparse.Namespace) -> int:
+    targets = TARGET_PRESETS.get(args.targets) or [t.strip() for t in args.targets.split(",") if t.strip()]
+    counts = meta_parameter_counts(args.model, targets, args.lora_r, args.lora_alpha)
+    if args.json:
+        print(json.dumps({k: counts[k] for k in ("trainable", "total", "percent", "adapter_mb")}))
+    else:
+        print(f"model      {args.model}\ntargets    {','.join(targets)} (r={args.lora_r})\n"
+              f"trainable  {counts['trainable']:,} ({counts['percent']:.4f}%)\n"
+              f"total      {counts['total']:,}\nadapter    {counts['adapter_mb']:.1f} MB (fp32)")
+    return 0
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -1,0 +1,230 @@
+"""Logit-scoring evaluation: one forward pass per batch, no text generation.
+
+Each class's score is the log-probability, given the prompt, of the first token where the two
+answers differ (see modeling.LabelPlan); p(SPEECH) is the softmax over the two class scores and
+the prediction is SPEECH when p(SPEECH) >= threshold (0.5 = arg-max, or one chosen on a
+validation evaluation and recorded). Targets: a training run's adapter (`--run`), any PEFT
+adapter folder (`--checkpoint`), or the base model alone (`--base`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from engine import runfolder as rf
+from engine.config import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, ConfigError
+from engine.predictions import SPEECH, make_record, save_predictions_file, write_evaluation
+
+log = logging.getLogger("engine.scoring")
+CONTROLS = ("silence", "shuffle")
+
+
+def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt: str, label_words: Sequence[str],
+                batch_size: int = 8, padding_side: str = "left", trim: bool = True) -> np.ndarray:
+    """(N, 2) class scores [SPEECH, NONSPEECH] for decoded 16 kHz clips.
+
+    Clips are batched longest-first so a batch's trimmed encoder input stays short; results
+    come back in input order.
+    """
+    import torch
+
+    from engine import modeling as m
+
+    plan = m.label_plan(loaded.processor.tokenizer, label_words)
+    order = sorted(range(len(audios)), key=lambda i: -len(audios[i]))
+    scores = np.zeros((len(audios), 2), dtype=np.float64)
+    loaded.model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = m.make_batch(loaded.processor, [audios[i] for i in idx], system_prompt, prompt, plan,
+                                 padding_side=padding_side).to(loaded.device)
+            with torch.autocast(loaded.device.type, dtype=loaded.dtype, enabled=loaded.dtype != torch.float32):
+                out = m.class_scores(loaded.model, batch, plan, trim=trim)
+            scores[idx] = out.float().cpu().numpy()
+    return scores
+
+
+def p_speech_from_scores(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the two class scores, first column = SPEECH."""
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp[:, 0] / exp.sum(axis=1)
+
+
+def choose_threshold(records: list[dict]) -> float:
+    """The p(SPEECH) cut that maximises balanced accuracy on (validation) records."""
+    p = np.array([r["p_speech"] for r in records])
+    y = np.array([r["label"] == SPEECH for r in records])
+    best, best_t = -1.0, 0.5
+    for t in np.unique(np.concatenate([p, [0.5]])):
+        pred = p >= t
+        tpr = (pred & y).sum() / max(1, y.sum())
+        tnr = (~pred & ~y).sum() / max(1, (~y).sum())
+        bal = (tpr + tnr) / 2
+        if bal > best + 1e-12:
+            best, best_t = bal, float(t)
+    return best_t
+
+
+def apply_control(audios: list[np.ndarray], control: str | None, seed: int = 0) -> list[np.ndarray]:
+    """The audio-is-used control: silence keeps each clip's length; shuffle permutes clips."""
+    if control is None:
+        return audios
+    if control == "silence":
+        return [np.zeros_like(a) for a in audios]
+    if control == "shuffle":
+        perm = np.random.default_rng(seed).permutation(len(audios))
+        return [audios[i] for i in perm]
+    raise ConfigError("control", f"{control!r} is not one of {', '.join(CONTROLS)}")
+
+
+def evaluate_clips(loaded, clips, report, run_dir: Path, name: str, system_prompt: str, prompt: str,
+                   label_words: Sequence[str], producer: dict, audio=None, batch_size: int = 8,
+                   threshold: float = 0.5, threshold_source: str = "fixed", control: str | None = None,
+                   padding_side: str = "left", save_to: Path | None = None) -> tuple[Path, list[dict]]:
+    """Score clips and store the evaluation `name` in `run_dir`; returns (folder, records)."""
+    from engine.data import AudioCache
+
+    audio = audio or AudioCache()
+    started = time.time()
+    audios = apply_control([audio.load(c) for c in clips], control)
+    scores = score_audio(loaded, audios, system_prompt, prompt, label_words, batch_size, padding_side)
+    p_speech = p_speech_from_scores(scores)
+    records = [make_record(c.clip_id, c.path, c.label, float(p), float(s[0] - s[1]),
+                           c.duration_s if c.duration_s is not None else len(a) / 16000, c.metadata, threshold)
+               for c, p, s, a in zip(clips, p_speech, scores, audios)]
+    elapsed = time.time() - started
+    report_dict = report.to_dict() if report is not None else {}
+    meta = {
+        "producer": {**producer, "model": str(loaded.model_path), "quantization": loaded.quantization},
+        "prompt": prompt, "system_prompt": system_prompt, "label_words": list(label_words),
+        "scoring": "log-probability of the first answer token where the two label words differ",
+        "threshold": threshold, "threshold_source": threshold_source, "control": control,
+        "test_data": report_dict.get("source"), "manifest_sha256": report_dict.get("manifest_sha256"),
+        "skipped": report_dict.get("bad_files", []), "truncated": report_dict.get("truncated", []),
+        "time_taken_s": round(elapsed, 3), "clips_per_s": round(len(clips) / elapsed, 2) if elapsed else None,
+        "batch_size": batch_size, "device": str(loaded.device),
+    }
+    out = write_evaluation(run_dir, name, records, meta)
+    if save_to:
+        save_predictions_file(save_to, records)
+    return out, records
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def eval_arguments(p: argparse.ArgumentParser) -> None:
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--run", help="a training run (folder, or its name in the workspace)")
+    target.add_argument("--checkpoint", type=Path, help="any PEFT adapter folder")
+    target.add_argument("--base", action="store_true", help="the base model without adapter")
+    p.add_argument("--test-csv", "--test-data", dest="test_data", required=True,
+                   help="test manifest (CSV/JSONL) or folder")
+    p.add_argument("--name", default="test", help="evaluation name inside the run (default: test)")
+    p.add_argument("--run-name", help="for --base/--checkpoint: name of the evaluation run to create")
+    p.add_argument("--runs-dir", type=Path, default=None)
+    p.add_argument("--model", help="base model (default: the run's model, or the adapter's base)")
+    p.add_argument("--quantization", choices=("4bit", "8bit", "none"))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--padding-side", choices=("left", "right"), default="left")
+    p.add_argument("--prompt", help="question (default: the run's prompt)")
+    p.add_argument("--label-words", help="SPEECH,NONSPEECH answer words (default: the run's)")
+    p.add_argument("--threshold", type=float, help="p(SPEECH) cut (default 0.5 = arg-max)")
+    p.add_argument("--threshold-from", help="choose the threshold on this evaluation of the run (e.g. val)")
+    p.add_argument("--control", choices=CONTROLS, help="audio-is-used control: replace clips with silence or shuffle")
+    p.add_argument("--save-predictions", type=Path, help="also write the records to FILE (.jsonl or .csv)")
+    p.add_argument("--json", action="store_true", help="print the evaluation summary as one JSON object")
+
+
+def _find_run(spec: str, runs_dir: Path | None) -> Path:
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    return rf.resolve_in_root(rf.runs_root(runs_dir), spec)
+
+
+def eval_main(args: argparse.Namespace) -> int:
+    from engine import modeling as m
+    from engine.data import load_clips
+
+    try:
+        run_cfg: dict[str, Any] = {}
+        if args.run:
+            run_dir = _find_run(args.run, args.runs_dir)
+            run_cfg = rf.read_json(run_dir / rf.CONFIG)
+            adapter = run_dir / rf.ADAPTER_DIR
+            if not (adapter / "adapter_model.safetensors").is_file():
+                raise rf.RunFolderError(f"{run_dir} has no finished adapter ({rf.ADAPTER_DIR}/ missing)")
+            producer = {"kind": "adapter", "run": run_dir.name, "adapter": str(adapter)}
+        elif args.checkpoint:
+            adapter = Path(args.checkpoint)
+            if not (adapter / "adapter_config.json").is_file():
+                raise m.ModelError(f"{adapter} has no adapter_config.json: not a PEFT adapter folder")
+            adapter_cfg = rf.read_json(adapter / "adapter_config.json")
+            run_cfg = {"model": args.model or adapter_cfg.get("base_model_name_or_path")}
+            producer = {"kind": "checkpoint", "adapter": str(adapter.resolve())}
+        else:
+            adapter = None
+            producer = {"kind": "base"}
+        model_id = args.model or run_cfg.get("model") or "tiny"
+        quantization = args.quantization or run_cfg.get("quantization", "4bit")
+        prompt = args.prompt or run_cfg.get("prompt") or DEFAULT_PROMPT
+        system_prompt = run_cfg.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
+        words = [w.strip() for w in args.label_words.split(",")] if args.label_words else \
+            run_cfg.get("label_words") or ["SPEECH", "NONSPEECH"]
+        if not args.run:
+            root = rf.runs_root(args.runs_dir)
+            stem = args.run_name or f"{'base' if args.base else 'checkpoint'}-{Path(model_id).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_dir = rf.unique_run_dir(root, rf.check_run_name(stem))
+            rf.atomic_write_json(run_dir / rf.CONFIG, {
+                "schema_version": rf.SCHEMA_VERSION, "kind": rf.KIND_EVAL, "label": args.run_name or
+                ("Base model" if args.base else f"Adapter {adapter.name}"), "model": model_id,
+                "quantization": quantization, "adapter": str(adapter) if adapter else None, "prompt": prompt,
+                "system_prompt": system_prompt, "label_words": words, "seed": None})
+            rf.write_status(run_dir, rf.RUNNING, kind=rf.KIND_EVAL, **rf.mark_process(run_dir))
+        threshold, source = 0.5, "fixed (arg-max)"
+        if args.threshold is not None:
+            threshold, source = args.threshold, "given"
+        elif args.threshold_from:
+            from engine.predictions import read_predictions
+
+            threshold = choose_threshold(read_predictions(run_dir, args.threshold_from))
+            source = f"chosen on evaluation {args.threshold_from!r} (max balanced accuracy)"
+        clips, report = load_clips(args.test_data, label_words=words, skip_bad=True)
+        for bad in report.bad_files:
+            print(f"warning: skipped unreadable clip {bad['path']}: {bad['reason']}", file=sys.stderr)
+        if not clips:
+            raise ValueError(f"test data {args.test_data}: no readable clips")
+        loaded = m.load_model(model_id, quantization, args.device, args.dtype)
+        if adapter is not None:
+            m.load_adapter(loaded, adapter)
+        name = f"{args.name}-{args.control}" if args.control else args.name
+        out, _ = evaluate_clips(loaded, clips, report, run_dir, name, system_prompt, prompt, words, producer,
+                                batch_size=args.batch_size, threshold=threshold, threshold_source=source,
+                                control=args.control, padding_side=args.padding_side, save_to=args.save_predictions)
+        if not args.run:
+            rf.write_status(run_dir, rf.SUCCEEDED)
+    except (ConfigError, rf.RunFolderError, ValueError, OSError, m.ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if not args.run and "run_dir" in locals():
+            rf.write_status(run_dir, rf.FAILED, error=str(exc))
+        return 2
+    evaluation = rf.read_json(out / rf.EVALUATION)
+    if args.json:
+        print(json.dumps({"run_dir": str(run_dir), "evaluation": str(out), **evaluation["summary"]}))
+    else:
+        s = evaluation["summary"]
+        print(f"{out}: accuracy {s['accuracy'] * 100:.1f}% ({s['correct']}/{s['n']})  "
+              + "  ".join(f"{k} {v['accuracy'] * 100:.1f}% ({v['correct']}/{v['n']})" for k, v in s["per_class"].items()))
+    return 0

@@ -1,0 +1,133 @@
+"""The built-in `tiny` model: a complete Qwen2-Audio model folder generated locally, offline.
+
+It is the same architecture class as the 7B (Qwen2AudioForConditionalGeneration) with small
+widths, but keeps what the real feature extractor and audio-token arithmetic depend on:
+num_mel_bins=128 and max_source_positions=1500 (3000 mel frames = 30 s). The tokenizer is a
+byte-level BPE trained here on a few hundred words, carrying Qwen2-Audio's special tokens and
+chat markers, so prompts, label words and <|AUDIO|> expansion go through exactly the same code
+as the real model. The upper-case label words are kept out of the corpus so that, as with the
+real tokenizer, SPEECH and NONSPEECH split into several sub-tokens. Random weights: it learns the demo task only through LoRA, which is the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from engine import runfolder as rf
+
+TINY_VERSION = 2  # bump when the recipe changes: cached folders are rebuilt
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+
+TINY_SIZES = dict(
+    text_hidden=64, text_layers=2, text_heads=4, text_intermediate=128,
+    audio_d_model=64, audio_layers=2, audio_heads=4, audio_ffn=128,
+)
+
+_CORPUS = """
+You are a helpful assistant. Is this short clip speech or non-speech? Answer with one word.
+Does this audio contain human speech? Listen to the clip and classify it. Reply if someone is talking,
+or if it is noise, music, a tone or silence. The answer is. Audio 1:
+speech nonspeech noise voice talking music tone silence clip sound human yes no classify label answer word
+one only respond with either the following what is in this recording describe
+"""
+
+
+def default_tiny_dir() -> Path:
+    """Where the tiny model lives: $QLORA_DASH_TINY, else ~/.cache/qlora-dash/tiny-qwen2-audio-vN."""
+    env = os.environ.get("QLORA_DASH_TINY")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "qlora-dash" / f"tiny-qwen2-audio-v{TINY_VERSION}"
+
+
+def ensure_tiny_model(path: Path | None = None, seed: int = 0) -> Path:
+    """Build the tiny model folder once (atomically: built in a temp folder, then renamed)."""
+    path = Path(path) if path else default_tiny_dir()
+    marker = path / "tiny.json"
+    if marker.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=path.parent))
+    try:
+        build_tiny_model(tmp, seed=seed)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process won the race
+            if not marker.is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def build_tokenizer():
+    """A Qwen2 fast tokenizer (byte-level BPE) trained on a tiny corpus, with the special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=bpe, unk_token=None, bos_token=None, eos_token="<|im_end|>",
+        pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    return tokenizer
+
+
+def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
+    """Write config, random weights, tokenizer and processor of the tiny model into `out_dir`."""
+    import torch
+    from transformers import (Qwen2AudioConfig, Qwen2AudioForConditionalGeneration,
+                              Qwen2AudioProcessor, WhisperFeatureExtractor)
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer()
+    audio_token_id = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    s = TINY_SIZES
+    config = Qwen2AudioConfig(
+        audio_config=dict(
+            model_type="qwen2_audio_encoder", d_model=s["audio_d_model"], encoder_layers=s["audio_layers"],
+            encoder_attention_heads=s["audio_heads"], encoder_ffn_dim=s["audio_ffn"], num_mel_bins=128,
+            max_source_positions=1500, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
+        text_config=dict(
+            model_type="qwen2", vocab_size=len(tokenizer), hidden_size=s["text_hidden"],
+            num_hidden_layers=s["text_layers"], num_attention_heads=s["text_heads"],
+            num_key_value_heads=s["text_heads"], intermediate_size=s["text_intermediate"],
+            max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False),
+        audio_token_index=audio_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2AudioForConditionalGeneration(config).to(torch.float32)
+    model.save_pretrained(out_dir)
+    feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160,
+                                                chunk_length=30, n_fft=400, padding_value=0.0)
+    processor = Qwen2AudioProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+    processor.save_pretrained(out_dir)
+    rf.atomic_write_json(out_dir / "tiny.json", {
+        "tiny_version": TINY_VERSION, "seed": seed, "sizes": TINY_SIZES,
+        "note": "Demo model: random weights, small widths. Not Qwen2-Audio's weights; for tests and the demo only."})
+    return out_dir
+
+
+def tiny_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=None, help="folder (default: the shared cache)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if present")
+
+
+def tiny_main(args: argparse.Namespace) -> int:
+    path = Path(args.out) if args.out else default_tiny_dir()
+    if args.force and path.exists():
+        shutil.rmtree(path)
+    path = ensure_tiny_model(path)
+    print(json.dumps({"path": str(path)}))
+    return 0

@@ -1,0 +1,424 @@
+"""QLoRA training: `train(cfg, run_dir)` and `python -m engine train ...`.
+
+One loop, read top to bottom: setup (validate, data, model, LoRA), train (optimizer steps with
+gradient accumulation, one flushed metrics line per step), save (adapter written atomically),
+cleanup (terminal state always written in `finally:`). SIGTERM/SIGINT finish the current
+optimizer step, save the adapter and end the run as `cancelled`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import math
+import os
+import platform
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from engine import runfolder as rf
+from engine.config import TARGET_PRESETS, ConfigError, TrainConfig
+
+log = logging.getLogger("engine.train")
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space."""
+
+
+class StopRequested:
+    """Set by SIGTERM/SIGINT; the loop checks it at optimizer-step boundaries."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> "StopRequested":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (tests calling train() from a thread)
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.signal = signum
+        log.warning("received %s: finishing this step, saving the adapter, then stopping",
+                    signal.Signals(signum).name)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+
+# ----------------------------------------------------------------------------- run folder helpers
+
+def attach_log(run_dir: Path) -> logging.Handler:
+    """Everything the engine logs also goes to <run>/engine.log."""
+    handler = logging.FileHandler(Path(run_dir) / rf.LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("engine")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in root.handlers):
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        root.addHandler(stream)
+    return handler
+
+
+def environment_info(device) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    packages = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "numpy", "soundfile", "soxr"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    info = {"python": platform.python_version(), "platform": platform.platform(), "packages": packages,
+            "device": str(device), "cpu_count": os.cpu_count(), "hostname": platform.node()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu_name=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                    cuda=torch.version.cuda)
+    return info
+
+
+def save_adapter(model, run_dir: Path, name: str = rf.ADAPTER_DIR) -> Path:
+    """Write the PEFT adapter to a temp folder and rename it into place.
+
+    A crash or a full disk never leaves a folder named `adapter/` that looks complete: the
+    partial folder is removed, and a full disk raises DiskFullError.
+    """
+    run_dir = Path(run_dir)
+    final = run_dir / name
+    partial = run_dir / f".{Path(name).name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        model.save_pretrained(partial, safe_serialization=True)
+        (partial / "README.md").unlink(missing_ok=True)  # peft's boilerplate model card
+        missing = [f for f in rf.ADAPTER_FILES if not (partial / f).is_file()]
+        if missing:
+            raise RuntimeError(f"adapter save wrote no {', '.join(missing)}")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(errno.ENOSPC, f"disk full while writing the adapter to {final}") from exc
+        raise
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return final
+
+
+def prepare_run_dir(cfg: TrainConfig, run_dir: Path) -> Path:
+    """Create (or adopt a queued) run folder and write the resolved config."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        status = rf.read_json(run_dir / rf.STATUS) if (run_dir / rf.STATUS).exists() else {}
+        if status.get("state") != rf.QUEUED:
+            raise rf.RunFolderError(f"{run_dir} already holds a run ({status.get('state', 'unknown state')}); "
+                                    "choose a new --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rf.atomic_write_json(run_dir / rf.CONFIG, {"schema_version": rf.SCHEMA_VERSION, "kind": rf.KIND_TRAIN,
+                                                **cfg.to_dict()})
+    return run_dir
+
+
+# ----------------------------------------------------------------------------- training
+
+def lr_lambda(scheduler: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Multiplier of the peak learning rate at each step: linear warm-up, then the schedule."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if scheduler in ("constant", "constant_with_warmup"):
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 1.0 - progress)
+
+    return factor
+
+
+def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None) -> dict[str, Any]:
+    """Train one adapter into `run_dir`; returns the summary. Raises after recording a failure."""
+    cfg.validate()
+    run_dir = prepare_run_dir(cfg, run_dir)
+    handler = attach_log(run_dir)
+    owns_stop = stop is None
+    stop = stop or StopRequested().install()
+    rf.write_status(run_dir, rf.RUNNING, kind=rf.KIND_TRAIN, error=None, **rf.mark_process(run_dir))
+    state, error, summary = rf.FAILED, None, {}
+    try:
+        summary = _train(cfg, run_dir, stop)
+        state = rf.CANCELLED if stop else rf.SUCCEEDED
+        return summary
+    except DiskFullError as exc:
+        error = f"disk full: {exc}"
+        raise
+    except OSError as exc:
+        error = f"disk full: {exc}" if exc.errno == errno.ENOSPC else f"{type(exc).__name__}: {exc}"
+        raise
+    except BaseException as exc:
+        error = str(exc) if isinstance(exc, (ConfigError, ValueError)) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, KeyboardInterrupt):
+            state, error = rf.CANCELLED, "interrupted"
+        raise
+    finally:
+        if error:
+            log.error("run failed: %s", error)
+        rf.write_status(run_dir, state, error=error, signal=stop.signal)
+        if owns_stop:
+            stop.restore()
+        logging.getLogger("engine").removeHandler(handler)
+        handler.close()
+
+
+def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested) -> dict[str, Any]:
+    import torch
+
+    from engine import modeling as m
+    from engine.data import AudioCache, load_clips
+
+    started = time.time()
+    # ---- setup: data (every clip checked before the model loads), model, LoRA
+    log.info("loading training data from %s", cfg.train_data)
+    train_clips, train_report = load_clips(cfg.train_data, label_words=cfg.label_words, filters=cfg.filters,
+                                           max_seconds=cfg.max_clip_seconds, skip_bad=cfg.skip_bad_audio)
+    val_clips, val_report = [], None
+    if cfg.val_data:
+        val_clips, val_report = load_clips(cfg.val_data, label_words=cfg.label_words, filters=cfg.filters,
+                                           max_seconds=cfg.max_clip_seconds, skip_bad=cfg.skip_bad_audio)
+    if not train_clips:
+        raise ValueError(f"train_data: no clips left in {cfg.train_data} after filters {cfg.filters or '{}'}")
+    log.info("%d training clips (%s)", len(train_clips), train_report.per_class)
+
+    m.seed_everything(cfg.seed)
+    loaded = m.load_model(cfg.model, cfg.quantization, cfg.device, cfg.dtype)
+    device = loaded.device
+    rf.atomic_write_json(run_dir / rf.ENVIRONMENT, environment_info(device))
+    checkpointing = cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and device.type == "cuda")
+    torch.manual_seed(cfg.seed)  # LoRA init depends only on the seed
+    m.attach_lora(loaded, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, checkpointing)
+    model = loaded.model
+    counts = m.parameter_counts(model)
+    log.info("trainable %s / %s parameters (%.4f%%)", f"{counts['trainable']:,}", f"{counts['total']:,}",
+             counts["percent"])
+    plan = m.label_plan(loaded.processor.tokenizer, cfg.label_words)
+    audio = AudioCache(max_seconds=cfg.max_clip_seconds)
+    class_index = {"SPEECH": 0, "NONSPEECH": 1}
+
+    micro_per_epoch = math.ceil(len(train_clips) / cfg.per_device_batch)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    total_steps = math.ceil(steps_per_epoch * cfg.epochs)
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup = int(cfg.warmup_ratio * total_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.scheduler, warmup, total_steps))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rf.write_status(run_dir, rf.RUNNING, progress={"step": 0, "total_steps": total_steps})
+
+    # ---- train
+    model.train()
+    step, samples, last_loss, t0 = 0, 0, math.nan, time.time()
+    epoch_float = 0.0
+    done = False
+    for epoch in range(math.ceil(cfg.epochs)):
+        order = torch.randperm(len(train_clips), generator=generator).tolist()
+        micro = [order[i:i + cfg.per_device_batch] for i in range(0, len(order), cfg.per_device_batch)]
+        for first in range(0, len(micro), cfg.grad_accum):
+            group = micro[first:first + cfg.grad_accum]
+            n_targets = 0
+            batches = []
+            for indices in group:
+                clips = [train_clips[i] for i in indices]
+                batch = m.make_batch(loaded.processor, [audio.load(c) for c in clips], cfg.system_prompt,
+                                     cfg.prompt, plan, answers=[class_index[c.label] for c in clips],
+                                     padding_side="right").to(device)
+                batches.append(batch)
+                n_targets += batch.target_ids.numel()
+            step_loss = 0.0
+            for batch in batches:
+                with torch.autocast(device.type, dtype=loaded.dtype, enabled=loaded.dtype != torch.float32):
+                    loss, count = m.answer_loss(model, batch)
+                # weight by tokens so the step's loss is the mean over all its answer tokens
+                (loss * (count / n_targets)).backward()
+                step_loss += loss.item() * count / n_targets
+            grad_norm = None
+            if cfg.max_grad_norm:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            samples += sum(len(g) for g in group)
+            epoch_float = epoch + min(1.0, (first + len(group)) / len(micro))
+            last_loss = step_loss
+            elapsed = time.time() - t0
+            eta = elapsed / step * (total_steps - step)
+            rf.append_jsonl(run_dir / rf.METRICS, {
+                "step": step, "epoch": round(epoch_float, 4), "loss": step_loss,
+                "learning_rate": schedule.get_last_lr()[0], "grad_norm": grad_norm,
+                "samples_per_s": samples / elapsed if elapsed else None, "elapsed_s": round(elapsed, 3),
+                "eta_s": round(eta, 1), "total_steps": total_steps})
+            rf.write_status(run_dir, rf.RUNNING, progress={
+                "step": step, "total_steps": total_steps, "epoch": round(epoch_float, 3), "loss": step_loss,
+                "eta_s": round(eta, 1), "samples_per_s": samples / elapsed if elapsed else None})
+            log.info("step %d/%d epoch %.2f loss %.4f", step, total_steps, epoch_float, step_loss)
+            if step >= total_steps or stop:
+                done = True
+                break
+        if cfg.checkpoints == "epoch" and not done:
+            save_adapter(model, run_dir, f"checkpoints/epoch-{epoch + 1}")
+        if done:
+            break
+
+    # ---- save
+    adapter = save_adapter(model, run_dir)
+    runtime = time.time() - started
+    summary = {
+        "schema_version": rf.SCHEMA_VERSION,
+        "trainable_params": counts["trainable"], "total_params": counts["total"],
+        "trainable_percent": counts["percent"],
+        "adapter_mb": round((adapter / "adapter_model.safetensors").stat().st_size / 1e6, 3),
+        "runtime_s": round(runtime, 2), "train_time_s": round(time.time() - t0, 2),
+        "final_train_loss": last_loss, "steps": step, "total_steps": total_steps, "epochs": round(epoch_float, 4),
+        "samples_seen": samples, "samples_per_s": samples / (time.time() - t0),
+        "micro_batch": cfg.per_device_batch, "grad_accum": cfg.grad_accum, "effective_batch": cfg.effective_batch,
+        "gradient_checkpointing": checkpointing, "device": str(device), "dtype": str(loaded.dtype).replace("torch.", ""),
+        "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
+        "stopped_early": bool(stop),
+        "data": {"train": train_report.to_dict(), "val": val_report.to_dict() if val_report else None},
+    }
+    rf.atomic_write_json(run_dir / rf.SUMMARY, summary)
+    if val_clips and not stop:
+        from engine.scoring import evaluate_clips
+
+        model.eval()
+        evaluate_clips(loaded, val_clips, val_report, run_dir, "val", cfg.system_prompt, cfg.prompt,
+                       cfg.label_words, producer={"kind": "adapter", "run": run_dir.name}, audio=audio)
+    log.info("done in %.1f s: %d steps, final loss %.4f", runtime, step, last_loss)
+    return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--config", type=Path, help="YAML file of TrainConfig fields; flags override it")
+    p.add_argument("--run-dir", "--output-dir", dest="run_dir", type=Path,
+                   help="run folder to create (default: <runs-dir>/<label>-s<seed>-<time>)")
+    p.add_argument("--runs-dir", type=Path, default=None, help="workspace (default: ./runs or $QLORA_DASH_RUNS)")
+    p.add_argument("--name", help="run name inside the workspace")
+    p.add_argument("--label", help="configuration label, e.g. Attention-Only")
+    p.add_argument("--model", help=f"hub id (local cache only), folder, or tiny (default {d.model})")
+    p.add_argument("--quantization", choices=("4bit", "8bit", "none"))
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--lora-alpha", type=float)
+    p.add_argument("--lora-dropout", type=float)
+    p.add_argument("--targets", help="attention | attention+mlp | q_proj,v_proj,...")
+    p.add_argument("--add-mlp-targets", action="store_true", help="same as --targets attention+mlp")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-epochs", "--epochs", dest="epochs", type=float)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--per-device-train-batch-size", dest="per_device_batch", type=int)
+    p.add_argument("--gradient-accumulation-steps", dest="grad_accum", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--warmup-ratio", type=float)
+    p.add_argument("--scheduler", choices=("linear", "cosine", "constant", "constant_with_warmup"))
+    p.add_argument("--train-csv", "--train-data", dest="train_data")
+    p.add_argument("--val-csv", "--val-data", dest="val_data")
+    p.add_argument("--filter-duration", help="keep clips whose duration_ms is in 'min:max' or 'v1,v2'")
+    p.add_argument("--filter-snr", help="keep clips whose snr_db is in 'min:max' or 'v1,v2'")
+    p.add_argument("--prompt")
+    p.add_argument("--label-words", help="SPEECH,NONSPEECH answer words")
+    p.add_argument("--skip-bad-audio", action="store_true", default=None)
+    p.add_argument("--checkpoints", choices=("final", "epoch"))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"))
+    p.add_argument("--gradient-checkpointing", choices=("auto", "on", "off"))
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+_FLAG_FIELDS = ("label", "model", "quantization", "lora_r", "lora_alpha", "lora_dropout", "targets", "seed", "epochs",
+                "max_steps", "per_device_batch", "grad_accum", "learning_rate", "warmup_ratio", "scheduler",
+                "train_data", "val_data", "prompt", "skip_bad_audio", "checkpoints", "device", "dtype",
+                "gradient_checkpointing")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    for name in _FLAG_FIELDS:
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(cfg, name, value)
+    if args.add_mlp_targets:
+        if args.targets and args.targets != "attention+mlp":
+            raise ConfigError("targets", "--add-mlp-targets and --targets disagree; use one")
+        cfg.targets = "attention+mlp"
+    if args.label_words:
+        cfg.label_words = [w.strip() for w in args.label_words.split(",")]
+    filters = dict(cfg.filters)
+    if args.filter_duration:
+        filters["duration_ms"] = args.filter_duration
+    if args.filter_snr:
+        filters["snr_db"] = args.filter_snr
+    cfg.filters = filters
+    return cfg.validate()
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    import re
+
+    base = re.sub(r"[^A-Za-z0-9._+-]+", "-", cfg.display_label()).strip("-") or "run"
+    return f"{base}-r{cfg.lora_r}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_main(args: argparse.Namespace) -> int:
+    import json
+
+    try:
+        cfg = config_from_args(args)
+        if args.run_dir:
+            run_dir = Path(args.run_dir)
+        else:
+            root = rf.runs_root(args.runs_dir)
+            run_dir = rf.unique_run_dir(root, rf.check_run_name(args.name) if args.name else default_run_name(cfg))
+    except (ConfigError, rf.RunFolderError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary = train(cfg, run_dir)
+    except (ConfigError, rf.RunFolderError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    status = rf.read_json(Path(run_dir) / rf.STATUS)
+    if args.json:
+        print(json.dumps({"run_dir": str(run_dir), "state": status["state"], **summary}))
+    else:
+        print(f"{status['state']}: {run_dir} ({summary['steps']} steps, final loss {summary['final_train_loss']:.4f}, "
+              f"{summary['trainable_params']:,} trainable params)")
+    return 0 if status["state"] == rf.SUCCEEDED else 3
