@@ -1,0 +1,660 @@
+"""Statistics for small SPEECH / NONSPEECH test sets: intervals, paired tests, seeds, power.
+
+Pure numerics (numpy, scipy, statsmodels); no torch, no streamlit. Inputs are the prediction
+records of engine.predictions (clip_id, label, pred, p_speech, ...). Units, everywhere:
+- accuracy, acc_*, ci, ci_lo/ci_hi of one evaluation: fractions in [0, 1];
+- seed summaries (values, mean, sd, t_ci, bootstrap_ci): percent;
+- *_pts and power_* differences: percentage points.
+Every result is JSON-serialisable (NaN becomes None) and independent of the order of records
+and of seeds. Methods and keys are described in docs/STATISTICS.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import stats as sps
+from statsmodels.stats.contingency_tables import cochrans_q as _sm_cochrans_q
+from statsmodels.stats.contingency_tables import mcnemar as _sm_mcnemar
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint
+
+from engine.predictions import CLASSES, NONSPEECH, SPEECH
+
+CI_METHODS = {"wilson": "wilson", "clopper-pearson": "beta", "clopper_pearson": "beta", "beta": "beta"}
+MCNEMAR_METHODS = ("auto", "exact", "chi2", "midp")
+EXACT_BELOW_DISCORDANT = 25  # auto: exact binomial under this many discordant pairs
+ECE_BINS = 10
+DEFAULT_N_BOOT = 10_000
+
+
+class PairingError(ValueError):
+    """Two evaluations cannot be paired clip by clip; the message gives counts and examples."""
+
+    def __init__(self, message: str, only_a: Sequence[str] = (), only_b: Sequence[str] = (),
+                 label_mismatch: Sequence[str] = ()):
+        super().__init__(message)
+        self.only_a = list(only_a)
+        self.only_b = list(only_b)
+        self.label_mismatch = list(label_mismatch)
+
+
+# ---------------------------------------------------------------- proportions
+
+def proportion_ci(k: int, n: int, method: str = "wilson", alpha: float = 0.05) -> tuple[float, float]:
+    """Two-sided (1 - alpha) interval for k successes in n trials; (nan, nan) when n == 0."""
+    try:
+        sm_method = CI_METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown interval method {method!r}; use wilson or clopper-pearson") from None
+    k, n = int(k), int(n)
+    if n < 0 or not 0 <= k <= max(n, 0):
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return (math.nan, math.nan)
+    lo, hi = proportion_confint(k, n, alpha=alpha, method=sm_method)
+    return (max(0.0, float(lo)), min(1.0, float(hi)))
+
+
+def format_count(k: int, n: int) -> str:
+    """'93.8% (30/32)'; 'n/a (0/0)' for an empty group."""
+    if n == 0:
+        return "n/a (0/0)"
+    return f"{100.0 * k / n:.1f}% ({k}/{n})"
+
+
+def _fraction(k: int, n: int) -> float | None:
+    return k / n if n else None
+
+
+def _ci_list(k: int, n: int, method: str) -> list[float] | None:
+    if n == 0:
+        return None
+    return list(proportion_ci(k, n, method))
+
+
+# ---------------------------------------------------------------- one evaluation
+
+def _sorted_records(records: Iterable[dict]) -> list[dict]:
+    """Canonical order (by clip id) so float sums never depend on the input order."""
+    return sorted(records, key=lambda r: str(r["clip_id"]))
+
+
+def _is_correct(record: dict) -> bool:
+    return record["pred"] == record["label"]
+
+
+def _p_speech(record: dict) -> float:
+    value = record.get("p_speech")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return value if math.isfinite(value) else math.nan
+
+
+def _check_labels(records: Sequence[dict]) -> None:
+    for rec in records:
+        if rec["label"] not in CLASSES:
+            raise ValueError(f"clip {rec['clip_id']!r}: label {rec['label']!r} is not SPEECH or NONSPEECH")
+
+
+def _class_counts(records: Sequence[dict]) -> dict[str, tuple[int, int]]:
+    """{class: (correct, n)} over the gold labels."""
+    out = {}
+    for cls in CLASSES:
+        rows = [r for r in records if r["label"] == cls]
+        out[cls] = (sum(_is_correct(r) for r in rows), len(rows))
+    return out
+
+
+def _balanced(class_counts: Mapping[str, tuple[int, int]]) -> float | None:
+    """Mean recall over the classes present (sklearn's balanced_accuracy_score convention)."""
+    recalls = [c / n for c, n in class_counts.values() if n]
+    return sum(recalls) / len(recalls) if recalls else None
+
+
+def roc_auc(records: Iterable[dict]) -> float | None:
+    """AUC of p_speech for SPEECH vs NONSPEECH (Mann-Whitney U / n1 n0; ties count one half).
+
+    Records without a finite p_speech are left out; None when either class is then empty.
+    """
+    scored = [(r["label"], _p_speech(r)) for r in records]
+    pos = [p for label, p in scored if label == SPEECH and not math.isnan(p)]
+    neg = [p for label, p in scored if label == NONSPEECH and not math.isnan(p)]
+    if not pos or not neg:
+        return None
+    u = sps.mannwhitneyu(pos, neg, alternative="two-sided", method="asymptotic").statistic
+    return float(u) / (len(pos) * len(neg))
+
+
+def expected_calibration_error(records: Iterable[dict], n_bins: int = ECE_BINS) -> float | None:
+    """ECE of the confidence p(predicted class), equal-width bins (lo, hi] with 0 in the first.
+
+    ECE = sum over bins of (bin size / N) * |accuracy in bin - mean confidence in bin|
+    (Guo et al. 2017). Records without a finite p_speech are left out; None if none remain.
+    """
+    conf, hit = [], []
+    for rec in _sorted_records(records):
+        p = _p_speech(rec)
+        if math.isnan(p):
+            continue
+        conf.append(p if rec["pred"] == SPEECH else 1.0 - p)
+        hit.append(1.0 if _is_correct(rec) else 0.0)
+    if not conf:
+        return None
+    conf_arr, hit_arr = np.asarray(conf), np.asarray(hit)
+    edges = np.arange(n_bins + 1) / n_bins  # exactly k/n_bins, like the bins' definition
+    bins = np.clip(np.searchsorted(edges, conf_arr, side="left") - 1, 0, n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        members = bins == b
+        m = int(members.sum())
+        if m:
+            gap = abs(math.fsum(hit_arr[members]) / m - math.fsum(conf_arr[members]) / m)
+            total += m / len(conf) * gap
+    return float(total)
+
+
+def evaluation_summary(records: Iterable[dict], ci_method: str = "wilson") -> dict[str, Any]:
+    """Accuracy with interval, per-class accuracy, balanced accuracy, confusion, AUC and ECE."""
+    records = _sorted_records(records)
+    _check_labels(records)
+    n = len(records)
+    correct = sum(_is_correct(r) for r in records)
+    counts = _class_counts(records)
+    confusion = {gold: {pred: sum(1 for r in records if r["label"] == gold and r["pred"] == pred)
+                        for pred in CLASSES} for gold in CLASSES}
+    scored_n = sum(1 for r in records if not math.isnan(_p_speech(r)))
+    return {
+        "n": n,
+        "correct": correct,
+        "accuracy": _fraction(correct, n),
+        "ci": _ci_list(correct, n, ci_method),
+        "ci_method": ci_method,
+        "per_class": {cls: {"n": cn, "correct": cc, "accuracy": _fraction(cc, cn),
+                            "ci": _ci_list(cc, cn, ci_method)} for cls, (cc, cn) in counts.items()},
+        "balanced_accuracy": _balanced(counts),
+        "confusion": confusion,
+        "scored_n": scored_n,
+        "roc_auc": roc_auc(records),
+        "ece": expected_calibration_error(records),
+    }
+
+
+def _group_key(value: Any) -> Any:
+    """Missing values (None, NaN, '') form one group, shown last."""
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def breakdown(records: Iterable[dict], column: str, ci_method: str = "wilson") -> list[dict]:
+    """One row per value of `column`: accuracy with interval and per-class accuracy.
+
+    Sorted numerically when every value is a number (or a numeric string), else as text;
+    clips without a value form a last row with value None.
+    """
+    records = _sorted_records(records)
+    _check_labels(records)
+    if records and not any(column in r for r in records):
+        available = sorted({k for r in records for k in r})
+        raise ValueError(f"no record has a column {column!r}; columns: {', '.join(available)}")
+    groups: dict[Any, list[dict]] = {}
+    for rec in records:
+        groups.setdefault(_group_key(rec.get(column)), []).append(rec)
+    present = [v for v in groups if v is not None]
+    if all(_as_number(v) is not None for v in present):
+        present.sort(key=lambda v: (_as_number(v), str(v)))
+    else:
+        present.sort(key=str)
+    rows = []
+    for value in present + ([None] if None in groups else []):
+        members = groups[value]
+        n, k = len(members), sum(_is_correct(r) for r in members)
+        counts = _class_counts(members)
+        lo, hi = proportion_ci(k, n, ci_method)
+        (sc, sn), (nc, nn) = counts[SPEECH], counts[NONSPEECH]
+        rows.append({
+            "value": value, "n": n, "correct": k, "accuracy": k / n, "ci_lo": lo, "ci_hi": hi,
+            "speech_n": sn, "speech_correct": sc, "speech_acc": _fraction(sc, sn),
+            "nonspeech_n": nn, "nonspeech_correct": nc, "nonspeech_acc": _fraction(nc, nn),
+            "balanced_accuracy": _balanced(counts),
+        })
+    return rows
+
+
+# ---------------------------------------------------------------- seeds
+
+def _natural_key(value: Any) -> tuple:
+    number = _as_number(value)
+    return (0, number, str(value)) if number is not None else (1, 0.0, str(value))
+
+
+def _percentile_ci(replicates: np.ndarray) -> list[float]:
+    lo, hi = np.percentile(replicates, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def _bootstrap_seeds_only(values: Sequence[float], n_boot: int, rng_seed: int) -> list[float]:
+    """Percentile interval of the mean over seeds resampled with replacement."""
+    canonical = np.sort(np.asarray(values, dtype=float))
+    rng = np.random.default_rng(rng_seed)
+    draws = rng.integers(0, len(canonical), size=(n_boot, len(canonical)))
+    return _percentile_ci(canonical[draws].mean(axis=1))
+
+
+def _bootstrap_clips(seeds: list[tuple[np.ndarray, np.ndarray]], statistic: str,
+                     n_boot: int, rng_seed: int, shared: bool) -> list[float]:
+    """Percentile interval of the mean over seeds, resampling seeds and clips within class.
+
+    `seeds` holds (0/1 correctness, gold labels) per seed. Each replicate draws k seeds with
+    replacement and, inside each class, as many clips as the class has, with replacement.
+    When every seed was scored on the same clips (`shared`) one clip draw serves all seeds,
+    because the test set is common to them; otherwise each seed's clips are drawn on their own.
+    `statistic` is "accuracy" (pooled) or "balanced" (mean of the per-class accuracies).
+    """
+    rng = np.random.default_rng(rng_seed)
+    k = len(seeds)
+    chunk = max(1, 2_000_000 // max(1, len(seeds[0][0])))  # bounds the index arrays' memory
+    replicates = []
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        seed_draw = rng.integers(0, k, size=(b, k))
+        per_seed = np.empty((b, k))  # each seed's statistic under this replicate's clip draw
+        draws = None
+        for j, (correct, labels) in enumerate(seeds):
+            if draws is None or not shared:
+                draws = {}
+                for cls in CLASSES:
+                    idx = np.flatnonzero(labels == cls)
+                    if idx.size:
+                        draws[cls] = (idx, rng.integers(0, idx.size, size=(b, idx.size)))
+            sums = {cls: (correct[idx][draw].sum(axis=1), idx.size) for cls, (idx, draw) in draws.items()}
+            per_seed[:, j] = _combine(sums, statistic)
+        replicates.append(np.take_along_axis(per_seed, seed_draw, axis=1).mean(axis=1))
+    return _percentile_ci(100.0 * np.concatenate(replicates))
+
+
+def _combine(sums: dict[str, tuple[np.ndarray, int]], statistic: str) -> np.ndarray:
+    if statistic == "balanced":
+        return sum(s / n for s, n in sums.values()) / len(sums)
+    return sum(s for s, _ in sums.values()) / sum(n for _, n in sums.values())
+
+
+def _describe_values(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, SD (n-1) and 95% t-interval of per-seed percentages."""
+    arr = np.asarray(values, dtype=float)
+    k = len(arr)
+    mean = math.fsum(arr) / k
+    out: dict[str, Any] = {"n_seeds": k, "values": [float(v) for v in arr], "mean": mean,
+                           "sd": None, "t_ci": None, "min": float(arr.min()), "max": float(arr.max())}
+    if k >= 2:
+        sd = math.sqrt(math.fsum((arr - mean) ** 2) / (k - 1))
+        half = float(sps.t.ppf(0.975, k - 1)) * sd / math.sqrt(k)
+        out.update(sd=sd, t_ci=[mean - half, mean + half])
+    return out
+
+
+def seed_summary(counts: Sequence[tuple[int, int]], n_boot: int = DEFAULT_N_BOOT, rng_seed: int = 0,
+                 per_seed_records: Sequence[Sequence[dict]] | None = None) -> dict[str, Any]:
+    """Spread of accuracy over seeds, in percent, from exact (correct, n) counts per seed.
+
+    bootstrap_ci: without records, resamples seeds; with `per_seed_records` (the records each
+    count came from, same order), resamples seeds and clips within class (see _bootstrap_clips).
+    """
+    counts = [(int(c), int(n)) for c, n in counts]
+    if not counts:
+        raise ValueError("seed_summary needs at least one seed")
+    if any(n <= 0 or not 0 <= c <= n for c, n in counts):
+        raise ValueError(f"each seed needs 0 <= correct <= n and n > 0; got {counts}")
+    values = [100.0 * c / n for c, n in counts]
+    if per_seed_records is not None:
+        if len(per_seed_records) != len(counts):
+            raise ValueError("per_seed_records needs one record list per seed")
+        for (c, n), recs in zip(counts, per_seed_records):
+            if (sum(_is_correct(r) for r in recs), len(recs)) != (c, n):
+                raise ValueError(f"per_seed_records do not match the counts {c}/{n}")
+    return _summarise(values, per_seed_records, "accuracy", n_boot, rng_seed)
+
+
+def _summarise(values: Sequence[float], per_seed_records: Sequence[Sequence[dict]] | None,
+               statistic: str, n_boot: int, rng_seed: int) -> dict[str, Any]:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    out = _describe_values(values)
+    notes = []
+    if len(values) < 2:
+        notes.append("one seed: sd and t-interval need at least two seeds")
+    bootstrap: dict[str, Any] = {"n_boot": n_boot, "rng_seed": rng_seed, "interval": "percentile 2.5-97.5"}
+    if per_seed_records is not None:
+        seeds = []
+        for recs in per_seed_records:
+            recs = _sorted_records(recs)
+            seeds.append(([str(r["clip_id"]) for r in recs],
+                          np.array([_is_correct(r) for r in recs], dtype=np.int64),
+                          np.array([r["label"] for r in recs])))
+        shared = all(s[0] == seeds[0][0] and list(s[2]) == list(seeds[0][2]) for s in seeds)
+        # Content order, so the draws never depend on the order the seeds came in.
+        seeds.sort(key=lambda s: (s[0], list(s[2]), list(s[1])))
+        out["bootstrap_ci"] = _bootstrap_clips([(c, lab) for _, c, lab in seeds], statistic,
+                                               n_boot, rng_seed, shared)
+        if shared:
+            bootstrap["resampled"] = "seeds, and clips within class (one clip draw shared by all seeds)"
+        else:
+            bootstrap["resampled"] = "seeds, and clips within class (drawn per seed)"
+            notes.append("seeds were scored on different clips; clips are resampled per seed")
+    elif len(values) >= 2:
+        out["bootstrap_ci"] = _bootstrap_seeds_only(values, n_boot, rng_seed)
+        bootstrap["resampled"] = "seeds (per-seed accuracies)"
+    else:
+        out["bootstrap_ci"] = None
+        bootstrap["resampled"] = None
+    out["bootstrap"] = bootstrap
+    out["note"] = "; ".join(notes) or None
+    return out
+
+
+def _ordered_seeds(evals: Mapping[Any, Sequence[dict]]) -> list[Any]:
+    return sorted(evals, key=_natural_key)
+
+
+def aggregate_seeds(evals: Mapping[Any, Sequence[dict]], n_boot: int = DEFAULT_N_BOOT,
+                    rng_seed: int = 0) -> dict[str, Any]:
+    """Seed summaries of overall, per-class and balanced accuracy for {seed: records}."""
+    if not evals:
+        raise ValueError("aggregate_seeds needs at least one seed")
+    seeds = _ordered_seeds(evals)
+    per_seed = [_sorted_records(evals[s]) for s in seeds]
+    for recs in per_seed:
+        _check_labels(recs)
+        if not recs:
+            raise ValueError("a seed has no records")
+    out: dict[str, Any] = {"seeds": list(seeds)}
+    out["overall"] = seed_summary([(sum(map(_is_correct, r)), len(r)) for r in per_seed],
+                                  n_boot, rng_seed, per_seed)
+    for cls in CLASSES:
+        subsets = [[r for r in recs if r["label"] == cls] for recs in per_seed]
+        if all(subsets):
+            out[cls] = seed_summary([(sum(map(_is_correct, s)), len(s)) for s in subsets],
+                                    n_boot, rng_seed, subsets)
+        else:
+            out[cls] = None
+    balanced = [_balanced(_class_counts(recs)) for recs in per_seed]
+    out["balanced"] = _summarise([100.0 * b for b in balanced], per_seed, "balanced", n_boot, rng_seed)
+    return out
+
+
+# ---------------------------------------------------------------- paired comparison
+
+def _examples(items: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(repr(i) for i in list(items)[:limit])
+    return shown + (", ..." if len(items) > limit else "")
+
+
+def _by_id(records: Iterable[dict], side: str) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for rec in records:
+        cid = str(rec["clip_id"])
+        if cid in out:
+            raise PairingError(f"{side}: clip id {cid!r} appears more than once")
+        out[cid] = rec
+    return out
+
+
+def pair_records(records_a: Iterable[dict], records_b: Iterable[dict]) -> list[tuple[dict, dict]]:
+    """(a, b) for every clip, joined by clip_id and sorted by it; refuses differing clip sets."""
+    a, b = _by_id(records_a, "A"), _by_id(records_b, "B")
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if only_a or only_b:
+        raise PairingError(
+            f"the two evaluations cover different clips: only in A: {len(only_a)}, only in B: "
+            f"{len(only_b)}, in both: {len(set(a) & set(b))}"
+            + (f"; only in A e.g. {_examples(only_a)}" if only_a else "")
+            + (f"; only in B e.g. {_examples(only_b)}" if only_b else ""),
+            only_a=only_a, only_b=only_b)
+    mismatch = sorted(cid for cid in a if a[cid]["label"] != b[cid]["label"])
+    if mismatch:
+        first = mismatch[0]
+        raise PairingError(
+            f"gold labels differ for {len(mismatch)} of {len(a)} clips, e.g. {first!r} "
+            f"(A: {a[first]['label']}, B: {b[first]['label']}): not the same test set",
+            label_mismatch=mismatch)
+    return [(a[cid], b[cid]) for cid in sorted(a)]
+
+
+def _table(pairs: Sequence[tuple[dict, dict]]) -> dict[str, int]:
+    cells = {"both_right": 0, "only_a": 0, "only_b": 0, "both_wrong": 0}
+    for ra, rb in pairs:
+        ca, cb = _is_correct(ra), _is_correct(rb)
+        key = "both_right" if ca and cb else "only_a" if ca else "only_b" if cb else "both_wrong"
+        cells[key] += 1
+    return cells
+
+
+def _mcnemar_test(only_a: int, only_b: int, both_right: int, both_wrong: int,
+                  method: str) -> dict[str, Any]:
+    if method not in MCNEMAR_METHODS:
+        raise ValueError(f"unknown McNemar method {method!r}; use one of {', '.join(MCNEMAR_METHODS)}")
+    discordant = only_a + only_b
+    used = method
+    if method == "auto":
+        used = "exact" if discordant < EXACT_BELOW_DISCORDANT else "chi2"
+    if discordant == 0:
+        # statsmodels' corrected chi-square divides by zero here and reports p = 0.
+        return {"method": used, "statistic": 0.0, "p_value": 1.0,
+                "note": "no discordant pairs: both models are right or wrong on the same clips; "
+                        "no evidence of a difference"}
+    table = [[both_right, only_a], [only_b, both_wrong]]
+    if used == "exact":
+        res = _sm_mcnemar(table, exact=True)
+        stat, p = float(res.statistic), float(res.pvalue)
+    elif used == "chi2":
+        res = _sm_mcnemar(table, exact=False, correction=True)
+        stat, p = float(res.statistic), float(res.pvalue)
+    else:  # mid-p (Fagerland et al. 2013): exact two-sided p minus the point probability
+        low = min(only_a, only_b)
+        p = 2.0 * sps.binom.cdf(low, discordant, 0.5) - sps.binom.pmf(low, discordant, 0.5)
+        stat, p = float(low), float(min(1.0, p))
+    return {"method": used, "statistic": stat, "p_value": min(1.0, p), "note": None}
+
+
+def _accuracies(table: dict[str, int], n: int) -> dict[str, float | None]:
+    """acc_a, acc_b (fractions) and diff_pts = 100 (only_a - only_b) / n, from exact counts."""
+    if n == 0:
+        return {"acc_a": None, "acc_b": None, "diff_pts": None}
+    return {"acc_a": (table["both_right"] + table["only_a"]) / n,
+            "acc_b": (table["both_right"] + table["only_b"]) / n,
+            "diff_pts": 100.0 * (table["only_a"] - table["only_b"]) / n}
+
+
+def mcnemar(records_a: Iterable[dict], records_b: Iterable[dict], method: str = "auto") -> dict[str, Any]:
+    """Paired McNemar test of two evaluations of the same clips (A vs B)."""
+    pairs = pair_records(records_a, records_b)
+    _check_labels([ra for ra, _ in pairs])
+    table = _table(pairs)
+    n = len(pairs)
+    test = _mcnemar_test(table["only_a"], table["only_b"], table["both_right"], table["both_wrong"], method)
+    per_class = {}
+    for cls in CLASSES:
+        sub = [p for p in pairs if p[0]["label"] == cls]
+        t = _table(sub)
+        per_class[cls] = {"n": len(sub), **t, **_accuracies(t, len(sub))}
+    return {
+        "table": table, "n": n, "discordant": table["only_a"] + table["only_b"],
+        "method_requested": method, **test,
+        **_accuracies(table, n),
+        "per_class": per_class,
+        "discordant_clips": [{"clip_id": ra["clip_id"], "label": ra["label"],
+                              "a_correct": _is_correct(ra), "b_correct": _is_correct(rb)}
+                             for ra, rb in pairs if _is_correct(ra) != _is_correct(rb)],
+    }
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order."""
+    if len(pvalues) == 0:
+        return []
+    return [float(p) for p in multipletests(list(pvalues), method="holm")[1]]
+
+
+def probability_of_improvement(values_a: Sequence[float], values_b: Sequence[float]) -> float:
+    """P(X_a > X_b): mean over all (seed of A, seed of B) pairs of 1 if a > b, 0.5 if equal, else 0.
+
+    The Mann-Whitney statistic normalised by n_a * n_b, as in rliable (Agarwal et al. 2021).
+    """
+    a = np.asarray(values_a, dtype=float)[:, None]
+    b = np.asarray(values_b, dtype=float)[None, :]
+    return float(((a > b) + 0.5 * (a == b)).mean())
+
+
+def _paired_tests(acc_a: list[float], acc_b: list[float]) -> dict[str, Any]:
+    """Paired t-test (and Wilcoxon signed-rank from 5 seeds) on matched per-seed accuracies."""
+    k = len(acc_a)
+    diffs = np.asarray(acc_a) - np.asarray(acc_b)
+    out: dict[str, Any] = {"n_seeds": k, "mean_diff_pts": float(diffs.mean()), "t_test": None,
+                           "wilcoxon": None, "note": None}
+    notes = []
+    if np.all(diffs == diffs[0]):
+        notes.append("every seed shows the same difference: the t-test is undefined")
+    else:
+        res = sps.ttest_rel(acc_a, acc_b)
+        out["t_test"] = {"statistic": float(res.statistic), "df": k - 1, "p_value": float(res.pvalue)}
+    if k >= 5:
+        if np.all(diffs == 0):
+            notes.append("all per-seed differences are zero: Wilcoxon is undefined")
+        else:
+            res = sps.wilcoxon(acc_a, acc_b)
+            out["wilcoxon"] = {"statistic": float(res.statistic), "p_value": float(res.pvalue)}
+    else:
+        notes.append("Wilcoxon signed-rank needs at least 5 matched seeds")
+    out["note"] = "; ".join(notes) or None
+    return out
+
+
+def compare_configs(a: Mapping[Any, Sequence[dict]], b: Mapping[Any, Sequence[dict]],
+                    method: str = "auto", n_boot: int = DEFAULT_N_BOOT, rng_seed: int = 0) -> dict[str, Any]:
+    """Configuration A vs B over seeds: McNemar per matched seed (Holm-adjusted), paired tests
+    on per-seed accuracy, probability of improvement, and each side's seed summaries."""
+    matched = sorted(set(a) & set(b), key=_natural_key)
+    per_seed = [dict(seed=s, **mcnemar(a[s], b[s], method)) for s in matched]
+    for row, p_adj in zip(per_seed, holm([row["p_value"] for row in per_seed])):
+        row["p_holm"] = p_adj
+    summary_a, summary_b = aggregate_seeds(a, n_boot, rng_seed), aggregate_seeds(b, n_boot, rng_seed)
+    out: dict[str, Any] = {
+        "matched_seeds": matched,
+        "only_a_seeds": sorted(set(a) - set(b), key=_natural_key),
+        "only_b_seeds": sorted(set(b) - set(a), key=_natural_key),
+        "per_seed": per_seed,
+        "paired": None,
+        "probability_of_improvement": probability_of_improvement(
+            summary_a["overall"]["values"], summary_b["overall"]["values"]),
+        "summary_a": summary_a,
+        "summary_b": summary_b,
+    }
+    if len(matched) >= 2:
+        out["paired"] = _paired_tests([100.0 * row["acc_a"] for row in per_seed],
+                                      [100.0 * row["acc_b"] for row in per_seed])
+    return out
+
+
+def cochran_q(record_lists: Sequence[Sequence[dict]]) -> dict[str, Any]:
+    """Cochran's Q test that k evaluations of the same clips have equal accuracy."""
+    if len(record_lists) < 2:
+        raise ValueError("Cochran's Q needs at least two evaluations")
+    first = record_lists[0]
+    columns = [[_is_correct(a) for a, _ in pair_records(first, first)]]
+    for other in record_lists[1:]:
+        columns.append([_is_correct(b) for _, b in pair_records(first, other)])
+    x = np.array(columns, dtype=np.int64).T
+    n, k = x.shape
+    if not np.any((x.sum(axis=1) > 0) & (x.sum(axis=1) < k)):
+        return {"statistic": 0.0, "df": k - 1, "p_value": 1.0, "n": n, "k": k,
+                "note": "no clip has mixed outcomes: the evaluations agree everywhere"}
+    res = _sm_cochrans_q(x)
+    return {"statistic": float(res.statistic), "df": int(res.df), "p_value": float(res.pvalue),
+            "n": n, "k": k, "note": None}
+
+
+# ---------------------------------------------------------------- power (Connor 1987)
+
+def _connor_n(delta: float, psi: float, alpha: float, power: float) -> float:
+    """Clips needed by McNemar's test for accuracy difference delta with discordant share psi.
+
+    Connor (1987): n = (z_{1-alpha/2} sqrt(psi) + z_{power} sqrt(psi - delta^2))^2 / delta^2.
+    """
+    za, zb = sps.norm.ppf(1 - alpha / 2), sps.norm.ppf(power)
+    return (za * math.sqrt(psi) + zb * math.sqrt(max(psi - delta * delta, 0.0))) ** 2 / (delta * delta)
+
+
+def _check_rate(discordant_rate: float | None) -> None:
+    if discordant_rate is not None and not 0 < discordant_rate <= 1:
+        raise ValueError(f"discordant_rate is a proportion in (0, 1], got {discordant_rate}")
+
+
+def clips_needed(diff: float, discordant_rate: float | None = None, alpha: float = 0.05,
+                 power: float = 0.8) -> int:
+    """Paired clips McNemar needs to detect an accuracy difference of `diff` percentage points.
+
+    discordant_rate: expected share of clips on which the two models disagree in correctness;
+    None assumes the best case, every discordant clip favouring the same model (rate = diff).
+    """
+    _check_rate(discordant_rate)
+    delta = diff / 100.0
+    if not 0 < delta <= 1:
+        raise ValueError(f"diff is in percentage points, 0 < diff <= 100; got {diff}")
+    psi = delta if discordant_rate is None else discordant_rate
+    if delta > psi:
+        raise ValueError(f"a {diff}-point difference needs at least {diff}% discordant clips")
+    return int(math.ceil(_connor_n(delta, psi, alpha, power) - 1e-9))
+
+
+def power_min_detectable_diff(n_clips: int, discordant_rate: float | None = None, alpha: float = 0.05,
+                              power: float = 0.8) -> float | None:
+    """Smallest accuracy difference (percentage points) McNemar detects with `n_clips` pairs.
+
+    Same assumption as clips_needed. None when no difference up to the largest possible one
+    (the discordant rate, or 100 points) is detectable.
+    """
+    _check_rate(discordant_rate)
+    if n_clips <= 0:
+        return None
+    top = 1.0 if discordant_rate is None else discordant_rate
+
+    def excess(delta: float) -> float:
+        psi = delta if discordant_rate is None else discordant_rate
+        return _connor_n(delta, psi, alpha, power) - n_clips
+
+    if excess(top) > 0:
+        return None
+    from scipy.optimize import brentq
+
+    return 100.0 * brentq(excess, 1e-9, top, xtol=1e-12)
+
+
+def power_caveat(n_clips: int, discordant_rate: float | None = None, alpha: float = 0.05,
+                 power: float = 0.8) -> str:
+    """One sentence on the smallest difference this many paired clips can detect."""
+    diff = power_min_detectable_diff(n_clips, discordant_rate, alpha, power)
+    assumption = ("best case: every discordant clip favours the same model" if discordant_rate is None
+                  else f"assuming {100 * discordant_rate:.1f}% discordant clips")
+    terms = f"(McNemar, alpha {alpha:g}, {assumption}; Connor 1987)"
+    pct = f"{100 * power:g}%"
+    if diff is None:
+        return f"With {n_clips} clips, no difference is detectable at {pct} power {terms}."
+    # Rounded down, so the sentence stays true.
+    shown = f"{math.floor(diff)}" if diff >= 10 else f"{math.floor(diff * 10) / 10:g}"
+    return (f"With {n_clips} clips, differences under {shown} points are not detectable "
+            f"at {pct} power {terms}.")
