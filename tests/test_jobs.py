@@ -1,0 +1,324 @@
+"""The job queue with real processes: a sleeping stand-in job instead of training.
+
+Every test runs its jobs under a temporary workspace and kills whatever is still alive at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine import cli, jobs
+from engine.config import TrainConfig
+from engine import runfolder as rf
+
+FAST_WORKER = {"poll_s": 0.05, "idle_grace_s": 0.5}
+
+
+def enqueue_sleep(root: Path, seconds: float, run_dir: Path | None = None, ignore_sigterm: bool = False,
+                  spawn_child: bool = False, **kwargs) -> str:
+    """Queue `python -m engine.jobs sleep ...`, the stand-in for a training job."""
+    argv = ["sleep", "--seconds", str(seconds)]
+    if run_dir is not None:
+        argv += ["--run-dir", str(run_dir)]
+    argv += ["--ignore-sigterm"] * ignore_sigterm + ["--spawn-child"] * spawn_child
+    return jobs.enqueue(root, argv, module="engine.jobs", run_dir=run_dir, **kwargs)
+
+
+def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.03)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def job_state(root: Path, job_id: str) -> str:
+    return jobs.read_job(root, job_id)["state"]
+
+
+def run_state(run_dir: Path) -> str | None:
+    """The run's state as the dashboard reads it; None until the job has written status.json."""
+    try:
+        return rf.read_status(run_dir)["state"]
+    except FileNotFoundError:
+        return None
+
+
+def group_members(pgid: int, not_before: float) -> list[int]:
+    """Live processes of a job's group (started with or after the job: never a reused id)."""
+    members = []
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["create_time"] >= not_before - 1:
+                members.append(proc.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return members
+
+
+@pytest.fixture
+def root(tmp_path):
+    workspace = tmp_path / "runs"
+    workspace.mkdir()
+    yield workspace
+    # Clean-up: kill what is left of every job's process group, then let the workers exit.
+    for job in jobs._raw_jobs(workspace):
+        if job.get("pgid") and group_members(job["pgid"], job["process_start_time"]):
+            os.killpg(job["pgid"], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while jobs.worker_running(workspace) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_worker_starts_queued_job_and_a_fresh_reader_sees_it_running(root):
+    run_dir = root / "run-a"
+    job_id = enqueue_sleep(root, 30, run_dir, spawn_child=True)
+    assert job_state(root, job_id) == rf.QUEUED
+    assert jobs.ensure_worker(root, **FAST_WORKER) is not None
+
+    wait_for(lambda: job_state(root, job_id) == rf.RUNNING, what="the job to run")
+    job = jobs.read_jobs(root)[0]  # a new read: what a reloaded dashboard sees
+    assert job["job_id"] == job_id and job["pid"] and job["pgid"] == job["pid"]
+    assert rf.process_alive(job["pid"], job["process_start_time"])
+    wait_for(lambda: run_state(run_dir) == rf.RUNNING, what="the run to record running")
+    helper = rf.read_status(run_dir)["child_pid"]
+    assert jobs.ensure_worker(root, **FAST_WORKER) is None  # one worker per workspace
+
+    result = jobs.cancel(root, job_id, grace_s=10)
+    assert result == {"job_id": job_id, "outcome": "graceful"}
+    job = jobs.read_job(root, job_id)
+    assert job["state"] == rf.CANCELLED and job["cancel_outcome"] == "graceful"
+    assert job["returncode"] is not None and job["ended_at"]
+    assert rf.read_status(run_dir)["state"] == rf.CANCELLED  # written by the job's own `finally`
+    wait_for(lambda: jobs._process_state(helper, None) != "alive", 5, "the job's helper process to die")
+    assert "sleep --seconds 30" in Path(job["log"]).read_text()
+
+
+def test_cancel_of_a_queued_job_dequeues_it_and_it_never_starts(root):
+    run_dir = root / "run-q"
+    job_id = jobs.enqueue(root, ["train", "--run-dir", str(run_dir)],
+                          prepare_run=(run_dir, {"label": "Attention-Only", "lora_r": 8}))
+    assert rf.read_json(run_dir / rf.CONFIG)["kind"] == rf.KIND_TRAIN
+    assert [r.state for r in rf.list_runs(root)] == [rf.QUEUED]  # .jobs is not listed as a run
+
+    assert jobs.cancel(root, job_id)["outcome"] == "dequeued"
+    assert jobs.run_worker(root, once=True, poll_s=0.05) == 0
+    job = jobs.read_job(root, job_id)
+    assert job["state"] == rf.CANCELLED and job["pid"] is None
+    assert rf.read_status(run_dir)["state"] == rf.CANCELLED
+    assert jobs.cancel(root, job_id)["outcome"] == "already finished"
+
+
+def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(root):
+    run_dir = root / "stubborn"
+    job_id = enqueue_sleep(root, 30, run_dir, ignore_sigterm=True)
+    jobs.ensure_worker(root, **FAST_WORKER)
+    wait_for(lambda: run_state(run_dir) == rf.RUNNING, what="the job to run")
+
+    started = time.monotonic()
+    assert jobs.cancel(root, job_id, grace_s=0.5)["outcome"] == "forced"
+    assert time.monotonic() - started < 8
+    job = jobs.read_job(root, job_id)
+    assert job["state"] == rf.CANCELLED and job["cancel_outcome"] == "forced"
+    assert job["returncode"] == -signal.SIGKILL
+    # The job never wrote a final state, so the worker did.
+    assert rf.read_json(run_dir / rf.STATUS)["state"] == rf.CANCELLED
+
+
+def test_a_job_killed_from_outside_ends_crashed(root):
+    run_dir = root / "killed"
+    job_id = enqueue_sleep(root, 30, run_dir)
+    jobs.ensure_worker(root, **FAST_WORKER)
+    wait_for(lambda: run_state(run_dir) == rf.RUNNING, what="the job to run")
+    job = jobs.read_job(root, job_id)
+
+    os.killpg(job["pgid"], signal.SIGKILL)
+    wait_for(lambda: job_state(root, job_id) in rf.TERMINAL_STATES, what="a final state")
+    job = jobs.read_job(root, job_id)
+    assert job["state"] == rf.CRASHED and "SIGKILL" in job["error"] and job["returncode"] == -signal.SIGKILL
+    assert rf.read_json(run_dir / rf.STATUS)["state"] == rf.CRASHED
+
+
+def test_a_dead_job_reads_as_crashed_at_once_and_the_next_worker_records_it(root):
+    """No worker watching (e.g. the machine rebooted): the next read reports the crash."""
+    run_dir = root / "orphan"
+    job_id = enqueue_sleep(root, 30, run_dir)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    fields = {"state": rf.RUNNING, "pid": gone.pid, "pgid": gone.pid, "process_start_time": time.time() - 5}
+    jobs._update_job(root, job_id, lambda job: fields)
+    rf.write_status(run_dir, rf.RUNNING, pid=gone.pid, process_start_time=fields["process_start_time"])
+
+    assert job_state(root, job_id) == rf.CRASHED
+    assert rf.read_json(jobs.job_dir(root, job_id) / jobs.JOB_FILE)["state"] == rf.RUNNING  # not written
+    assert jobs.run_worker(root, once=True, poll_s=0.05) == 0
+    assert rf.read_json(jobs.job_dir(root, job_id) / jobs.JOB_FILE)["state"] == rf.CRASHED
+    assert rf.read_json(run_dir / rf.STATUS)["state"] == rf.CRASHED
+
+
+def test_racing_launches_never_run_two_gpu_jobs_on_one_slot(root):
+    job_ids: list[str] = []
+
+    def launch(name: str) -> None:
+        job_ids.append(enqueue_sleep(root, 0.8, root / name))
+        jobs.ensure_worker(root, gpu_slots=1, **FAST_WORKER)
+
+    threads = [threading.Thread(target=launch, args=(n,)) for n in ("race-1", "race-2")]
+    for t in threads:
+        t.start()
+    # A third worker started on purpose: it must find the lock taken.
+    extra = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--runs-dir", str(root),
+                              "--gpu-slots", "1", "--poll", "0.05", "--idle-grace", "0.5"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    for t in threads:
+        t.join()
+
+    most_running, seen_running = 0, set()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        states = jobs.read_jobs(root)
+        running = [j for j in states if j["state"] == rf.RUNNING and j["resource"] == "gpu"]
+        most_running = max(most_running, len(running))
+        seen_running.update(j["job_id"] for j in running)
+        if len(states) == 2 and all(j["state"] in rf.TERMINAL_STATES for j in states):
+            break
+        time.sleep(0.02)
+    extra.wait(timeout=10)
+
+    final = jobs.read_jobs(root)
+    assert [j["state"] for j in final] == [rf.SUCCEEDED, rf.SUCCEEDED]
+    assert most_running == 1 and seen_running == set(job_ids)
+    assert all(j["slot"] == 0 for j in final)
+
+
+def test_each_gpu_slot_gets_its_own_visible_device(root, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    first, second = enqueue_sleep(root, 0.3), enqueue_sleep(root, 0.3)
+    cpu_job = enqueue_sleep(root, 0.3, resource="cpu")
+    assert jobs.run_worker(root, once=True, poll_s=0.05) == 0  # 2 GPU slots from the variable
+
+    done = {j["job_id"]: j for j in jobs.read_jobs(root)}
+    assert {done[first]["cuda_visible_devices"], done[second]["cuda_visible_devices"]} == {"3", "5"}
+    assert done[cpu_job]["cuda_visible_devices"] is None and done[cpu_job]["resource"] == "cpu"
+    assert all(j["state"] == rf.SUCCEEDED for j in done.values())
+
+
+def test_a_second_worker_returns_at_once_while_the_lock_is_held(root):
+    lock = jobs._try_lock(jobs.jobs_dir(root) / jobs.WORKER_LOCK)
+    try:
+        started = time.monotonic()
+        assert jobs.run_worker(root, idle_grace_s=30) == 0
+        assert time.monotonic() - started < 2
+        assert jobs.worker_running(root)
+    finally:
+        os.close(lock)
+    assert not jobs.worker_running(root)
+
+
+def test_queue_command_enqueues_the_arguments_after_the_separator(root, capsys):
+    code = cli.main(["queue", "--runs-dir", str(root), "--resource", "cpu", "--no-worker", "--json",
+                     "--", "summary", "--run", "x", "--eval-name", "test"])
+    assert code == 0
+    job = json.loads(capsys.readouterr().out)
+    assert job["argv"] == ["summary", "--run", "x", "--eval-name", "test"]
+    assert job["resource"] == "cpu" and job["state"] == rf.QUEUED
+    assert cli.main(["queue", "--runs-dir", str(root), "--no-worker"]) == 2
+
+
+def test_job_ids_sort_by_creation_and_cannot_leave_the_queue(root):
+    ids = [jobs.enqueue(root, ["summary"]) for _ in range(3)]
+    assert ids == sorted(ids) and [j["job_id"] for j in jobs.read_jobs(root)] == ids
+    for bad in ("../x", "/etc", ".."):
+        with pytest.raises(jobs.JobError):
+            jobs.read_job(root, bad)
+    with pytest.raises(jobs.JobError, match="resource"):
+        jobs.enqueue(root, ["summary"], resource="tpu")
+    with pytest.raises(jobs.JobError, match="not an engine module"):
+        jobs.enqueue(root, ["-c", "print(1)"], module="os")
+
+
+# ---------------------------------------------------------------- sweeps
+
+def test_expand_sweep_is_the_cartesian_product_with_deterministic_names():
+    base = {"lora_alpha": 32, "learning_rate": 2e-4}
+    cells = jobs.expand_sweep(base, {"seed": [42, 123], "lora_r": [8, 16],
+                                     "targets": ["attention", "attention+mlp"]})
+    assert len(cells) == 8
+    names = [c["run_name"] for c in cells]
+    assert len(set(names)) == 8
+    assert names[0] == "attn-r8-a32-s42" and names[-1] == "attn+mlp-r16-a32-s123"
+    assert cells[0]["config"] == {**base, "seed": 42, "lora_r": 8, "targets": "attention",
+                                  "label": "Attention-Only r8"}
+    assert cells[-1]["config"]["label"] == "Attention+MLP r16"
+    assert jobs.expand_sweep(base, {"seed": [42, 123], "lora_r": [8, 16],
+                                    "targets": ["attention", "attention+mlp"]}) == cells
+    for name in names:
+        rf.check_run_name(name)
+
+    seeds_only = jobs.expand_sweep({"label": "My config/v2", "lora_r": 16}, {"seed": [1, 2]})
+    assert [c["run_name"] for c in seeds_only] == ["My-config-v2-r16-s1", "My-config-v2-r16-s2"]
+    assert seeds_only[0]["config"]["label"] == "My config/v2"  # seeds of one config share its label
+
+    with pytest.raises(ValueError, match="non-empty list"):
+        jobs.expand_sweep({}, {"seed": []})
+
+
+def test_a_sweep_over_a_form_config_gives_configs_the_trainer_reads(root):
+    base = TrainConfig(learning_rate=2e-5, train_data=str(root)).to_dict()  # label "Attention-Only"
+    cells = jobs.expand_sweep(base, {"targets": ["attention", "attention+mlp"], "seed": [1]})
+    assert [c["run_name"] for c in cells] == ["attn-r16-a32-s1", "attn+mlp-r16-a32-s1"]
+    assert "target_modules" not in cells[1]["config"]
+    jobs.enqueue_sweep(root, cells)
+    cfg = TrainConfig.from_yaml(root / "attn+mlp-r16-a32-s1" / rf.CONFIG).validate()
+    assert (cfg.targets, cfg.seed, cfg.learning_rate, cfg.display_label()) == (
+        "attention+mlp", 1, 2e-5, "Attention+MLP")
+
+
+def test_parse_list_reads_numbers_and_rejects_junk():
+    assert jobs.parse_list("42, 123, 456") == [42, 123, 456]
+    assert jobs.parse_list("2e-4,1e-4", float) == [2e-4, 1e-4]
+    assert jobs.parse_list("attention, attention+mlp", str) == ["attention", "attention+mlp"]
+    for junk, message in [("42, abc", "'abc' is not a whole number"), ("4.5", "not a whole number"),
+                          ("42,,43", "item 2 .* is empty"), ("", "empty"), ("8, 8", "listed twice"),
+                          ("nan", "not a whole number")]:
+        with pytest.raises(ValueError, match=message):
+            jobs.parse_list(junk)
+    with pytest.raises(ValueError, match="finite"):
+        jobs.parse_list("1e-4, inf", float)
+
+
+def test_a_resumed_sweep_skips_finished_cells_and_keeps_failed_attempts(root):
+    cells = jobs.expand_sweep({"lora_alpha": 32, "lora_r": 8}, {"seed": [1, 2, 3]})
+    done, failed, fresh = (c["run_name"] for c in cells)
+    rf.write_status(root / done, rf.SUCCEEDED)
+    rf.write_status(root / failed, rf.FAILED, error="out of memory")
+    assert jobs.sweep_pending(root, [done, failed, fresh]) == [failed, fresh]
+    with pytest.raises(rf.RunFolderError):
+        jobs.sweep_pending(root, ["../escape"])
+
+    result = jobs.enqueue_sweep(root, cells, sweep_id="sweep-1")
+    assert result["skipped"] == {done: "already succeeded"}
+    assert sorted(result["enqueued"]) == sorted([failed, fresh])
+    assert rf.read_status(root / f"{failed}.attempt1")["state"] == rf.FAILED
+    for name in (failed, fresh):
+        assert rf.read_status(root / name)["state"] == rf.QUEUED
+        assert rf.read_json(root / name / rf.CONFIG)["seed"] in (2, 3)
+    queued = jobs.read_jobs(root)
+    assert {j["sweep_id"] for j in queued} == {"sweep-1"}
+    assert queued[0]["argv"] == ["train", "--config", str(root / failed / rf.CONFIG), "--run-dir", str(root / failed)]
+
+    again = jobs.enqueue_sweep(root, cells)  # enqueued cells are not enqueued twice
+    assert again["enqueued"] == {} and set(again["skipped"].values()) == {
+        "already succeeded", "already queued or running"}
