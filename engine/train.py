@@ -61,6 +61,19 @@ class StopRequested:
 
 # ----------------------------------------------------------------------------- run folder helpers
 
+_console: logging.Handler | None = None
+
+
+def set_console_level(level: int) -> None:
+    """How much of the engine's log is echoed to stderr (the run's engine.log gets everything)."""
+    global _console
+    if _console is None:
+        _console = logging.StreamHandler(sys.stderr)
+        _console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logging.getLogger("engine").addHandler(_console)
+    _console.setLevel(level)
+
+
 def attach_log(run_dir: Path) -> logging.Handler:
     """Everything the engine logs also goes to <run>/engine.log."""
     handler = logging.FileHandler(Path(run_dir) / rf.LOG, encoding="utf-8")
@@ -68,11 +81,8 @@ def attach_log(run_dir: Path) -> logging.Handler:
     root = logging.getLogger("engine")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in root.handlers):
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        root.addHandler(stream)
+    if _console is None:
+        set_console_level(logging.INFO)
     return handler
 
 
@@ -159,8 +169,13 @@ def lr_lambda(scheduler: str, warmup: int, total: int) -> Callable[[int], float]
     return factor
 
 
-def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None) -> dict[str, Any]:
-    """Train one adapter into `run_dir`; returns the summary. Raises after recording a failure."""
+def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None,
+          evaluate_on: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train one adapter into `run_dir`; returns the summary. Raises after recording a failure.
+
+    evaluate_on: {evaluation name: test data} scored with the trained model before the run is
+    marked finished (saves reloading the model, e.g. in the demo).
+    """
     cfg.validate()
     run_dir = prepare_run_dir(cfg, run_dir)
     handler = attach_log(run_dir)
@@ -169,7 +184,7 @@ def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None) ->
     rf.write_status(run_dir, rf.RUNNING, kind=rf.KIND_TRAIN, error=None, **rf.mark_process(run_dir))
     state, error, summary = rf.FAILED, None, {}
     try:
-        summary = _train(cfg, run_dir, stop)
+        summary = _train(cfg, run_dir, stop, evaluate_on or {})
         state = rf.CANCELLED if stop else rf.SUCCEEDED
         return summary
     except DiskFullError as exc:
@@ -193,7 +208,7 @@ def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None) ->
         handler.close()
 
 
-def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested) -> dict[str, Any]:
+def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: dict[str, str]) -> dict[str, Any]:
     import torch
 
     from engine import modeling as m
@@ -314,12 +329,16 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested) -> dict[str, An
         "data": {"train": train_report.to_dict(), "val": val_report.to_dict() if val_report else None},
     }
     rf.atomic_write_json(run_dir / rf.SUMMARY, summary)
-    if val_clips and not stop:
+    evaluations = ([("val", val_clips, val_report)] if val_clips else []) + [
+        (name, *load_clips(source, label_words=cfg.label_words, max_seconds=cfg.max_clip_seconds, skip_bad=True))
+        for name, source in evaluate_on.items()]
+    if evaluations and not stop:
         from engine.scoring import evaluate_clips
 
         model.eval()
-        evaluate_clips(loaded, val_clips, val_report, run_dir, "val", cfg.system_prompt, cfg.prompt,
-                       cfg.label_words, producer={"kind": "adapter", "run": run_dir.name}, audio=audio)
+        for name, clips, report in evaluations:
+            evaluate_clips(loaded, clips, report, run_dir, name, cfg.system_prompt, cfg.prompt, cfg.label_words,
+                           producer={"kind": "adapter", "run": run_dir.name, "adapter": str(adapter)}, audio=audio)
     log.info("done in %.1f s: %d steps, final loss %.4f", runtime, step, last_loss)
     return summary
 
@@ -370,7 +389,13 @@ _FLAG_FIELDS = ("label", "model", "quantization", "lora_r", "lora_alpha", "lora_
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    queued_config = Path(args.run_dir) / rf.CONFIG if args.run_dir else None
+    if args.config:
+        cfg = TrainConfig.from_yaml(args.config)
+    elif queued_config is not None and queued_config.is_file():
+        cfg = TrainConfig.from_dict(rf.read_json(queued_config))  # a run queued by the dashboard
+    else:
+        cfg = TrainConfig()
     for name in _FLAG_FIELDS:
         value = getattr(args, name, None)
         if value is not None:

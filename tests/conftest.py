@@ -1,0 +1,60 @@
+"""Shared fixtures. The expensive ones are session-scoped and built with the real engine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO_ROOT.parent / "shared" / "examples" / "seed_predictions"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    if not EXAMPLES.is_dir():
+        pytest.skip(f"example exports not found at {EXAMPLES}")
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The built-in tiny model folder (built once into the user's cache, reused afterwards)."""
+    from engine.tiny import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> dict[str, Path]:
+    """Synthetic SPEECH/NONSPEECH data: 96 train, 32 test (16/16), 16 val clips."""
+    from engine.synth import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("demo-data"), n_train=96, n_test=32, n_val=16, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_workspace(tmp_path_factory, tiny_model, examples_dir) -> Path:
+    """A workspace made by the engine: tiny attention / attention+MLP runs over two seeds with a
+    test evaluation each, the Silero baseline, and the two example exports imported.
+
+    Set QLORA_DASH_TEST_WORKSPACE to a folder to build it once and reuse it across sessions.
+    """
+    from engine.demo import build_demo
+    from engine.importing import import_predictions
+
+    reuse = os.environ.get("QLORA_DASH_TEST_WORKSPACE")
+    root = Path(reuse) if reuse else tmp_path_factory.mktemp("workspace")
+    if not (root / "example-lora-s42").exists():
+        build_demo(root, seeds=(42, 123), say=lambda msg: None)
+        import_predictions(examples_dir / "base_predictions.csv", "example-base", root,
+                           config_label="Base (example)", seed=42)
+        import_predictions(examples_dir / "lora_seed42_predictions.csv", "example-lora-s42", root,
+                           config_label="LoRA (example)", seed=42)
+    return root
