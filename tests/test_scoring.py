@@ -1,0 +1,168 @@
+"""Logit scoring on the tiny model: exactness of the fast path, batching, padding, stable ids,
+run vs checkpoint, base model, corrupt clips and the audio-is-used control."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import modeling as m
+from engine import runfolder as rf
+from engine.cli import main
+from engine.config import TrainConfig
+from engine.data import AudioCache, load_clips
+from engine.predictions import RECORD_FIELDS, read_predictions
+from engine.scoring import score_audio
+from engine.train import train
+
+SYSTEM, PROMPT = "You are a helpful assistant.", "Is this speech?"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_data, tiny_model) -> Path:
+    run_dir = tmp_path_factory.mktemp("scoring") / "run"
+    train(TrainConfig(model="tiny", device="cpu", targets="attention+mlp", max_steps=4, per_device_batch=8,
+                      grad_accum=1, learning_rate=3e-3, train_data=str(demo_data["train"])), run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def loaded(trained):
+    model = m.load_model("tiny", "4bit", "cpu")
+    m.load_adapter(model, trained / "adapter")
+    model.model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def mixed_audio(demo_data):
+    clips, _ = load_clips(demo_data["test"])
+    cache = AudioCache()
+    audios = [cache.load(c) for c in clips[:8]]
+    audios[0] = audios[0][:4000]  # a 0.25 s clip beside ~2 s ones: very different lengths in one batch
+    return audios
+
+
+def test_prompt_ids_equal_the_processor(loaded, mixed_audio):
+    plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
+    text = m.prompt_text(SYSTEM, PROMPT)
+    for audio in mixed_audio[:3]:
+        ours = m.make_batch(loaded.processor, [audio], SYSTEM, PROMPT, plan).input_ids[0]
+        theirs = loaded.processor(text=[text], audio=[audio], sampling_rate=16000, return_tensors="pt")["input_ids"][0]
+        assert torch.equal(ours, theirs)
+
+
+def test_fast_path_scores_and_loss_equal_the_stock_path(loaded, mixed_audio):
+    """Trimmed encoder input + lm_head only where needed == the 3000-frame, full-logit HF forward."""
+    plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
+    with torch.no_grad():
+        batch = m.make_batch(loaded.processor, mixed_audio, SYSTEM, PROMPT, plan)
+        np.testing.assert_allclose(m.class_scores(loaded.model, batch, plan).numpy(),
+                                   m.stock_class_scores(loaded.model, batch, plan).numpy(), atol=1e-4)
+        train_batch = m.make_batch(loaded.processor, mixed_audio, SYSTEM, PROMPT, plan,
+                                   answers=[i % 2 for i in range(len(mixed_audio))], padding_side="right")
+        fast_loss, _ = m.answer_loss(loaded.model, train_batch)
+        assert fast_loss.item() == pytest.approx(m.stock_answer_loss(loaded.model, train_batch).item(), abs=1e-4)
+    # the fast path really trims: the encoder sees far fewer than 3000 frames here
+    assert int(batch.feature_attention_mask.sum(-1).max()) < 1000
+
+
+def test_batched_scoring_equals_one_clip_at_a_time_with_either_padding(loaded, mixed_audio):
+    single = score_audio(loaded, mixed_audio, SYSTEM, PROMPT, ["SPEECH", "NONSPEECH"], batch_size=1)
+    for side in ("left", "right"):
+        batched = score_audio(loaded, mixed_audio, SYSTEM, PROMPT, ["SPEECH", "NONSPEECH"], batch_size=8,
+                              padding_side=side)
+        np.testing.assert_allclose(batched, single, atol=1e-4)
+        assert (batched.argmax(1) == single.argmax(1)).all()
+
+
+def test_label_words_sharing_a_prefix_are_decided_where_they_differ(loaded):
+    plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "SPEECHLESS"])
+    tok = loaded.processor.tokenizer
+    assert tok.decode(plan.shared_prefix) == "SPEECH"
+    assert plan.decision_ids[0] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert plan.decision_ids[0] != plan.decision_ids[1]
+
+
+def run(capsys, *args) -> int:
+    capsys.readouterr()
+    return main([str(a) for a in args])
+
+
+def test_eval_cli_records_run_vs_checkpoint_and_batch_sizes(trained, demo_data, tmp_path, capsys):
+    root = tmp_path / "ws"
+    assert run(capsys, "eval", "--run", trained, "--test-csv", demo_data["test"], "--name", "b1", "--batch-size", 1,
+               "--save-predictions", tmp_path / "b1.csv") == 0
+    assert run(capsys, "eval", "--run", trained, "--test-csv", demo_data["test"], "--name", "b8",
+               "--batch-size", 8) == 0
+    assert run(capsys, "eval", "--checkpoint", trained / "adapter", "--model", "tiny", "--test-csv",
+               demo_data["test"], "--runs-dir", root, "--run-name", "ckpt") == 0
+    b1, b8 = read_predictions(trained, "b1"), read_predictions(trained, "b8")
+    ckpt = read_predictions(root / "ckpt", "test")
+    assert len(b1) == 32 and set(RECORD_FIELDS) <= set(b1[0]) and "snr_db" in b1[0] and "condition" in b1[0]
+    assert [r["pred"] for r in b1] == [r["pred"] for r in b8] == [r["pred"] for r in ckpt]
+    np.testing.assert_allclose([r["p_speech"] for r in b1], [r["p_speech"] for r in b8], atol=1e-5)
+    assert [r["p_speech"] for r in ckpt] == [r["p_speech"] for r in b8]
+    evaluation = rf.read_json(rf.evaluation_dir(trained, "b8") / rf.EVALUATION)
+    assert evaluation["producer"]["kind"] == "adapter" and evaluation["manifest_sha256"]
+    assert evaluation["clip_count"] == 32 and evaluation["label_words"] == ["SPEECH", "NONSPEECH"]
+    with open(tmp_path / "b1.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 32
+
+
+def test_clip_ids_survive_a_reordered_manifest(trained, demo_data, tmp_path, capsys):
+    lines = Path(demo_data["test"]).read_text().splitlines()
+    reordered = Path(demo_data["test"]).parent / "test_reversed.csv"
+    reordered.write_text("\n".join([lines[0]] + lines[1:][::-1]) + "\n")
+    assert run(capsys, "eval", "--run", trained, "--test-csv", demo_data["test"], "--name", "fwd") == 0
+    assert run(capsys, "eval", "--run", trained, "--test-csv", reordered, "--name", "rev") == 0
+    fwd = {r["clip_id"]: r["p_speech"] for r in read_predictions(trained, "fwd")}
+    rev = {r["clip_id"]: r["p_speech"] for r in read_predictions(trained, "rev")}
+    assert fwd.keys() == rev.keys()
+    for clip_id, p in fwd.items():
+        assert rev[clip_id] == pytest.approx(p, abs=1e-5)
+
+
+def test_base_model_evaluation_is_its_own_run(demo_data, tmp_path, capsys):
+    assert run(capsys, "eval", "--base", "--model", "tiny", "--test-csv", demo_data["test"], "--runs-dir",
+               tmp_path, "--run-name", "base-tiny", "--json") == 0
+    info = rf.read_run(tmp_path / "base-tiny")
+    assert info.kind == "eval" and info.state == "succeeded" and info.evaluations == ["test"]
+
+
+def test_a_corrupt_clip_is_reported_by_name_and_the_rest_still_score(trained, demo_data, tmp_path, capsys):
+    folder = Path(demo_data["test"]).parent
+    broken = folder / "broken.wav"
+    broken.write_text("not audio")
+    manifest = tmp_path / "with_broken.csv"
+    lines = Path(demo_data["test"]).read_text().splitlines()
+    relative = lambda p: str((folder / p).resolve())  # noqa: E731
+    header, rows = lines[0], [line.split(",", 1) for line in lines[1:]]
+    manifest.write_text(header + "\n" + "".join(f"{relative(p)},{rest}\n" for p, rest in rows)
+                        + f"{broken},SPEECH,,,,\n")
+    assert run(capsys, "eval", "--run", trained, "--test-csv", manifest, "--name", "broken") == 0
+    assert "broken.wav" in capsys.readouterr().err
+    evaluation = rf.read_json(rf.evaluation_dir(trained, "broken") / rf.EVALUATION)
+    assert evaluation["clip_count"] == 32
+    assert [Path(s["path"]).name for s in evaluation["skipped"]] == ["broken.wav"]
+    broken.unlink()
+
+
+def test_audio_is_used_control_is_stored_as_its_own_evaluation(trained, demo_data, capsys):
+    assert run(capsys, "eval", "--run", trained, "--test-csv", demo_data["test"], "--control", "silence") == 0
+    records = read_predictions(trained, "test-silence")
+    assert len(records) == 32 and len({r["pred"] for r in records}) == 1  # silence: one answer for every clip
+    assert rf.read_json(rf.evaluation_dir(trained, "test-silence") / rf.EVALUATION)["control"] == "silence"
+
+
+def test_an_unfinished_run_is_refused_for_evaluation(trained, demo_data, tmp_path, capsys):
+    copy = tmp_path / "half"
+    shutil.copytree(trained, copy)
+    shutil.rmtree(copy / "adapter")
+    assert run(capsys, "eval", "--run", copy, "--test-csv", demo_data["test"]) == 2
+    assert "no finished adapter" in capsys.readouterr().err
