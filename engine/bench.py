@@ -1,0 +1,233 @@
+"""GPU benchmark on the full-size Qwen2-Audio-7B architecture with random weights.
+
+No weights can be downloaded here, so `build_random_7b` builds the public 7B config with random
+bf16 weights once on local disk (with the tiny model's tokenizer: the vocabulary size stays
+156,032, only the ids used differ) and every measurement then loads it through the normal
+4-bit path. Random weights are fine for speed and memory and meaningless for accuracy.
+
+    python -m engine bench --model-dir /tmp/q7b --build --train-steps 20 --score-clips 256 --out DIR
+
+Measures, in one process and on the same clips:
+- stock: the users' recipe (3000-frame input, micro-batch 2 x accumulation 8, gradient
+  checkpointing, full-vocabulary logits and loss, peft's k-bit preparation with fp32 upcast);
+- fast: the engine's path (trimmed encoder input, logits only at answer/scored positions,
+  no upcast), with the whole effective batch in one micro-batch when it fits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import runfolder as rf
+
+
+def build_random_7b(out_dir: Path) -> Path:
+    """Save the 7B architecture with random bf16 weights (about 16.8 GB) and a processor."""
+    import torch
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+    from engine.modeling import QWEN2_AUDIO_7B
+    from engine.tiny import ensure_tiny_model
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    tiny = ensure_tiny_model()
+    processor = Qwen2AudioProcessor.from_pretrained(tiny)
+    config = Qwen2AudioConfig(**{**QWEN2_AUDIO_7B,
+                                 "audio_token_index": processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")})
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = Qwen2AudioForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(out_dir, max_shard_size="5GB")
+    processor.save_pretrained(out_dir)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return out_dir
+
+
+def make_clips(n: int, seconds: float, seed: int = 0) -> tuple[list[np.ndarray], list[int]]:
+    """Random tones (class 0) and noise (class 1) of a fixed length; only speed matters here."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    audios, labels = [], []
+    for i in range(n):
+        if i % 2 == 0:
+            audios.append((0.3 * np.sin(2 * np.pi * rng.uniform(100, 400) * t)).astype(np.float32))
+        else:
+            audios.append((0.1 * rng.standard_normal(t.size)).astype(np.float32))
+        labels.append(i % 2)
+    return audios, labels
+
+
+def write_manifest(folder: Path, n: int, seconds: float, seed: int = 0) -> Path:
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    audios, labels = make_clips(n, seconds, seed)
+    rows = ["path,label,duration_ms"]
+    for i, (a, y) in enumerate(zip(audios, labels)):
+        sf.write(folder / f"clip{i:04d}.wav", a, 16000)
+        rows.append(f"clip{i:04d}.wav,{'SPEECH' if y == 0 else 'NONSPEECH'},{int(seconds * 1000)}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder / "manifest.csv"
+
+
+def _sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure_training(model_dir: Path, path: str, targets: list[str], steps: int, warmup: int, seconds: float,
+                     micro: int, accum: int, checkpointing: bool) -> dict[str, Any]:
+    """Optimizer steps/s of one training path; returns samples/s, peak memory and the loss curve."""
+    import torch
+
+    from engine import modeling as m
+
+    loaded = m.load_model(str(model_dir), "4bit", "auto", "auto")
+    plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
+    if path == "stock":
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        hf = prepare_model_for_kbit_training(loaded.hf, use_gradient_checkpointing=checkpointing,
+                                             gradient_checkpointing_kwargs={"use_reentrant": False})
+        loaded.model = get_peft_model(hf, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
+                                                     target_modules=targets, task_type="CAUSAL_LM"))
+    else:
+        m.attach_lora(loaded, 16, 32, 0.05, targets, gradient_checkpointing=checkpointing)
+    model = loaded.model
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(params, lr=2e-4)
+    audios, labels = make_clips(micro * accum * (steps + warmup), seconds)
+    torch.cuda.reset_peak_memory_stats()
+    losses, times = [], []
+    k = 0
+    for step in range(steps + warmup):
+        _sync()
+        t0 = time.perf_counter()
+        total = 0.0
+        for _ in range(accum):
+            idx = range(k, k + micro)
+            k += micro
+            batch = m.make_batch(loaded.processor, [audios[i] for i in idx], "You are a helpful assistant.",
+                                 "Is this speech?", plan, answers=[labels[i] for i in idx],
+                                 padding_side="right").to(loaded.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                if path == "stock":
+                    loss = m.stock_answer_loss(model, batch)
+                else:
+                    loss = m.answer_loss(model, batch)[0]
+            (loss / accum).backward()
+            total += loss.item() / accum
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync()
+        times.append(time.perf_counter() - t0)
+        losses.append(total)
+    timed = times[warmup:]
+    result = {"path": path, "targets": targets, "clip_s": seconds, "micro_batch": micro, "grad_accum": accum,
+              "gradient_checkpointing": checkpointing, "steps_timed": len(timed),
+              "step_s": float(np.mean(timed)), "samples_per_s": micro * accum / float(np.mean(timed)),
+              "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2), "losses": losses}
+    del model, loaded, opt
+    torch.cuda.empty_cache()
+    return result
+
+
+def measure_scoring(model_dir: Path, path: str, n_clips: int, seconds: float, batch_size: int) -> dict[str, Any]:
+    import torch
+
+    from engine import modeling as m
+
+    loaded = m.load_model(str(model_dir), "4bit", "auto", "auto")
+    plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
+    audios, _ = make_clips(n_clips, seconds, seed=1)
+    loaded.model.eval()
+    scores = []
+    torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        for warm in (True, False):
+            _sync()
+            t0 = time.perf_counter()
+            chunk = audios[:batch_size] if warm else audios
+            for s in range(0, len(chunk), batch_size):
+                batch = m.make_batch(loaded.processor, chunk[s:s + batch_size], "You are a helpful assistant.",
+                                     "Is this speech?", plan).to(loaded.device)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    out = (m.stock_class_scores(loaded.model, batch, plan) if path == "stock"
+                           else m.class_scores(loaded.model, batch, plan))
+                if not warm:
+                    scores.append(out.float().cpu())
+            _sync()
+            elapsed = time.perf_counter() - t0
+    preds = torch.cat(scores).argmax(-1).tolist()
+    result = {"path": path, "clips": n_clips, "clip_s": seconds, "batch_size": batch_size,
+              "clips_per_s": n_clips / elapsed, "seconds": elapsed,
+              "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2), "preds": preds}
+    del loaded
+    torch.cuda.empty_cache()
+    return result
+
+
+def bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-dir", type=Path, default=Path("/tmp/qwen2-audio-7b-random"))
+    p.add_argument("--build", action="store_true", help="build the random-weight 7B if missing")
+    p.add_argument("--train-steps", type=int, default=20)
+    p.add_argument("--warmup-steps", type=int, default=2)
+    p.add_argument("--score-clips", type=int, default=256)
+    p.add_argument("--clip-seconds", default="1,3")
+    p.add_argument("--paths", default="stock,fast")
+    p.add_argument("--targets", default="attention+mlp")
+    p.add_argument("--fast-micro", type=int, default=16, help="micro-batch of the fast path (effective 16)")
+    p.add_argument("--score-batch", type=int, default=64)
+    p.add_argument("--memory-cap-gb", type=float, default=None, help="simulate a smaller card")
+    p.add_argument("--out", type=Path, default=None, help="write results JSON here")
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.config import TARGET_PRESETS
+
+    if not torch.cuda.is_available():
+        print("error: bench needs a CUDA GPU", flush=True)
+        return 2
+    if args.memory_cap_gb:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(args.memory_cap_gb * 2**30 / total)
+    t0 = time.time()
+    model_dir = build_random_7b(args.model_dir) if args.build else args.model_dir
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d"),
+                               "build_s": round(time.time() - t0, 1), "train": [], "score": []}
+    targets = list(TARGET_PRESETS[args.targets])
+    for seconds in [float(s) for s in args.clip_seconds.split(",")]:
+        for path in args.paths.split(","):
+            if args.train_steps:
+                micro, accum, ckpt = (2, 8, True) if path == "stock" else (args.fast_micro, 16 // args.fast_micro, False)
+                r = measure_training(model_dir, path, targets, args.train_steps, args.warmup_steps, seconds,
+                                     micro, accum, ckpt)
+                results["train"].append(r)
+                print(json.dumps({k: v for k, v in r.items() if k != "losses"}), flush=True)
+            if args.score_clips:
+                r = measure_scoring(model_dir, path, args.score_clips, seconds,
+                                    16 if path == "stock" else args.score_batch)
+                results["score"].append(r)
+                print(json.dumps({k: v for k, v in r.items() if k != "preds"}), flush=True)
+    if args.out:
+        rf.atomic_write_json(args.out, results)
+    return 0
