@@ -90,7 +90,8 @@ def _sync():
 
 
 def measure_training(model_dir: Path, path: str, targets: list[str], steps: int, warmup: int, seconds: float,
-                     micro: int, accum: int, checkpointing: bool) -> dict[str, Any]:
+                     micro: int, accum: int, checkpointing: bool, lr: float = 2e-4,
+                     stock_upcast: bool = True) -> dict[str, Any]:
     """Optimizer steps/s of one training path; returns samples/s, peak memory and the loss curve."""
     import torch
 
@@ -98,20 +99,28 @@ def measure_training(model_dir: Path, path: str, targets: list[str], steps: int,
 
     loaded = m.load_model(str(model_dir), "4bit", "auto", "auto")
     plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
+    torch.manual_seed(0)  # same LoRA initialisation for both paths; dropout 0 so they compute the same function
     if path == "stock":
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-        hf = prepare_model_for_kbit_training(loaded.hf, use_gradient_checkpointing=checkpointing,
-                                             gradient_checkpointing_kwargs={"use_reentrant": False})
-        loaded.model = get_peft_model(hf, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
+        if stock_upcast:  # peft's k-bit preparation: fp32 copies of every non-quantized weight
+            hf = prepare_model_for_kbit_training(loaded.hf, use_gradient_checkpointing=checkpointing,
+                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            hf = loaded.hf
+            for param in hf.parameters():
+                param.requires_grad_(False)
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            hf.enable_input_require_grads()
+        loaded.model = get_peft_model(hf, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                                      target_modules=targets, task_type="CAUSAL_LM"))
     else:
-        m.attach_lora(loaded, 16, 32, 0.05, targets, gradient_checkpointing=checkpointing)
+        m.attach_lora(loaded, 16, 32, 0.0, targets, gradient_checkpointing=checkpointing)
     model = loaded.model
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     torch.manual_seed(0)
-    opt = torch.optim.AdamW(params, lr=2e-4)
+    opt = torch.optim.AdamW(params, lr=lr)
     audios, labels = make_clips(micro * accum * (steps + warmup), seconds)
     torch.cuda.reset_peak_memory_stats()
     losses, times = [], []
@@ -124,8 +133,9 @@ def measure_training(model_dir: Path, path: str, targets: list[str], steps: int,
             idx = range(k, k + micro)
             k += micro
             batch = m.make_batch(loaded.processor, [audios[i] for i in idx], "You are a helpful assistant.",
-                                 "Is this speech?", plan, answers=[labels[i] for i in idx],
-                                 padding_side="right").to(loaded.device)
+                                 "Is this speech?", plan, answers=[labels[i] for i in idx], padding_side="right",
+                                 full_features=path == "stock",
+                                 feature_device="cpu" if path == "stock" else "cuda").to(loaded.device)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 if path == "stock":
                     loss = m.stock_answer_loss(model, batch)
@@ -140,7 +150,7 @@ def measure_training(model_dir: Path, path: str, targets: list[str], steps: int,
         times.append(time.perf_counter() - t0)
         losses.append(total)
     timed = times[warmup:]
-    result = {"path": path, "targets": targets, "clip_s": seconds, "micro_batch": micro, "grad_accum": accum,
+    result = {"path": path, "targets": targets, "lr": lr, "stock_upcast": stock_upcast if path == "stock" else None, "clip_s": seconds, "micro_batch": micro, "grad_accum": accum,
               "gradient_checkpointing": checkpointing, "steps_timed": len(timed),
               "step_s": float(np.mean(timed)), "samples_per_s": micro * accum / float(np.mean(timed)),
               "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2), "losses": losses}
@@ -149,7 +159,9 @@ def measure_training(model_dir: Path, path: str, targets: list[str], steps: int,
     return result
 
 
-def measure_scoring(model_dir: Path, path: str, n_clips: int, seconds: float, batch_size: int) -> dict[str, Any]:
+def measure_scoring(model_dir: Path, n_clips: int, seconds: float, batch_sizes: dict[str, int]) -> dict[str, Any]:
+    """Clips/s of the stock and fast scoring paths on the same base model and clips, and how
+    often their predictions agree."""
     import torch
 
     from engine import modeling as m
@@ -158,45 +170,69 @@ def measure_scoring(model_dir: Path, path: str, n_clips: int, seconds: float, ba
     plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
     audios, _ = make_clips(n_clips, seconds, seed=1)
     loaded.model.eval()
-    scores = []
-    torch.cuda.reset_peak_memory_stats()
-    with torch.inference_mode():
-        for warm in (True, False):
-            _sync()
-            t0 = time.perf_counter()
-            chunk = audios[:batch_size] if warm else audios
-            for s in range(0, len(chunk), batch_size):
-                batch = m.make_batch(loaded.processor, chunk[s:s + batch_size], "You are a helpful assistant.",
-                                     "Is this speech?", plan).to(loaded.device)
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    out = (m.stock_class_scores(loaded.model, batch, plan) if path == "stock"
-                           else m.class_scores(loaded.model, batch, plan))
-                if not warm:
-                    scores.append(out.float().cpu())
-            _sync()
-            elapsed = time.perf_counter() - t0
-    preds = torch.cat(scores).argmax(-1).tolist()
-    result = {"path": path, "clips": n_clips, "clip_s": seconds, "batch_size": batch_size,
-              "clips_per_s": n_clips / elapsed, "seconds": elapsed,
-              "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2), "preds": preds}
+    out: dict[str, Any] = {"clips": n_clips, "clip_s": seconds}
+    preds = {}
+    for path, batch_size in batch_sizes.items():
+        score = m.stock_class_scores if path == "stock" else m.class_scores
+        torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            for warm in (True, False):
+                chunk = audios[:batch_size] if warm else audios
+                results = []
+                _sync()
+                t0 = time.perf_counter()
+                for s in range(0, len(chunk), batch_size):
+                    batch = m.make_batch(loaded.processor, chunk[s:s + batch_size], "You are a helpful assistant.",
+                                         "Is this speech?", plan, full_features=path == "stock",
+                                         feature_device="cpu" if path == "stock" else "cuda").to(loaded.device)
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        results.append(score(loaded.model, batch, plan).float().cpu())
+                _sync()
+                elapsed = time.perf_counter() - t0
+        preds[path] = torch.cat(results).argmax(-1)
+        out[path] = {"batch_size": batch_size, "clips_per_s": n_clips / elapsed, "seconds": elapsed,
+                     "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    if len(preds) == 2:
+        out["prediction_agreement"] = float((preds["stock"] == preds["fast"]).float().mean())
+        out["speedup"] = out["fast"]["clips_per_s"] / out["stock"]["clips_per_s"]
     del loaded
     torch.cuda.empty_cache()
-    return result
+    return out
+
+
+def measure_engine_training(model_dir: Path, steps: int, seconds: float, targets: str, work: Path) -> dict[str, Any]:
+    """The engine's own default recipe (train(), 4-bit, effective batch 16, auto micro-batch)."""
+    from engine.config import TrainConfig
+    from engine.train import train
+
+    manifest = write_manifest(work / f"data-{seconds:g}s", 16 * steps, seconds)
+    run_dir = work / f"engine-run-{seconds:g}s-{int(time.time())}"
+    summary = train(TrainConfig(model=str(model_dir), train_data=str(manifest), targets=targets, max_steps=steps,
+                                epochs=1, lora_dropout=0.0), run_dir)
+    keep = ("micro_batch", "grad_accum", "gradient_checkpointing", "samples_per_s", "peak_gpu_memory_mb",
+            "train_time_s", "final_train_loss", "trainable_params")
+    return {"clip_s": seconds, **{k: summary[k] for k in keep},
+            "losses": [r["loss"] for r in rf.read_metrics(run_dir)]}
 
 
 def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-dir", type=Path, default=Path("/tmp/qwen2-audio-7b-random"))
     p.add_argument("--build", action="store_true", help="build the random-weight 7B if missing")
+    p.add_argument("--what", default="train,score,engine", help="any of train, score, engine")
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--warmup-steps", type=int, default=2)
     p.add_argument("--score-clips", type=int, default=256)
-    p.add_argument("--clip-seconds", default="1,3")
+    p.add_argument("--clip-seconds", default="1")
     p.add_argument("--paths", default="stock,fast")
     p.add_argument("--targets", default="attention+mlp")
     p.add_argument("--fast-micro", type=int, default=16, help="micro-batch of the fast path (effective 16)")
     p.add_argument("--score-batch", type=int, default=64)
-    p.add_argument("--memory-cap-gb", type=float, default=None, help="simulate a smaller card")
-    p.add_argument("--out", type=Path, default=None, help="write results JSON here")
+    p.add_argument("--memory-cap-gb", type=float, default=None, help="simulate a smaller card (engine run only)")
+    p.add_argument("--lr", type=float, default=2e-4, help="learning rate of the train measurements")
+    p.add_argument("--no-stock-upcast", action="store_true",
+                   help="stock path without the fp32 upcast (to compare the math at equal precision)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench-work"))
+    p.add_argument("--out", type=Path, default=None, help="write results JSON here (rewritten after each part)")
 
 
 def bench_main(args: argparse.Namespace) -> int:
@@ -207,27 +243,32 @@ def bench_main(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         print("error: bench needs a CUDA GPU", flush=True)
         return 2
-    if args.memory_cap_gb:
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(args.memory_cap_gb * 2**30 / total)
     t0 = time.time()
     model_dir = build_random_7b(args.model_dir) if args.build else args.model_dir
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d"),
-                               "build_s": round(time.time() - t0, 1), "train": [], "score": []}
+                               "build_s": round(time.time() - t0, 1), "train": [], "score": [], "engine": []}
     targets = list(TARGET_PRESETS[args.targets])
+    what = set(args.what.split(","))
+
+    def emit(part: str, record: dict) -> None:
+        results[part].append(record)
+        print(json.dumps({k: v for k, v in record.items() if k != "losses"}), flush=True)
+        if args.out:
+            rf.atomic_write_json(args.out, results)
+
     for seconds in [float(s) for s in args.clip_seconds.split(",")]:
-        for path in args.paths.split(","):
-            if args.train_steps:
+        if "train" in what:
+            for path in args.paths.split(","):
                 micro, accum, ckpt = (2, 8, True) if path == "stock" else (args.fast_micro, 16 // args.fast_micro, False)
-                r = measure_training(model_dir, path, targets, args.train_steps, args.warmup_steps, seconds,
-                                     micro, accum, ckpt)
-                results["train"].append(r)
-                print(json.dumps({k: v for k, v in r.items() if k != "losses"}), flush=True)
-            if args.score_clips:
-                r = measure_scoring(model_dir, path, args.score_clips, seconds,
-                                    16 if path == "stock" else args.score_batch)
-                results["score"].append(r)
-                print(json.dumps({k: v for k, v in r.items() if k != "preds"}), flush=True)
-    if args.out:
-        rf.atomic_write_json(args.out, results)
+                emit("train", measure_training(model_dir, path, targets, args.train_steps, args.warmup_steps, seconds,
+                                               micro, accum, ckpt, args.lr, not args.no_stock_upcast))
+        if "score" in what:
+            sizes = {p: (16 if p == "stock" else args.score_batch) for p in args.paths.split(",")}
+            emit("score", measure_scoring(model_dir, args.score_clips, seconds, sizes))
+        if "engine" in what:
+            if args.memory_cap_gb:
+                total = torch.cuda.get_device_properties(0).total_memory
+                torch.cuda.set_per_process_memory_fraction(args.memory_cap_gb * 2**30 / total)
+            record = measure_engine_training(model_dir, args.train_steps, seconds, args.targets, args.work)
+            emit("engine", {**record, "memory_cap_gb": args.memory_cap_gb})
     return 0

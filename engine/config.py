@@ -111,9 +111,10 @@ class TrainConfig:
     dtype: str = "auto"
     """Compute dtype: auto (bf16 on GPU, fp32 on CPU), bfloat16 or float32."""
     gradient_checkpointing: str = "auto"
-    """"auto" (on for GPUs), "on" or "off". Always non-reentrant."""
-    num_workers: int = 0
-    """DataLoader workers for audio decoding."""
+    """"auto" (only when memory requires it, GPU), "on" or "off". Always non-reentrant."""
+    auto_micro_batch: bool = True
+    """On a GPU, pick the largest micro-batch that fits (a divisor of the effective batch) and
+    accumulate the rest, so per_device_batch x grad_accum and the optimisation stay the same."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -164,7 +165,6 @@ class TrainConfig:
             self.max_steps = _int(self, "max_steps", minimum=1)
         self.per_device_batch = _int(self, "per_device_batch", minimum=1)
         self.grad_accum = _int(self, "grad_accum", minimum=1)
-        self.num_workers = _int(self, "num_workers", minimum=0)
         self.learning_rate = _number(self, "learning_rate")
         _require(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1) (got {self.learning_rate:g})")
         self.weight_decay = _number(self, "weight_decay")

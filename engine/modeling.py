@@ -251,8 +251,8 @@ class Batch:
     input_ids: torch.Tensor          # (B, S)
     attention_mask: torch.Tensor     # (B, S)
     position_ids: torch.Tensor       # (B, S)
-    input_features: torch.Tensor     # (B, 128, 3000) mel, as the processor returns it
-    feature_attention_mask: torch.Tensor  # (B, 3000)
+    input_features: torch.Tensor     # (B, 128, T) mel; T = 3000 with full_features, else longest + 4
+    feature_attention_mask: torch.Tensor  # (B, T)
     target_positions: torch.Tensor   # (N,) flat indices b*S+s of positions that predict a target
     target_ids: torch.Tensor         # (N,) token ids predicted there
     target_rows: torch.Tensor        # (N,) batch row of each target
@@ -268,17 +268,37 @@ def audio_token_count(n_samples: int) -> int:
     return (((frames - 1) // 2 + 1) - 2) // 2 + 1
 
 
+def mel_features(feature_extractor, audios: Sequence[np.ndarray], full: bool = False, device: str = "cpu"):
+    """Log-mel features and frame mask, as the processor computes them.
+
+    full=True pads every clip to 30 s (3000 frames), exactly like Qwen2AudioProcessor. Otherwise
+    only to the longest clip + 4 frames: Whisper's log-mel clamps each clip at (its own max - 8 dB),
+    and padding frames are zeros either way, so every frame the encoder reads is identical while
+    the STFT work shrinks with the clip (30 s of STFT per 1-s clip otherwise). `device="cuda"`
+    runs the STFT on the GPU.
+    """
+    longest = max(len(a) for a in audios)
+    samples = FULL_MEL_FRAMES * HOP_LENGTH
+    if not full:
+        samples = min(samples, (math.ceil(longest / HOP_LENGTH) + 4) * HOP_LENGTH)
+    out = feature_extractor(list(audios), sampling_rate=16000, padding="max_length", max_length=samples,
+                            truncation=True, return_attention_mask=True, return_tensors="pt", device=device)
+    return out["input_features"], out["attention_mask"]
+
+
 def make_batch(processor, audios: Sequence[np.ndarray], system_prompt: str, prompt: str, plan: LabelPlan,
-               answers: Sequence[int] | None = None, padding_side: str = "left") -> Batch:
+               answers: Sequence[int] | None = None, padding_side: str = "left", full_features: bool = False,
+               feature_device: str = "cpu") -> Batch:
     """Tokens and mel features for a batch of clips.
 
     answers=None -> scoring batch: prompt + the answers' shared prefix; score at its last token.
     answers=[class index per clip] -> training batch: prompt + full answer; targets = answer tokens.
-    The prompt ids equal what `processor(text=..., audio=...)` produces (tested).
+    The prompt ids equal what `processor(text=..., audio=...)` produces (tested). The stock
+    forward needs full_features=True (3000 frames); the engine's path does not.
     """
     tok = processor.tokenizer
-    feats = processor.feature_extractor(list(audios), sampling_rate=16000, padding="max_length",
-                                        return_attention_mask=True, return_tensors="pt")
+    input_features, frame_mask = mel_features(processor.feature_extractor, audios, full_features, feature_device)
+    feats = {"input_features": input_features, "attention_mask": frame_mask}
     before, after = prompt_text(system_prompt, prompt).split("<|AUDIO|>")
     ids_before = tok(before, add_special_tokens=False).input_ids
     ids_after = tok(after, add_special_tokens=False).input_ids
@@ -330,10 +350,13 @@ def encode_audio(hf, input_features: torch.Tensor, feature_attention_mask: torch
 
     tower = hf.model.audio_tower
     lengths = feature_attention_mask.sum(-1)
-    frames = FULL_MEL_FRAMES
+    frames = input_features.shape[-1]
     if trim:
         longest = int(lengths.max())
-        frames = min(FULL_MEL_FRAMES, longest + 2 + (longest % 2))
+        frames = min(frames, longest + 2 + (longest % 2))
+    elif frames != FULL_MEL_FRAMES:
+        raise ValueError(f"the untrimmed encoder needs {FULL_MEL_FRAMES} mel frames (got {frames}): "
+                         "make the batch with full_features=True")
     feats = input_features[:, :, :frames].to(dtype=tower.conv1.weight.dtype, device=tower.conv1.weight.device)
     conv_lengths, out_lengths = tower._get_feat_extract_output_lengths(lengths.to(feats.device))
     x = F.gelu(tower.conv1(feats))

@@ -46,7 +46,7 @@ def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = m.make_batch(loaded.processor, [audios[i] for i in idx], system_prompt, prompt, plan,
-                                 padding_side=padding_side).to(loaded.device)
+                                 padding_side=padding_side, feature_device=loaded.device.type).to(loaded.device)
             with torch.autocast(loaded.device.type, dtype=loaded.dtype, enabled=loaded.dtype != torch.float32):
                 out = m.class_scores(loaded.model, batch, plan, trim=trim)
             scores[idx] = out.float().cpu().numpy()

@@ -169,6 +169,46 @@ def lr_lambda(scheduler: str, warmup: int, total: int) -> Callable[[int], float]
     return factor
 
 
+def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch) -> tuple[int, int, bool]:
+    """The largest micro-batch (a divisor of the effective batch) whose forward and backward on the
+    longest clips fit in GPU memory, first without gradient checkpointing, then with it.
+
+    The effective batch, and so the optimisation, is unchanged; only how it is split. Each probe
+    is a real forward/backward whose gradients are thrown away.
+    """
+    import torch
+
+    from engine import modeling as m
+
+    effective = cfg.effective_batch
+    sizes = [d for d in range(effective, 0, -1) if effective % d == 0] if cfg.auto_micro_batch else [cfg.per_device_batch]
+    options = {"auto": [False, True], "on": [True], "off": [False]}[cfg.gradient_checkpointing]
+    longest = sorted(clips, key=lambda c: -(c.duration_s or 0))
+    hf = m.unwrap(model)
+    for checkpointing in options:
+        if checkpointing:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            hf.enable_input_require_grads()
+        else:
+            hf.gradient_checkpointing_disable()
+        for size in sizes:
+            if size > len(clips):
+                continue
+            try:
+                batch = make_batch(longest[:size])
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss, _ = m.answer_loss(model, batch)
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+                del loss, batch
+                return size, effective // size, checkpointing
+            except torch.cuda.OutOfMemoryError:
+                model.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                log.info("micro-batch %d%s does not fit", size, " with checkpointing" if checkpointing else "")
+    raise RuntimeError("not even a micro-batch of 1 fits in GPU memory")
+
+
 def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None,
           evaluate_on: dict[str, str] | None = None) -> dict[str, Any]:
     """Train one adapter into `run_dir`; returns the summary. Raises after recording a failure.
@@ -231,19 +271,29 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
     loaded = m.load_model(cfg.model, cfg.quantization, cfg.device, cfg.dtype)
     device = loaded.device
     rf.atomic_write_json(run_dir / rf.ENVIRONMENT, environment_info(device))
-    checkpointing = cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and device.type == "cuda")
+    checkpointing = cfg.gradient_checkpointing == "on"
     torch.manual_seed(cfg.seed)  # LoRA init depends only on the seed
     m.attach_lora(loaded, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, checkpointing)
     model = loaded.model
-    counts = m.parameter_counts(model)
-    log.info("trainable %s / %s parameters (%.4f%%)", f"{counts['trainable']:,}", f"{counts['total']:,}",
-             counts["percent"])
     plan = m.label_plan(loaded.processor.tokenizer, cfg.label_words)
     audio = AudioCache(max_seconds=cfg.max_clip_seconds)
     class_index = {"SPEECH": 0, "NONSPEECH": 1}
 
-    micro_per_epoch = math.ceil(len(train_clips) / cfg.per_device_batch)
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    def make(clips, side="right"):
+        return m.make_batch(loaded.processor, [audio.load(c) for c in clips], cfg.system_prompt, cfg.prompt, plan,
+                            answers=[class_index[c.label] for c in clips], padding_side=side,
+                            feature_device=device.type).to(device)
+
+    micro_batch, grad_accum = cfg.per_device_batch, cfg.grad_accum
+    if device.type == "cuda" and (cfg.auto_micro_batch or cfg.gradient_checkpointing == "auto"):
+        micro_batch, grad_accum, checkpointing = choose_micro_batch(model, cfg, train_clips, make)
+    log.info("micro-batch %d x accumulation %d (effective %d), gradient checkpointing %s",
+             micro_batch, grad_accum, micro_batch * grad_accum, "on" if checkpointing else "off")
+    counts = m.parameter_counts(model)
+    log.info("trainable %s / %s parameters (%.4f%%)", f"{counts['trainable']:,}", f"{counts['total']:,}",
+             counts["percent"])
+    micro_per_epoch = math.ceil(len(train_clips) / micro_batch)
+    steps_per_epoch = math.ceil(micro_per_epoch / grad_accum)
     total_steps = math.ceil(steps_per_epoch * cfg.epochs)
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -263,18 +313,11 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
     done = False
     for epoch in range(math.ceil(cfg.epochs)):
         order = torch.randperm(len(train_clips), generator=generator).tolist()
-        micro = [order[i:i + cfg.per_device_batch] for i in range(0, len(order), cfg.per_device_batch)]
-        for first in range(0, len(micro), cfg.grad_accum):
-            group = micro[first:first + cfg.grad_accum]
-            n_targets = 0
-            batches = []
-            for indices in group:
-                clips = [train_clips[i] for i in indices]
-                batch = m.make_batch(loaded.processor, [audio.load(c) for c in clips], cfg.system_prompt,
-                                     cfg.prompt, plan, answers=[class_index[c.label] for c in clips],
-                                     padding_side="right").to(device)
-                batches.append(batch)
-                n_targets += batch.target_ids.numel()
+        micro = [order[i:i + micro_batch] for i in range(0, len(order), micro_batch)]
+        for first in range(0, len(micro), grad_accum):
+            group = micro[first:first + grad_accum]
+            batches = [make([train_clips[i] for i in indices]) for indices in group]
+            n_targets = sum(b.target_ids.numel() for b in batches)
             step_loss = 0.0
             for batch in batches:
                 with torch.autocast(device.type, dtype=loaded.dtype, enabled=loaded.dtype != torch.float32):
@@ -322,7 +365,8 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
         "runtime_s": round(runtime, 2), "train_time_s": round(time.time() - t0, 2),
         "final_train_loss": last_loss, "steps": step, "total_steps": total_steps, "epochs": round(epoch_float, 4),
         "samples_seen": samples, "samples_per_s": samples / (time.time() - t0),
-        "micro_batch": cfg.per_device_batch, "grad_accum": cfg.grad_accum, "effective_batch": cfg.effective_batch,
+        "micro_batch": micro_batch, "grad_accum": grad_accum, "effective_batch": cfg.effective_batch,
+        "requested_split": [cfg.per_device_batch, cfg.grad_accum],
         "gradient_checkpointing": checkpointing, "device": str(device), "dtype": str(loaded.dtype).replace("torch.", ""),
         "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "stopped_early": bool(stop),

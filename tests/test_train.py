@@ -85,7 +85,7 @@ def test_adapter_reloads_with_peft_and_gives_the_same_logits(attention_run, demo
     plan = m.label_plan(loaded.processor.tokenizer, cfg.label_words)
     loaded.model.eval()
     with torch.no_grad():
-        batch = m.make_batch(loaded.processor, audios, cfg.system_prompt, cfg.prompt, plan)
+        batch = m.make_batch(loaded.processor, audios, cfg.system_prompt, cfg.prompt, plan, full_features=True)
         reloaded = m.stock_class_scores(loaded.model, batch, plan)
         base_scores = m.stock_class_scores(m.unwrap(loaded.model), batch, plan)
     from engine.scoring import score_audio
