@@ -112,6 +112,9 @@ class TrainConfig:
     """Compute dtype: auto (bf16 on GPU, fp32 on CPU), bfloat16 or float32."""
     gradient_checkpointing: str = "auto"
     """"auto" (only when memory requires it, GPU), "on" or "off". Always non-reentrant."""
+    offload_embeddings: str = "auto"
+    """Keep the input embedding table (1.3 GB on the 7B) on the CPU: "auto" (GPUs under 12 GB), "on", "off".
+    Exact: only the rows of the batch's tokens are looked up and moved."""
     auto_micro_batch: bool = True
     """On a GPU, pick the largest micro-batch that fits (a divisor of the effective batch) and
     accumulate the rest, so per_device_batch x grad_accum and the optimisation stay the same."""
@@ -152,6 +155,7 @@ class TrainConfig:
         _choice(self, "device", DEVICES)
         _choice(self, "dtype", DTYPES)
         _choice(self, "gradient_checkpointing", GRAD_CHECKPOINTING)
+        _choice(self, "offload_embeddings", GRAD_CHECKPOINTING)
 
         self.lora_r = _int(self, "lora_r", minimum=1)
         self.lora_alpha = _number(self, "lora_alpha")

@@ -185,6 +185,19 @@ def attach_lora(loaded: LoadedModel, r: int, alpha: float, dropout: float, targe
     loaded.model = get_peft_model(hf, lora)
 
 
+def input_embedding_bytes(loaded: LoadedModel) -> int:
+    weight = loaded.hf.model.get_input_embeddings().weight
+    return weight.numel() * weight.element_size()
+
+
+def offload_input_embeddings(loaded: LoadedModel) -> None:
+    """Move the (frozen) input embedding table to the CPU; `hidden_states` looks rows up there.
+
+    Only the engine's forward supports this; the stock HF forward expects it on the GPU.
+    """
+    loaded.hf.model.get_input_embeddings().to("cpu")
+
+
 def load_adapter(loaded: LoadedModel, adapter_dir: Path) -> None:
     """Wrap the loaded base model with a saved PEFT adapter (inference only)."""
     from peft import PeftModel
@@ -378,7 +391,7 @@ def hidden_states(hf, batch: Batch, trim: bool = True) -> torch.Tensor:
     keep = torch.arange(audio.shape[1], device=audio.device)[None, :] < out_lengths[:, None]
     audio = audio[keep]
     embed = hf.model.get_input_embeddings()
-    inputs_embeds = embed(batch.input_ids)
+    inputs_embeds = embed(batch.input_ids.to(embed.weight.device)).to(audio.device)
     audio_mask = (batch.input_ids == hf.config.audio_token_id).unsqueeze(-1)
     if int(audio_mask.sum()) != audio.shape[0]:
         raise RuntimeError(f"audio tokens ({int(audio_mask.sum())}) != audio features ({audio.shape[0]})")

@@ -169,12 +169,22 @@ def lr_lambda(scheduler: str, warmup: int, total: int) -> Callable[[int], float]
     return factor
 
 
+def usable_gpu_bytes(device) -> int:
+    """Memory this process may use on the GPU: the card, or less under a per-process cap."""
+    import torch
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
+    return int(total * fraction)
+
+
 def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch) -> tuple[int, int, bool]:
     """The largest micro-batch (a divisor of the effective batch) whose forward and backward on the
-    longest clips fit in GPU memory, first without gradient checkpointing, then with it.
+    longest clips fit in GPU memory, without gradient checkpointing if possible, else with it.
 
     The effective batch, and so the optimisation, is unchanged; only how it is split. Each probe
-    is a real forward/backward whose gradients are thrown away.
+    is a real forward/backward whose gradients are thrown away, run while the memory AdamW's
+    state will take later is held in reserve.
     """
     import torch
 
@@ -184,28 +194,29 @@ def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch) -> tuple[int,
     sizes = [d for d in range(effective, 0, -1) if effective % d == 0] if cfg.auto_micro_batch else [cfg.per_device_batch]
     options = {"auto": [False, True], "on": [True], "off": [False]}[cfg.gradient_checkpointing]
     longest = sorted(clips, key=lambda c: -(c.duration_s or 0))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     hf = m.unwrap(model)
-    for checkpointing in options:
-        if checkpointing:
-            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            hf.enable_input_require_grads()
-        else:
-            hf.gradient_checkpointing_disable()
-        for size in sizes:
-            if size > len(clips):
-                continue
+    for size in (s for s in sizes if s <= len(clips)):
+        for checkpointing in options:
+            if checkpointing:
+                hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                hf.enable_input_require_grads()
+            else:
+                hf.gradient_checkpointing_disable()
+            reserve = None
             try:
+                reserve = torch.empty(2 * trainable, dtype=torch.float32, device="cuda")  # Adam's two moments
                 batch = make_batch(longest[:size])
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     loss, _ = m.answer_loss(model, batch)
                 loss.backward()
-                model.zero_grad(set_to_none=True)
-                del loss, batch
                 return size, effective // size, checkpointing
             except torch.cuda.OutOfMemoryError:
-                model.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
                 log.info("micro-batch %d%s does not fit", size, " with checkpointing" if checkpointing else "")
+            finally:
+                model.zero_grad(set_to_none=True)
+                del reserve
+                torch.cuda.empty_cache()
     raise RuntimeError("not even a micro-batch of 1 fits in GPU memory")
 
 
@@ -272,6 +283,11 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
     device = loaded.device
     rf.atomic_write_json(run_dir / rf.ENVIRONMENT, environment_info(device))
     checkpointing = cfg.gradient_checkpointing == "on"
+    offload = cfg.offload_embeddings == "on" or (
+        cfg.offload_embeddings == "auto" and device.type == "cuda" and usable_gpu_bytes(device) < 12 * 2**30)
+    if offload:
+        m.offload_input_embeddings(loaded)
+        log.info("input embeddings kept on the CPU (small GPU): %.2f GB saved", m.input_embedding_bytes(loaded) / 1e9)
     torch.manual_seed(cfg.seed)  # LoRA init depends only on the seed
     m.attach_lora(loaded, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, checkpointing)
     model = loaded.model
@@ -367,7 +383,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
         "samples_seen": samples, "samples_per_s": samples / (time.time() - t0),
         "micro_batch": micro_batch, "grad_accum": grad_accum, "effective_batch": cfg.effective_batch,
         "requested_split": [cfg.per_device_batch, cfg.grad_accum],
-        "gradient_checkpointing": checkpointing, "device": str(device), "dtype": str(loaded.dtype).replace("torch.", ""),
+        "gradient_checkpointing": checkpointing, "embeddings_on_cpu": offload, "device": str(device), "dtype": str(loaded.dtype).replace("torch.", ""),
         "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "stopped_early": bool(stop),
         "data": {"train": train_report.to_dict(), "val": val_report.to_dict() if val_report else None},
