@@ -173,8 +173,9 @@ def usable_gpu_bytes(device) -> int:
     """Memory this process may use on the GPU: the card, or less under a per-process cap."""
     import torch
 
-    total = torch.cuda.get_device_properties(device).total_memory
-    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(index)
     return int(total * fraction)
 
 
