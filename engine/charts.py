@@ -1,0 +1,219 @@
+"""Charts: pure functions from the review tables (engine.review) to plotly figures.
+
+Used by the dashboard pages and by the report export alike. Numbers come in already computed
+(engine.stats through engine.review); the only arithmetic here is the ROC curve's points.
+Each figure carries `layout.meta["chart"]`, so tests and the report can tell them apart.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from engine.predictions import CLASSES, SPEECH
+
+PALETTE = qualitative.Plotly
+HEIGHT = 380
+
+
+def _colors(names: Sequence[str]) -> dict[str, str]:
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(dict.fromkeys(names))}
+
+
+def _layout(fig: go.Figure, chart: str, title: str, **extra: Any) -> go.Figure:
+    # Legend under the plot: above it, long configuration names collide with the title.
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=HEIGHT, meta={"chart": chart},
+                      margin=dict(l=50, r=20, t=50, b=40),
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0), **extra)
+    return fig
+
+
+def _empty(chart: str, title: str, message: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, chart, title)
+
+
+def class_accuracy_bars(frame: pd.DataFrame, title: str = "Accuracy per class (95% Wilson intervals)") -> go.Figure:
+    """Grouped bars per class (Overall, SPEECH, NONSPEECH) with interval whiskers and 'k/n' labels.
+
+    frame: review.class_accuracy_frame (name, class, accuracy, ci_lo, ci_hi in percent, correct, n).
+    """
+    if frame.empty:
+        return _empty("class_accuracy", title, "no evaluations")
+    fig = go.Figure()
+    colors = _colors(frame["name"])
+    for name, part in frame.groupby("name", sort=False):
+        fig.add_trace(go.Bar(
+            name=str(name), x=part["class"], y=part["accuracy"], marker_color=colors[name],
+            error_y=dict(type="data", symmetric=False, array=part["ci_hi"] - part["accuracy"],
+                         arrayminus=part["accuracy"] - part["ci_lo"], thickness=1.5),
+            text=[f"{c}/{n}" for c, n in zip(part["correct"], part["n"])], textposition="inside",
+            insidetextanchor="start",
+            customdata=np.stack([part["ci_lo"], part["ci_hi"], part["correct"], part["n"]], axis=1),
+            hovertemplate="%{x}: %{y:.1f}% (%{customdata[2]}/%{customdata[3]}) "
+                          "[%{customdata[0]:.1f}, %{customdata[1]:.1f}]<extra>" + str(name) + "</extra>"))
+    return _layout(fig, "class_accuracy", title, barmode="group", yaxis=dict(title="accuracy (%)", range=[0, 105]))
+
+
+def confusion_heatmap(confusion: Mapping[str, Mapping[str, int]], title: str = "Confusion matrix") -> go.Figure:
+    """Gold class (rows) x predicted class (columns), counts and row percentages."""
+    z = [[int(confusion[gold][pred]) for pred in CLASSES] for gold in CLASSES]
+    text = []
+    for row in z:
+        total = sum(row)
+        text.append([f"{v}<br>{100.0 * v / total:.1f}%" if total else str(v) for v in row])
+    fig = go.Figure(go.Heatmap(z=z, x=[f"pred {c}" for c in CLASSES], y=[f"gold {c}" for c in CLASSES],
+                               text=text, texttemplate="%{text}", colorscale="Blues", showscale=False,
+                               hovertemplate="%{y}, %{x}: %{z}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, "confusion", title)
+
+
+def roc_points(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct p_speech threshold, from (0, 0).
+
+    Records without a finite p_speech are left out, as in stats.roc_auc.
+    """
+    scored = [(r["label"] == SPEECH, float(r["p_speech"])) for r in records
+              if r.get("p_speech") is not None and math.isfinite(float(r["p_speech"]))]
+    if not scored:
+        return np.array([0.0]), np.array([0.0])
+    positive = np.array([y for y, _ in scored], dtype=float)
+    score = np.array([s for _, s in scored])
+    order = np.argsort(-score, kind="mergesort")
+    score, positive = score[order], positive[order]
+    last_of_threshold = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]
+    true_pos = np.cumsum(positive)[last_of_threshold]
+    false_pos = last_of_threshold + 1 - true_pos
+    n_pos, n_neg = positive.sum(), len(positive) - positive.sum()
+    tpr = np.r_[0.0, true_pos / n_pos] if n_pos else np.zeros(len(true_pos) + 1)
+    fpr = np.r_[0.0, false_pos / n_neg] if n_neg else np.zeros(len(false_pos) + 1)
+    return fpr, tpr
+
+
+def roc_curve(records_by_name: Mapping[str, Sequence[dict]], aucs: Mapping[str, float | None],
+              title: str = "ROC curve (p_speech)") -> go.Figure:
+    """One ROC curve per name; the legend gives stats.roc_auc."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"),
+                             name="chance", hoverinfo="skip"))
+    for name, records in records_by_name.items():
+        fpr, tpr = roc_points(records)
+        auc = aucs.get(name)
+        label = f"{name} (AUC {auc:.3f})" if auc is not None else f"{name} (AUC n/a)"
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=label, line=dict(shape="hv")))
+    return _layout(fig, "roc", title, xaxis=dict(title="false positive rate", range=[0, 1]),
+                   yaxis=dict(title="true positive rate", range=[0, 1.02]))
+
+
+def epoch_boundaries(losses: pd.DataFrame) -> list[tuple[int, int]]:
+    """(step, epoch) where each whole epoch ends, from the first run's logged epoch fractions."""
+    if losses.empty or losses["epoch"].isna().all():
+        return []
+    first = losses[losses["run"] == losses["run"].iloc[0]].sort_values("step")
+    marks, done = [], 0
+    for step, epoch in zip(first["step"], first["epoch"]):
+        if epoch is not None and not pd.isna(epoch) and math.floor(float(epoch) + 1e-9) > done:
+            done = math.floor(float(epoch) + 1e-9)
+            marks.append((int(step), done))
+    return marks[:-1] if marks and marks[-1][0] == int(first["step"].max()) else marks
+
+
+def loss_curves(losses: pd.DataFrame, title: str = "Training loss per step") -> go.Figure:
+    """Loss per optimizer step, one line per run (colour per configuration, dash per seed), with
+    dotted lines where the first run's epochs end. losses: review.loss_frame."""
+    if losses.empty:
+        return _empty("loss", title, "no training metrics (imported predictions and baselines have none)")
+    fig = go.Figure()
+    colors = _colors(losses["name"])
+    dashes = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+    for name, part in losses.groupby("name", sort=False):
+        for i, (run, curve) in enumerate(part.groupby("run", sort=False)):
+            curve = curve.sort_values("step")
+            fig.add_trace(go.Scatter(
+                x=curve["step"], y=curve["loss"], mode="lines", name=f"{name} · {curve['seed'].iloc[0]}",
+                line=dict(color=colors[name], dash=dashes[i % len(dashes)]), customdata=curve["epoch"],
+                hovertemplate="step %{x}, epoch %{customdata:.2f}: loss %{y:.4f}<extra>" + str(run) + "</extra>"))
+    for step, epoch in epoch_boundaries(losses):
+        fig.add_vline(x=step, line=dict(dash="dot", color="grey", width=1),
+                      annotation_text=f"epoch {epoch}", annotation_position="top")
+    return _layout(fig, "loss", title, xaxis=dict(title="optimizer step"), yaxis=dict(title="loss"))
+
+
+def seed_strip(points: pd.DataFrame, intervals: pd.DataFrame,
+               title: str = "Accuracy per seed (mean, 95% interval)") -> go.Figure:
+    """Every seed as a point, the mean as a bar with its interval as whiskers, 'n = k' above.
+
+    points: review.seed_points (name, seed, accuracy %); intervals: review.seed_intervals.
+    """
+    if points.empty:
+        return _empty("seed_distribution", title, "no evaluations")
+    fig = go.Figure()
+    colors = _colors(points["name"])
+    counts = dict(zip(intervals["name"], intervals["n"]))
+    tick = {name: f"{name}<br>n = {counts.get(name, len(part))}"
+            for name, part in points.groupby("name", sort=False)}
+    for name, part in points.groupby("name", sort=False):
+        fig.add_trace(go.Scatter(
+            x=[tick[name]] * len(part), y=part["accuracy"], mode="markers", name=f"{name} seeds",
+            marker=dict(size=11, color=colors[name], line=dict(width=1, color="white")),
+            text=part["seed"], hovertemplate="%{text}: %{y:.2f}%<extra></extra>", showlegend=False))
+    for row in intervals.itertuples(index=False):
+        has_interval = row.lo is not None and not pd.isna(row.lo)
+        color = colors.get(row.name, "black")
+        fig.add_trace(go.Scatter(
+            x=[tick.get(row.name, row.name)], y=[row.mean], mode="markers", name=f"{row.name} mean",
+            marker=dict(symbol="line-ew-open", size=36, color=color, line=dict(width=3, color=color)),
+            error_y=dict(type="data", symmetric=False, array=[row.hi - row.mean] if has_interval else [0],
+                         arrayminus=[row.mean - row.lo] if has_interval else [0], width=10, thickness=1.5,
+                         color=color),
+            hovertemplate=(f"mean %{{y:.2f}}% [{row.lo:.1f}, {row.hi:.1f}] ({row.interval})"
+                           if has_interval else "mean %{y:.2f}%") + f", n = {row.n}<extra></extra>",
+            showlegend=False))
+    low = min(points["accuracy"].min(), intervals["lo"].dropna().min() if intervals["lo"].notna().any() else 100)
+    return _layout(fig, "seed_distribution", title,
+                   yaxis=dict(title="accuracy (%)", range=[max(0, low - 8), 106]), xaxis=dict(title=None))
+
+
+def breakdown_chart(frame: pd.DataFrame, column: str, title: str | None = None) -> go.Figure:
+    """Accuracy against the values of a metadata column, with the 95% interval as a band.
+
+    frame: review.breakdown_frame (name, value, n, accuracy, ci_lo, ci_hi in percent).
+    """
+    title = title or f"Accuracy by {column} (95% Wilson band)"
+    if frame.empty:
+        return _empty("breakdown", title, f"no values for {column}")
+    fig = go.Figure()
+    colors = _colors(frame["name"])
+    numeric = pd.to_numeric(frame["value"].dropna(), errors="coerce").notna().all()
+    for name, part in frame.groupby("name", sort=False):
+        part = part[part["value"].notna()]
+        x = list(part["value"]) if numeric else [str(v) for v in part["value"]]
+        color = colors[name]
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=list(part["ci_hi"]) + list(part["ci_lo"])[::-1],
+                                 mode="lines", fill="toself", fillcolor=_transparent(color), line=dict(width=0),
+                                 hoverinfo="skip", showlegend=False, name=f"{name} interval"))
+        fig.add_trace(go.Scatter(
+            x=x, y=part["accuracy"], mode="lines+markers", name=str(name), line=dict(color=color),
+            customdata=np.stack([part["correct"], part["n"], part["ci_lo"], part["ci_hi"]], axis=1),
+            hovertemplate=f"{column} %{{x}}: %{{y:.1f}}% (%{{customdata[0]}}/%{{customdata[1]}}) "
+                          "[%{customdata[2]:.1f}, %{customdata[3]:.1f}]<extra>" + str(name) + "</extra>"))
+    xaxis: dict[str, Any] = dict(title=column)
+    if not numeric:
+        xaxis["type"] = "category"
+    return _layout(fig, "breakdown", title, xaxis=xaxis, yaxis=dict(title="accuracy (%)", range=[0, 105]))
+
+
+def _transparent(color: str, alpha: float = 0.18) -> str:
+    color = color.lstrip("#")
+    r, g, b = (int(color[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+

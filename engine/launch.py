@@ -1,0 +1,553 @@
+"""What the Train and Evaluate forms launch, as plain functions (no Streamlit, no torch).
+
+Train: the form's widgets are derived from TrainConfig's fields (`form_sections`); the values
+typed in (`plan_sweep`) expand to one run per combination of the list-capable fields (seeds,
+LoRA ranks, alphas, target presets), each cell checked by TrainConfig.validate(), the same
+check the CLI runs, so the messages name the same fields. `train_command` is the equivalent
+`python -m engine train ...` command line of one cell.
+
+Evaluate: `plan_evaluations` turns the form into `python -m engine eval ...` argument lists for
+one run, every seed of a configuration, or the base model.
+
+Queue views: `job_rows`, `job_progress` and `sweep_cells` read the job queue and run folders.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from engine import disk, jobs
+from engine import runfolder as rf
+from engine.audio import AUDIO_EXTENSIONS
+from engine.config import (CHECKPOINT_POLICIES, DEVICES, DTYPES, GRAD_CHECKPOINTING, PRESET_LABELS, QUANTIZATIONS,
+                           SCHEDULERS, TARGET_PRESETS, TINY_MODEL, ConfigError, TrainConfig, config_fields)
+from engine.scoring import CONTROLS
+
+# Fields a sweep may list several values of, with the type of one value.
+LIST_FIELDS: dict[str, type] = {"seed": int, "lora_r": int, "lora_alpha": float}
+CHOICE_FIELDS: dict[str, tuple[str, ...]] = {
+    "quantization": QUANTIZATIONS, "scheduler": SCHEDULERS, "checkpoints": CHECKPOINT_POLICIES,
+    "device": DEVICES, "dtype": DTYPES, "gradient_checkpointing": GRAD_CHECKPOINTING}
+LONG_TEXT_FIELDS = frozenset({"system_prompt", "prompt"})
+DERIVED_KEYS = ("target_modules", "effective_batch")
+
+# Every TrainConfig field in one section; a test flags names that are missing or no longer fields.
+FORM_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Configuration", ("label", "model", "quantization", "targets", "lora_r", "lora_alpha", "lora_dropout", "seed")),
+    ("Data", ("train_data", "val_data", "filters", "skip_bad_audio", "max_clip_seconds")),
+    ("Optimisation", ("epochs", "max_steps", "per_device_batch", "grad_accum", "learning_rate", "weight_decay",
+                      "warmup_ratio", "scheduler", "max_grad_norm")),
+    ("Prompt", ("system_prompt", "prompt", "label_words")),
+    ("Runtime", ("checkpoints", "device", "dtype", "gradient_checkpointing", "auto_micro_batch")),
+)
+OTHER_SECTION = "Other"  # fields added to TrainConfig but not yet placed above
+
+# `python -m engine train` flags, in the order the command preview lists them.
+TRAIN_FLAGS: tuple[tuple[str, str], ...] = (
+    ("label", "--label"), ("model", "--model"), ("quantization", "--quantization"), ("targets", "--targets"),
+    ("lora_r", "--lora-r"), ("lora_alpha", "--lora-alpha"), ("lora_dropout", "--lora-dropout"), ("seed", "--seed"),
+    ("epochs", "--num-epochs"), ("max_steps", "--max-steps"), ("per_device_batch", "--per-device-train-batch-size"),
+    ("grad_accum", "--gradient-accumulation-steps"), ("learning_rate", "--learning-rate"),
+    ("warmup_ratio", "--warmup-ratio"), ("scheduler", "--scheduler"), ("train_data", "--train-data"),
+    ("val_data", "--val-data"), ("prompt", "--prompt"), ("label_words", "--label-words"),
+    ("checkpoints", "--checkpoints"), ("device", "--device"), ("dtype", "--dtype"),
+    ("gradient_checkpointing", "--gradient-checkpointing"))
+FILTER_FLAGS = {"duration_ms": "--filter-duration", "snr_db": "--filter-snr"}
+
+
+# ---------------------------------------------------------------- the Train form
+
+@dataclass(frozen=True)
+class FormField:
+    """One TrainConfig field as a form widget: kind is list, presets, choice, checkbox, text_area or text."""
+
+    name: str
+    kind: str
+    initial: Any
+    help: str
+    options: tuple[str, ...] = ()
+
+
+def form_sections() -> list[tuple[str, list[FormField]]]:
+    """The Train form, section by section, with each field's docstring as its help text."""
+    described = {name: (default, doc) for name, default, doc in config_fields()}
+    sections = []
+    for title, names in FORM_SECTIONS:
+        sections.append((title, [_form_field(name, *described[name]) for name in names if name in described]))
+    placed = {name for _title, names in FORM_SECTIONS for name in names}
+    others = [_form_field(name, *described[name]) for name in described if name not in placed]
+    if others:
+        sections.append((OTHER_SECTION, others))
+    return sections
+
+
+def _form_field(name: str, default: Any, doc: str) -> FormField:
+    if name in LIST_FIELDS:
+        return FormField(name, "list", _format_value(default),
+                         f"{doc} Several values, comma-separated, train one run each (e.g. 42, 123, 456).")
+    if name == "targets":
+        return FormField(name, "presets", [default] if isinstance(default, str) else list(default),
+                         f"{doc} Choose several to train each.", tuple(TARGET_PRESETS))
+    if name in CHOICE_FIELDS:
+        return FormField(name, "choice", default, doc, CHOICE_FIELDS[name])
+    if isinstance(default, bool):
+        return FormField(name, "checkbox", default, doc)
+    if name == "label_words":
+        return FormField(name, "text", ", ".join(default), f"{doc} Comma-separated.")
+    if name == "filters":
+        return FormField(name, "text", format_filters(default),
+                         f"{doc} Write column=spec pairs separated by ';', e.g. duration_ms=500:3000; snr_db=0:20.")
+    if name in LONG_TEXT_FIELDS:
+        return FormField(name, "text_area", default, doc)
+    return FormField(name, "text", "" if default is None else _format_value(default), doc)
+
+
+def demo_defaults(runs_root: Path) -> dict[str, Any]:
+    """Starting values for a demo workspace (one holding .demo-data/): its data and the tiny model."""
+    data = Path(runs_root) / ".demo-data"
+    if not (data / "train.csv").is_file():
+        return {}
+    values: dict[str, Any] = {"model": "tiny", "train_data": str((data / "train.csv").resolve())}
+    if (data / "val.csv").is_file():
+        values["val_data"] = str((data / "val.csv").resolve())
+    return values
+
+
+def format_filters(filters: dict[str, str]) -> str:
+    return "; ".join(f"{column}={spec}" for column, spec in filters.items())
+
+
+def parse_filters(text: str) -> dict[str, str]:
+    """"duration_ms=500:3000; snr_db=0:20" -> {"duration_ms": "500:3000", "snr_db": "0:20"}."""
+    filters: dict[str, str] = {}
+    for part in str(text or "").split(";"):
+        if not part.strip():
+            continue
+        column, eq, spec = part.partition("=")
+        if not eq or not column.strip() or not spec.strip():
+            raise ConfigError("filters", f"{part.strip()!r} is not column=spec (e.g. duration_ms=500:3000)")
+        filters[column.strip()] = spec.strip()
+    return filters
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _read_form(form: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list], list[ConfigError]]:
+    """Widget values -> (base config fields, swept lists with more than one value, problems)."""
+    base: dict[str, Any] = {}
+    lists: dict[str, list] = {}
+    problems: list[ConfigError] = []
+    defaults = TrainConfig()
+    for name, _default, _doc in config_fields():
+        raw = form.get(name, getattr(defaults, name))
+        try:
+            if name in LIST_FIELDS:
+                try:
+                    values = jobs.parse_list(raw, LIST_FIELDS[name])
+                except ValueError as exc:
+                    raise ConfigError(name, str(exc)) from None
+            elif name == "targets":
+                values = [raw] if isinstance(raw, str) else list(raw or [])
+                if not values:
+                    raise ConfigError("targets", "choose at least one target preset")
+            else:
+                base[name] = _field_value(name, raw)
+                continue
+        except ConfigError as exc:
+            problems.append(exc)
+            continue
+        if len(values) == 1:
+            base[name] = values[0]
+        else:
+            lists[name] = values
+    return base, lists, problems
+
+
+def _field_value(name: str, raw: Any) -> Any:
+    """One plain field from its widget; numbers stay as typed so validate() words the errors."""
+    if name == "filters":
+        return parse_filters(raw) if isinstance(raw, str) else dict(raw or {})
+    if name == "label_words":
+        return [w.strip() for w in raw.split(",")] if isinstance(raw, str) else list(raw)
+    if isinstance(raw, str):
+        raw = raw.strip() if name not in LONG_TEXT_FIELDS else raw
+        if name == "max_steps" and raw == "":
+            return None
+    return raw
+
+
+@dataclass
+class SweepPlan:
+    """The runs a Train form would launch: cells (expand_sweep's, configs validated) and problems."""
+
+    cells: list[dict] = field(default_factory=list)
+    errors: list[ConfigError] = field(default_factory=list)  # distinct, each naming its field
+    cell_errors: dict[str, str] = field(default_factory=dict)  # run name -> message
+    existing: dict[str, str] = field(default_factory=dict)  # run name -> state of a folder already there
+
+    @property
+    def launchable(self) -> bool:
+        return bool(self.cells) and not self.errors
+
+    @property
+    def to_train(self) -> list[str]:
+        """Names that launching would queue: a succeeded run of the same name is kept, not redone, and
+        a queued or running one is left to finish."""
+        busy = {rf.SUCCEEDED, *rf.ACTIVE_STATES}
+        return [c["run_name"] for c in self.cells if self.existing.get(c["run_name"]) not in busy]
+
+    def rows(self) -> list[dict]:
+        """The preview table: one row per run."""
+        out = []
+        for cell in self.cells:
+            config = cell["config"]
+            targets = config.get("targets", "attention")
+            out.append({
+                "run": cell["run_name"], "configuration": config.get("label") or PRESET_LABELS.get(targets, targets),
+                "targets": targets if isinstance(targets, str) else ",".join(targets),
+                "lora_r": config.get("lora_r"), "lora_alpha": config.get("lora_alpha"), "seed": config.get("seed"),
+                "check": self.cell_errors.get(cell["run_name"], "ok"),
+                "folder": _existing_note(self.existing.get(cell["run_name"]))})
+        return out
+
+
+def _existing_note(state: str | None) -> str:
+    if state is None:
+        return "new"
+    if state == rf.SUCCEEDED:
+        return "succeeded: skipped"
+    if state in rf.ACTIVE_STATES:
+        return f"{state}: skipped"
+    return f"{state}: retried (old attempt kept)"
+
+
+def plan_sweep(form: dict[str, Any], runs_root: Path | None = None, check_paths: bool = True) -> SweepPlan:
+    """Expand the form to its cells and validate each one as the CLI would."""
+    plan = SweepPlan()
+    base, lists, problems = _read_form(form)
+    if problems:
+        plan.errors = problems
+        return plan
+    try:
+        cells = jobs.expand_sweep(base, lists)
+    except (ValueError, rf.RunFolderError) as exc:
+        plan.errors = [exc if isinstance(exc, ConfigError) else ConfigError("label", str(exc))]
+        return plan
+    seen: dict[str, ConfigError] = {}
+    for cell in cells:
+        try:
+            cfg = TrainConfig.from_dict(cell["config"]).validate(check_paths=check_paths)
+        except ConfigError as exc:
+            plan.cell_errors[cell["run_name"]] = str(exc)
+            seen.setdefault(str(exc), exc)
+        else:
+            label = cell["config"].get("label")
+            cell["config"] = {k: v for k, v in cfg.to_dict().items() if k not in DERIVED_KEYS}
+            if not label:  # keep a derived label derived, as expand_sweep left it
+                cell["config"].pop("label", None)
+    plan.cells = cells
+    plan.errors = list(seen.values())
+    if runs_root is not None:
+        for cell in cells:
+            state = _run_state(Path(runs_root) / cell["run_name"])
+            if state is not None:
+                plan.existing[cell["run_name"]] = state
+    return plan
+
+
+def _run_state(run_dir: Path) -> str | None:
+    try:
+        return rf.read_status(run_dir).get("state")
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+
+
+def train_command(config: dict[str, Any], run_dir: str | Path | None = None) -> str:
+    """`python -m engine train ...` giving the same run as `config` (fields left at defaults omitted).
+
+    Fields the CLI has no flag for are listed on a comment line: the queued job reads them from
+    the run's config.json.
+    """
+    cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k not in DERIVED_KEYS})
+    defaults = TrainConfig()
+    argv = ["python", "-m", "engine", "train"]
+    flagged = {name for name, _flag in TRAIN_FLAGS} | {"skip_bad_audio", "filters"}
+    for name, flag in TRAIN_FLAGS:
+        value = getattr(cfg, name)
+        if name == "label":
+            if value and value != PRESET_LABELS.get(cfg.target_preset or ""):
+                argv += [flag, value]
+            continue
+        if value != getattr(defaults, name) and value is not None:
+            argv += [flag, _format_value(value)]
+    if cfg.skip_bad_audio:
+        argv.append("--skip-bad-audio")
+    leftovers = []
+    for column, spec in cfg.filters.items():
+        if column in FILTER_FLAGS:
+            argv += [FILTER_FLAGS[column], str(spec)]
+        else:
+            leftovers.append(f"filters.{column}={spec}")
+    if run_dir is not None:
+        argv += ["--run-dir", str(run_dir)]
+    for name, _default, _doc in config_fields():
+        if name not in flagged and getattr(cfg, name) != getattr(defaults, name):
+            leftovers.append(f"{name}={getattr(cfg, name)!r}")
+    command = shlex.join(argv)
+    if leftovers:
+        command += "\n# no flag for " + ", ".join(leftovers) + " (the queued job reads them from config.json)"
+    return command
+
+
+def sweep_bytes(cells: Iterable[dict]) -> int:
+    """What the cells may write to disk (disk.estimate_job_bytes each, epoch checkpoints counted)."""
+    from engine.tiny import default_tiny_dir
+
+    total = 0
+    for cell in cells:
+        config = cell["config"]
+        epochs = float(config.get("epochs") or 1)
+        adapters = 1 + (int(epochs) if config.get("checkpoints") == "epoch" else 0)
+        model = str(config.get("model") or TrainConfig().model)
+        model = str(default_tiny_dir()) if model == TINY_MODEL else model  # its folder gives its real sizes
+        total += disk.estimate_job_bytes("train", model=model,
+                                         lora_r=int(config.get("lora_r") or 16),
+                                         targets=config.get("targets") or "attention",
+                                         quantization=config.get("quantization") or "4bit", n_adapters=adapters)
+    return total
+
+
+# ---------------------------------------------------------------- the Evaluate form
+
+@dataclass
+class EvalJob:
+    """One `python -m engine eval` job the Evaluate form would queue."""
+
+    target: str  # what is scored, for the preview
+    evaluation: str  # the evaluation's name inside the run
+    argv: list[str]
+    run_dir: Path | None  # the training run scored (None for the base model: eval makes a run)
+
+    @property
+    def command(self) -> str:
+        return shlex.join(["python", "-m", "engine", *self.argv])
+
+
+def eval_argv(test_data: str, name: str = "test", batch_size: int = 8, control: str | None = None,
+              run_dir: Path | None = None, base_model: str | None = None, quantization: str | None = None,
+              runs_root: Path | None = None, run_name: str | None = None,
+              threshold_from: str | None = None) -> list[str]:
+    """The argument list of `python -m engine eval` (after "engine") for a run or the base model."""
+    if (run_dir is None) == (base_model is None):
+        raise ValueError("give exactly one of run_dir and base_model")
+    argv = ["eval"]
+    if run_dir is not None:
+        argv += ["--run", str(run_dir)]
+    else:
+        argv += ["--base", "--model", str(base_model)]
+        if runs_root is not None:
+            argv += ["--runs-dir", str(runs_root)]
+        if run_name:
+            argv += ["--run-name", run_name]
+    if quantization:
+        argv += ["--quantization", quantization]
+    argv += ["--test-data", str(test_data), "--name", name, "--batch-size", str(int(batch_size))]
+    if control:
+        argv += ["--control", control]
+    if threshold_from:
+        argv += ["--threshold-from", threshold_from]
+    return argv
+
+
+def scorable_runs(runs: Iterable[rf.RunInfo]) -> list[rf.RunInfo]:
+    """Succeeded training runs holding a complete adapter."""
+    return [info for info in runs if info.kind == rf.KIND_TRAIN and info.state == rf.SUCCEEDED
+            and all((info.path / rf.ADAPTER_DIR / name).is_file() for name in rf.ADAPTER_FILES)]
+
+
+def plan_evaluations(runs_root: Path, runs: list[rf.RunInfo], test_data: str, name: str = "test",
+                     batch_size: int = 8, controls: Iterable[str | None] = (None,),
+                     threshold_from_val: bool = False, base_model: str | None = None,
+                     quantization: str = "4bit", run_name: str | None = None) -> tuple[list[EvalJob], list[str]]:
+    """Eval jobs for `runs` (their adapters) or, with base_model, for the base model; plus problems.
+
+    controls: None scores the real audio, "silence"/"shuffle" the audio-is-used controls; each
+    gives one evaluation ("<name>" or "<name>-<control>"). threshold_from_val chooses each run's
+    threshold on its "val" evaluation (made when the run was trained with val_data).
+    """
+    problems: list[str] = []
+    if not str(test_data).strip():
+        problems.append("test data: give a manifest (CSV/JSONL) or a folder")
+    elif not Path(test_data).expanduser().exists():
+        problems.append(f"test data: not found: {Path(test_data).expanduser()}")
+    try:
+        rf.check_run_name(name)
+    except rf.RunFolderError as exc:
+        problems.append(f"evaluation name: {exc}")
+    try:
+        batch_ok = int(batch_size) >= 1 and float(batch_size) == int(batch_size)
+    except (TypeError, ValueError):
+        batch_ok = False
+    if not batch_ok:
+        problems.append(f"batch size: must be a whole number >= 1 (got {batch_size!r})")
+    controls = list(controls)
+    if not controls:
+        problems.append("audio: choose the real audio, a control, or both")
+    unknown = [c for c in controls if c is not None and c not in CONTROLS]
+    if unknown:
+        problems.append(f"control: {', '.join(map(str, unknown))} is not one of {', '.join(CONTROLS)}")
+    if base_model is None and not runs:
+        problems.append("target: choose a run or a configuration with finished runs")
+    if base_model is not None and not str(base_model).strip():
+        problems.append("base model: give a model id, a model folder or tiny")
+    if run_name:
+        try:
+            rf.check_run_name(run_name)
+        except rf.RunFolderError as exc:
+            problems.append(f"run name: {exc}")
+    if problems:
+        return [], problems
+
+    if threshold_from_val and base_model is None:
+        for info in runs:
+            if "val" not in info.evaluations:
+                problems.append(f"{info.run_id}: no 'val' evaluation to choose a threshold on "
+                                "(train with val_data, or untick the option)")
+        if problems:
+            return [], problems
+
+    test_data = str(Path(test_data).expanduser().resolve())
+    threshold_from = "val" if threshold_from_val else None
+    planned: list[EvalJob] = []
+    for control in controls:
+        evaluation = f"{name}-{control}" if control else name
+        if base_model is not None:
+            stem = run_name or f"base-{_safe_stem(base_model)}"
+            stem = f"{stem}-{control}" if control else stem
+            planned.append(EvalJob(f"base model {base_model}", evaluation, eval_argv(
+                test_data, name, int(batch_size), control, base_model=base_model, quantization=quantization,
+                runs_root=Path(runs_root), run_name=stem), None))
+            continue
+        for info in runs:
+            planned.append(EvalJob(info.run_id, evaluation, eval_argv(
+                test_data, name, int(batch_size), control, run_dir=info.path, threshold_from=threshold_from),
+                info.path))
+    return planned, problems
+
+
+def _safe_stem(model: str) -> str:
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "-", Path(str(model)).name).strip("-._+")
+    return stem or "model"
+
+
+def count_clips(test_data: str | Path) -> int:
+    """A quick upper bound of the clips in a manifest or folder (for the disk estimate)."""
+    path = Path(test_data).expanduser()
+    if path.is_dir():
+        return sum(1 for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return 0
+
+
+def known_test_sets(runs: Iterable[rf.RunInfo], runs_root: Path) -> list[str]:
+    """Test data the workspace's evaluations used, plus the demo manifests: choices for the form."""
+    found: list[str] = []
+    demo = Path(runs_root) / ".demo-data"
+    for name in ("test.csv", "val.csv"):
+        if (demo / name).is_file():
+            found.append(str((demo / name).resolve()))
+    for info in runs:
+        for evaluation in info.evaluations:
+            try:
+                source = rf.read_json(rf.evaluation_dir(info.path, evaluation) / rf.EVALUATION).get("test_data")
+            except (OSError, json.JSONDecodeError, rf.RunFolderError):
+                continue
+            if source and source not in found and Path(source).exists():
+                found.append(source)
+    return found
+
+
+# ---------------------------------------------------------------- the queue
+
+def job_rows(job_list: Iterable[dict]) -> list[dict]:
+    """The queue table: newest first."""
+    rows = []
+    for job in sorted(job_list, key=lambda j: j.get("job_id", ""), reverse=True):
+        argv = job.get("argv") or ["?"]
+        rows.append({
+            "job": job.get("job_id"), "command": argv[0], "run": Path(job["run_dir"]).name if job.get("run_dir") else "",
+            "state": job.get("state"), "sweep": job.get("sweep_id") or "", "created": job.get("created_at") or "",
+            "started": job.get("started_at") or "", "ended": job.get("ended_at") or "",
+            "cancel": job.get("cancel_outcome") or ("dequeued" if job.get("cancel_requested_at")
+                                                    and not job.get("started_at") else ""),
+            "error": job.get("error") or ""})
+    return rows
+
+
+def job_progress(job: dict) -> dict | None:
+    """Live progress of a running training job from its run's status.json, or None.
+
+    {step, total_steps, fraction, loss, samples_per_s, eta_s}
+    """
+    if not job.get("run_dir"):
+        return None
+    try:
+        progress = rf.read_json(Path(job["run_dir"]) / rf.STATUS).get("progress")
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(progress, dict) or not progress.get("total_steps"):
+        return None
+    step, total = int(progress.get("step") or 0), int(progress["total_steps"])
+    return {"step": step, "total_steps": total, "fraction": min(1.0, step / total) if total else 0.0,
+            "loss": progress.get("loss"), "samples_per_s": progress.get("samples_per_s"),
+            "eta_s": progress.get("eta_s")}
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(float(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def sweep_runs(job_list: Iterable[dict]) -> dict[str, list[str]]:
+    """sweep id -> run names of its training jobs, in launch order."""
+    sweeps: dict[str, list[str]] = {}
+    for job in sorted(job_list, key=lambda j: j.get("job_id", "")):
+        if job.get("sweep_id") and job.get("run_dir") and (job.get("argv") or [None])[0] == "train":
+            names = sweeps.setdefault(job["sweep_id"], [])
+            if Path(job["run_dir"]).name not in names:
+                names.append(Path(job["run_dir"]).name)
+    return sweeps
+
+
+def sweep_cells(runs_root: Path, names: Iterable[str]) -> tuple[list[dict], list[str]]:
+    """Cells to re-enqueue the unfinished runs of a sweep, from their config.json; plus the names
+    whose config is gone (their folder was deleted), which cannot be resumed."""
+    cells, lost = [], []
+    for name in jobs.sweep_pending(runs_root, names):
+        try:
+            config = rf.read_json(rf.resolve_in_root(Path(runs_root), name) / rf.CONFIG)
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+            lost.append(name)
+            continue
+        cells.append({"run_name": name, "config": {k: v for k, v in config.items()
+                                                   if k not in (*DERIVED_KEYS, "kind", "schema_version")}})
+    return cells, lost

@@ -1,0 +1,171 @@
+"""Results of one evaluation or one configuration (all its seeds): accuracy per class, confusion,
+ROC, training loss, seeds, breakdown by metadata, and a clip browser with audio."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from engine import charts, review, stats
+from engine import runfolder as rf
+from engine.review import workspace_signature
+from pages import _ui
+
+root = _ui.workspace()
+st.title("Results")
+_ui.banner(root)
+
+MODES = ("Configuration", "One evaluation")
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def configurations(root: str, signature: str) -> list[review.Configuration]:
+    return review.configurations(_ui.cached_runs(Path(root), signature))
+
+
+@st.cache_data(show_spinner="Computing seed statistics ...", max_entries=32)
+def seed_stats(_side: review.Side, key: tuple) -> dict:
+    return review.seed_stats_for(_side)
+
+
+signature = workspace_signature(root)
+runs = _ui.cached_runs(root, signature)
+configs = {c.name: c for c in configurations(str(root), signature)}
+readable = {r.run_id: r for r in runs if r.readable}
+if not readable:
+    st.info(f"No readable runs in {root} yet: see Overview.")
+    st.stop()
+
+# ---- what to show (mirrored in the URL: ?config=NAME or ?run=ID, plus &evaluation=NAME)
+params = st.query_params
+if "results_mode" not in st.session_state:
+    st.session_state["results_mode"] = MODES[1] if params.get("run") in readable else MODES[0]
+    wanted = params.get("config")
+    if wanted and wanted not in configs:  # a label from the Overview: its first configuration
+        wanted = next((c.name for c in configs.values() if c.label == wanted), None)
+    if wanted in configs:
+        st.session_state["results_config"] = wanted
+    if params.get("run") in readable:
+        st.session_state["results_run"] = params["run"]
+mode = st.radio("Show", MODES, key="results_mode", horizontal=True)
+left, right = st.columns([3, 1])
+if mode == MODES[0]:
+    name = left.selectbox("Configuration", list(configs), key="results_config")
+    members = configs[name].runs
+    evaluations = configs[name].evaluations
+else:
+    run_id = left.selectbox("Run", sorted(readable), key="results_run")
+    members = [readable[run_id]]
+    evaluations = members[0].evaluations
+if evaluations:
+    preferred = params.get("evaluation")
+    if st.session_state.get("results_evaluation") not in evaluations:
+        st.session_state["results_evaluation"] = (preferred if preferred in evaluations
+                                                  else review.preferred_evaluation(evaluations))
+    evaluation = right.selectbox("Evaluation", evaluations, key="results_evaluation")
+else:
+    evaluation = None
+    right.selectbox("Evaluation", ["(none yet)"], disabled=True, key="results_no_evaluation")
+
+params.pop("config", None)
+params.pop("run", None)
+if mode == MODES[0]:
+    params["config"] = name
+else:
+    params["run"] = run_id
+if evaluation:
+    params["evaluation"] = evaluation
+
+losses = review.loss_frame((m.config_label, review.run_seed(m) if review.run_seed(m) is not None else m.run_id, m)
+                           for m in members)
+if evaluation is None:
+    st.info("No evaluation in this selection yet; the training loss is shown while it runs.")
+    st.plotly_chart(charts.loss_curves(losses), key="results_loss")
+    st.stop()
+
+pick = name if mode == MODES[0] else f"{run_id}/{evaluation}"
+try:
+    side = review.resolve_picks(runs, [pick], evaluation, _ui.load_predictions)[0]
+except (review.SelectionError, rf.RunFolderError, OSError, ValueError) as exc:
+    st.error(f"Cannot read {pick}: {exc}")
+    st.stop()
+if mode == MODES[0] and len(side.runs) < len(members):
+    st.caption(f"{len(members) - len(side.runs)} run(s) of this configuration have no `{evaluation}` evaluation.")
+
+summaries = {review.seed_text(key): stats.evaluation_summary(records) for key, records in side.records.items()}
+aggregate = seed_stats(side, review.side_signature([side]))
+
+# ---- headline numbers
+overall = aggregate["overall"]
+first = next(iter(summaries.values()))
+cols = st.columns(5)
+if side.n_seeds == 1:
+    cols[0].metric("Accuracy", review.pct(first["accuracy"]),
+                   help=f"{first['correct']}/{first['n']} clips, 95% Wilson {review.format_interval(first['ci'])}")
+else:
+    cols[0].metric(f"Mean accuracy, {side.n_seeds} seeds", f"{overall['mean']:.1f}%",
+                   help=f"SD {overall['sd']:.2f}, t 95% {review.format_interval(overall['t_ci'], 1.0)}")
+cols[1].metric("Balanced accuracy", f"{aggregate['balanced']['mean']:.1f}%")
+cols[2].metric("ROC AUC", "n/a" if first["roc_auc"] is None else f"{first['roc_auc']:.3f}",
+               help="First seed's; every seed's is in the ROC legend.")
+cols[3].metric("ECE", "n/a" if first["ece"] is None else f"{first['ece']:.3f}", help="Expected calibration error")
+cols[4].metric("Clips", f"{first['n']:,}")
+
+accuracy_tab, errors_tab, training_tab, seeds_tab, breakdown_tab, clips_tab = st.tabs(
+    ["Accuracy", "Confusion and ROC", "Training loss", "Seeds", "Breakdown", "Clips"])
+
+with accuracy_tab:
+    st.plotly_chart(charts.class_accuracy_bars(review.class_accuracy_frame(summaries)), key="results_classes")
+    rows = review.evaluation_rows([side])
+    st.table(review.comparison_table(rows, {side.name: aggregate}).set_index("Configuration"))
+
+with errors_tab:
+    seed_labels = list(summaries)
+    shown_seed = (st.selectbox("Seed for the confusion matrix", seed_labels, key="results_seed")
+                  if len(seed_labels) > 1 else seed_labels[0])
+    left, right = st.columns(2)
+    left.plotly_chart(charts.confusion_heatmap(summaries[shown_seed]["confusion"],
+                                               title=f"Confusion matrix ({shown_seed})"), key="results_confusion")
+    right.plotly_chart(charts.roc_curve({review.seed_text(k): r for k, r in side.records.items()},
+                                        {label: s["roc_auc"] for label, s in summaries.items()}), key="results_roc")
+
+with training_tab:
+    st.plotly_chart(charts.loss_curves(losses), key="results_loss")
+
+with seeds_tab:
+    st.plotly_chart(charts.seed_strip(review.seed_points({side.name: aggregate}),
+                                      review.seed_intervals({side.name: aggregate})), key="results_seeds")
+    st.dataframe(review.seed_table({side.name: aggregate}), hide_index=True, key="results_seed_table")
+
+with breakdown_tab:
+    first_records = next(iter(side.records.values()))
+    columns = review.metadata_columns(first_records)
+    if columns:
+        default = next((c for c in ("snr_db", "duration_ms") if c in columns), columns[0])
+        column = st.selectbox("Break accuracy down by", columns, index=columns.index(default), key="results_breakdown")
+        frame = review.breakdown_frame({review.seed_text(k): r for k, r in side.records.items()}, column)
+        st.plotly_chart(charts.breakdown_chart(frame, column), key="results_breakdown_chart")
+        with st.expander("Breakdown table"):
+            st.dataframe(frame, hide_index=True, key="results_breakdown_table")
+    else:
+        st.caption("The clips carry no metadata column with 2 to 50 distinct values.")
+
+with clips_tab:
+    clips = review.clip_table(side.records)
+    left, middle, right = st.columns([3, 2, 2])
+    outcomes = left.multiselect("Outcome", review.CLIP_OUTCOMES, default=["false positive", "false negative"],
+                                key="clip_outcomes")
+    disagree = middle.checkbox("Only clips where seeds disagree", key="clip_disagree", disabled=side.n_seeds < 2)
+    order = right.radio("Sort by confidence", ["least confident", "most confident"], key="clip_sort")
+    shown = review.filter_clips(clips, outcomes, disagree, order)
+    st.caption(f"{len(shown)} of {len(clips)} clip predictions. False positive: NONSPEECH predicted as SPEECH.")
+    st.dataframe(shown, hide_index=True, key="clip_table", column_config={
+        "p_speech": st.column_config.NumberColumn(format="%.3f"),
+        "confidence": st.column_config.ProgressColumn(min_value=0.5, max_value=1.0, format="%.3f")})
+    if not shown.empty:
+        choices = list(dict.fromkeys(shown["clip_id"].head(500)))
+        clip_id = st.selectbox("Play a clip", choices, key="clip_play")
+        path = shown.loc[shown["clip_id"] == clip_id, "path"].iloc[0]
+        if isinstance(path, str) and Path(path).is_file():
+            st.audio(path)
+        else:
+            st.caption(f"Audio not found at `{path}` (imported predictions often point at another machine).")

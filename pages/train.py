@@ -1,0 +1,166 @@
+"""Train: launch one run or a sweep (seeds x ranks x alphas x target presets), and watch the queue."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from engine import disk, jobs, launch
+from engine import runfolder as rf
+from engine.config import PRESET_LABELS
+from pages._ui import banner, workspace
+
+MAX_PREVIEW_COMMANDS = 12
+
+root = workspace()
+st.title("Train")
+banner(root)
+
+
+def field_widget(spec: launch.FormField, initial):
+    """The widget of one TrainConfig field, keyed train_<field>; its help is the field's docstring."""
+    key, label = f"train_{spec.name}", spec.name + (" (one run per value)" if spec.kind in ("list", "presets") else "")
+    if spec.kind == "presets":
+        return st.multiselect(label, spec.options, default=initial, key=key, help=spec.help,
+                              format_func=lambda preset: f"{preset} ({PRESET_LABELS.get(preset, preset)})")
+    if spec.kind == "choice":
+        return st.selectbox(label, spec.options, index=spec.options.index(initial), key=key, help=spec.help)
+    if spec.kind == "checkbox":
+        return st.checkbox(label, value=initial, key=key, help=spec.help)
+    if spec.kind == "text_area":
+        return st.text_area(label, value=initial, key=key, help=spec.help, height=80)
+    return st.text_input(label, value=initial, key=key, help=spec.help)
+
+
+# ---------------------------------------------------------------- the form
+st.caption("Every field is a TrainConfig field (hover for its meaning). Several comma-separated seeds, ranks or "
+           "alphas, or several target presets, launch one run per combination; runs of one configuration that "
+           "differ only in the seed are compared together.")
+demo = launch.demo_defaults(root)
+form = {}
+for title, specs in launch.form_sections():
+    with st.expander(title, expanded=title in ("Configuration", "Data")):
+        columns = st.columns(2)
+        for i, spec in enumerate(specs):
+            with columns[i % 2] if spec.kind != "text_area" else st.container():
+                form[spec.name] = field_widget(spec, demo.get(spec.name, spec.initial))
+
+plan = launch.plan_sweep(form, root)
+
+# ---------------------------------------------------------------- preview
+st.subheader("Runs to launch")
+for error in plan.errors:
+    st.error(str(error), icon=":material/error:")
+if plan.cells:
+    st.markdown(f"**{len(plan.cells)} run{'s' if len(plan.cells) != 1 else ''}** in this launch, "
+                f"{len(plan.to_train)} to train (a run of the same name that succeeded, or is queued or running, "
+                "is left as it is).")
+    st.dataframe(pd.DataFrame(plan.rows()), hide_index=True, width="stretch")
+    commands = [launch.train_command(cell["config"], root / cell["run_name"]) for cell in plan.cells]
+    st.caption("Equivalent commands (the queue runs each with the run's config.json):")
+    st.code("\n\n".join(commands[:MAX_PREVIEW_COMMANDS])
+            + (f"\n\n# ... and {len(commands) - MAX_PREVIEW_COMMANDS} more" if len(commands) > MAX_PREVIEW_COMMANDS
+               else ""), language="bash")
+
+to_launch = [cell for cell in plan.cells if cell["run_name"] in plan.to_train]
+needed = launch.sweep_bytes(to_launch) if plan.launchable else 0
+if plan.launchable and to_launch:
+    st.caption(f"Needs about {disk.format_bytes(needed)} of disk (adapters, logs, predictions; safety margin "
+               "included).")
+if st.button(f"Launch {len(to_launch)} run{'s' if len(to_launch) != 1 else ''}", key="train_launch", type="primary",
+             disabled=not (plan.launchable and to_launch)):
+    try:
+        disk.preflight(root, needed)
+        result = jobs.enqueue_sweep(root, to_launch)
+        jobs.ensure_worker(root)
+    except disk.DiskSpaceError as exc:
+        st.error(f"Nothing launched: {exc}")
+    except (jobs.JobError, rf.RunFolderError, OSError) as exc:
+        st.error(f"Nothing launched: {exc}")
+    else:
+        skipped = "; ".join(f"{name} ({why})" for name, why in result["skipped"].items())
+        st.session_state["train_launched"] = (f"Queued {len(result['enqueued'])} run(s) as {result['sweep_id']}."
+                                              + (f" Skipped: {skipped}." if skipped else ""))
+        st.rerun()  # the preview and the queue now show the queued runs
+if launched := st.session_state.pop("train_launched", None):
+    st.success(launched)
+
+# ---------------------------------------------------------------- the queue
+st.header("Queue")
+
+
+def cancel_job(job_id: str) -> None:
+    try:
+        result = jobs.cancel(root, job_id)
+        st.session_state["train_cancel_message"] = f"Job {job_id}: {result['outcome']}"
+    except jobs.JobError as exc:
+        st.session_state["train_cancel_message"] = f"Job {job_id}: {exc}"
+
+
+def resume_sweep(sweep_id: str, names: list[str]) -> None:
+    cells, lost = launch.sweep_cells(root, names)
+    message = ""
+    if cells:
+        result = jobs.enqueue_sweep(root, cells, sweep_id=sweep_id)
+        jobs.ensure_worker(root)
+        message = f"Sweep {sweep_id}: re-queued {len(result['enqueued'])} unfinished run(s)."
+    if lost:
+        message += f" Cannot resume {', '.join(lost)}: the run folder is gone."
+    st.session_state["train_cancel_message"] = message.strip() or f"Sweep {sweep_id}: nothing to resume."
+
+
+if message := st.session_state.pop("train_cancel_message", None):
+    st.info(message)
+
+job_list = jobs.read_jobs(root) if (root / jobs.JOBS_DIR).is_dir() else []
+if not job_list:
+    st.info("No jobs yet: launched runs appear here.")
+else:
+    st.dataframe(pd.DataFrame(launch.job_rows(job_list)), hide_index=True, width="stretch")
+
+active = [job for job in job_list if job.get("state") in rf.ACTIVE_STATES]
+for job in active:
+    name = Path(job["run_dir"]).name if job.get("run_dir") else " ".join(job.get("argv", [])[:2])
+    left, right = st.columns([4, 1])
+    left.markdown(f"`{job['job_id']}` **{name}**: {job['state']}")
+    right.button("Cancel", key=f"cancel_{job['job_id']}", on_click=cancel_job, args=(job["job_id"],),
+                 help="Queued: removed from the queue. Running: asked to stop at the next step and save its "
+                      "adapter; killed if it has not stopped after 20 s.")
+
+if active:
+    active_ids = {job["job_id"] for job in active}
+
+    @st.fragment(run_every="2s")
+    def live_progress() -> None:
+        """Progress of the active jobs, re-read every 2 s while any is active."""
+        current = [job for job in jobs.read_jobs(root) if job.get("job_id") in active_ids]
+        if {job["job_id"] for job in current if job.get("state") in rf.ACTIVE_STATES} != active_ids:
+            st.rerun()  # a job finished (or was cancelled): refresh the whole page, which stops polling
+        for job in current:
+            name = Path(job["run_dir"]).name if job.get("run_dir") else job["job_id"]
+            progress = launch.job_progress(job) if job.get("state") == rf.RUNNING else None
+            if progress:
+                loss = f"{progress['loss']:.4f}" if progress["loss"] is not None else "?"
+                speed = f"{progress['samples_per_s']:.2f}" if progress["samples_per_s"] else "?"
+                st.progress(progress["fraction"], text=(
+                    f"{name}: step {progress['step']}/{progress['total_steps']}, loss {loss}, "
+                    f"{speed} samples/s, ETA {launch.format_eta(progress['eta_s'])}"))
+            else:
+                st.caption(f"{name}: {job.get('state')}" + (" (waiting for a free slot)"
+                                                             if job.get("state") == rf.QUEUED else ""))
+            if job.get("state") == rf.RUNNING:
+                with st.expander(f"Log of {name}"):
+                    st.code(jobs.job_log_tail(root, job["job_id"], 4000) or "(no output yet)", language="text")
+
+    st.subheader("Live progress")
+    live_progress()
+
+sweeps = launch.sweep_runs(job_list)
+active_runs = {Path(job["run_dir"]).name for job in active if job.get("run_dir")}
+for sweep_id, names in sweeps.items():
+    unfinished = [name for name in jobs.sweep_pending(root, names) if name not in active_runs]
+    if unfinished:
+        st.button(f"Resume sweep {sweep_id} ({len(unfinished)} of {len(names)} runs unfinished)",
+                  key=f"resume_{sweep_id}", on_click=resume_sweep, args=(sweep_id, names),
+                  help="Queues again only the runs that have not succeeded; a failed attempt is kept as "
+                       "<run>.attemptN.")

@@ -1,0 +1,254 @@
+"""AppTest of the operations pages: Train, Evaluate, Try a clip and Disk, widgets looked up by key.
+
+Each page runs against a small workspace made in the test; nothing trains (ensure_worker is a
+no-op) and Try a clip's scoring is replaced by a stand-in (the real worker is tested in
+test_clip_worker.py and, end to end, in test_browser.py).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from streamlit.testing.v1 import AppTest
+
+from engine import clip_worker, jobs
+from engine import runfolder as rf
+
+PAGES = Path(__file__).resolve().parents[1] / "pages"
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
+
+
+def texts(elements) -> list[str]:
+    return [str(element.value) for element in elements]
+
+
+@pytest.fixture()
+def workspace(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "ws"
+    root.mkdir()
+    monkeypatch.setenv(rf.RUNS_ROOT_ENV, str(root))
+    return root
+
+
+@pytest.fixture()
+def no_worker(monkeypatch) -> list:
+    started = []
+    monkeypatch.setattr(jobs, "ensure_worker", lambda runs_root, **kwargs: started.append(Path(runs_root)))
+    return started
+
+
+def trained_run(root: Path, name: str, label: str, seed: int) -> Path:
+    """A succeeded training run folder as the engine leaves it (adapter files are stand-ins)."""
+    run_dir = root / name
+    (run_dir / rf.ADAPTER_DIR).mkdir(parents=True)
+    for file_name in rf.ADAPTER_FILES:
+        (run_dir / rf.ADAPTER_DIR / file_name).write_text("{}")
+    rf.atomic_write_json(run_dir / rf.CONFIG, {"schema_version": 1, "kind": "train", "label": label, "seed": seed,
+                                                "model": "tiny", "quantization": "4bit"})
+    rf.write_status(run_dir, rf.SUCCEEDED)
+    return run_dir
+
+
+def wav_bytes(seconds: float = 0.5, sr: int = 22050, channels: int = 2) -> bytes:
+    t = np.arange(int(seconds * sr)) / sr
+    samples = np.repeat((0.2 * np.sin(2 * np.pi * 440 * t))[:, None], channels, axis=1)
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, sr, format="WAV")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- Train
+
+def test_train_preview_validation_launch_and_cancel(workspace, no_worker, tmp_path):
+    train_csv = tmp_path / "train.csv"
+    train_csv.write_text("path,label\na.wav,SPEECH\n", encoding="utf-8")
+    at = page("train").run()
+    assert not at.exception
+    assert at.button(key="train_launch").disabled  # train_data is still empty
+    assert "train_data: is required (a manifest CSV/JSONL or a folder)" in texts(at.error)
+
+    at.text_input(key="train_train_data").input(str(train_csv))
+    at.text_input(key="train_model").input("tiny")
+    at.text_input(key="train_seed").input("42, 123")
+    at.text_input(key="train_lora_r").input("8, 16")
+    at.run()
+    assert not at.exception and texts(at.error) == []
+    assert any(m.startswith("**4 runs** in this launch") for m in texts(at.markdown))
+    preview = at.dataframe[0].value
+    assert list(preview["run"]) == ["attn-r8-a32-s42", "attn-r8-a32-s123", "attn-r16-a32-s42", "attn-r16-a32-s123"]
+    assert set(preview["configuration"]) == {"Attention-Only r8", "Attention-Only r16"}
+    assert at.code[0].value.startswith("python -m engine train --label 'Attention-Only r8' --model tiny --lora-r 8 ")
+    assert at.button(key="train_launch").label == "Launch 4 runs"
+
+    at.text_input(key="train_lora_alpha").input("-5").run()
+    assert texts(at.error) == ["lora_alpha: must be > 0 (got -5)"]
+    assert at.button(key="train_launch").disabled
+    at.text_input(key="train_lora_alpha").input("32").run()
+    assert texts(at.error) == [] and not at.button(key="train_launch").disabled
+
+    at.button(key="train_launch").click().run()
+    assert not at.exception
+    assert any(s.startswith("Queued 4 run(s) as sweep-") for s in texts(at.success))
+    assert no_worker == [workspace.resolve()]
+    queued = jobs.read_jobs(workspace)
+    assert len(queued) == 4 and {job["state"] for job in queued} == {rf.QUEUED}
+    queue = at.dataframe[-1].value
+    assert sorted(queue["run"]) == sorted(preview["run"]) and set(queue["state"]) == {rf.QUEUED}
+    assert set(queue["command"]) == {"train"}
+    # the launched runs exist as queued folders, so the preview now says they would be skipped
+    assert set(at.dataframe[0].value["folder"]) == {"queued: skipped"}
+    assert at.button(key="train_launch").label == "Launch 0 runs" and at.button(key="train_launch").disabled
+
+    first = queued[0]["job_id"]
+    at.button(key=f"cancel_{first}").click().run()
+    assert f"Job {first}: dequeued" in texts(at.info)
+    assert jobs.read_job(workspace, first)["state"] == rf.CANCELLED
+    # the cancelled run is the one unfinished run a resume would queue again (the others are queued)
+    sweep_id = queued[0]["sweep_id"]
+    assert at.button(key=f"resume_{sweep_id}").label == f"Resume sweep {sweep_id} (1 of 4 runs unfinished)"
+
+
+def test_train_resume_sweep_requeues_unfinished_runs(workspace, no_worker, tmp_path):
+    train_csv = tmp_path / "train.csv"
+    train_csv.write_text("path,label\na.wav,SPEECH\n", encoding="utf-8")
+    cells = [{"run_name": f"attn-r16-a32-s{seed}",
+              "config": {"model": "tiny", "seed": seed, "train_data": str(train_csv)}} for seed in (1, 2)]
+    sweep = jobs.enqueue_sweep(workspace, cells)
+    for name, job_id in sweep["enqueued"].items():  # s1 succeeded, s2 failed
+        state = rf.SUCCEEDED if name.endswith("s1") else rf.FAILED
+        rf.write_status(workspace / name, state)
+        jobs._update_job(workspace, job_id, lambda job, s=state: {"state": s})
+    at = page("train").run()
+    button = at.button(key=f"resume_{sweep['sweep_id']}")
+    assert button.label == f"Resume sweep {sweep['sweep_id']} (1 of 2 runs unfinished)"
+    button.click().run()
+    assert f"Sweep {sweep['sweep_id']}: re-queued 1 unfinished run(s)." in texts(at.info)
+    requeued = [job for job in jobs.read_jobs(workspace) if job["state"] == rf.QUEUED]
+    assert [Path(job["run_dir"]).name for job in requeued] == ["attn-r16-a32-s2"]
+    assert (workspace / "attn-r16-a32-s2.attempt1").is_dir()
+
+
+# ---------------------------------------------------------------- Evaluate
+
+def test_evaluate_every_seed_of_a_configuration(workspace, no_worker):
+    test_csv = workspace / "test.csv"
+    test_csv.write_text("path,label\na.wav,SPEECH\n", encoding="utf-8")
+    for seed in (1, 2):
+        trained_run(workspace, f"cfg-s{seed}", "Cfg", seed)
+    trained_run(workspace, "other-s1", "Other", 1)
+    at = page("evaluate").run()
+    assert not at.exception
+    at.radio(key="eval_target").set_value("Every seed of a configuration").run()
+    at.selectbox(key="eval_config").set_value("Cfg")
+    at.selectbox(key="eval_test_choice").set_value("Another path ...").run()
+    at.text_input(key="eval_test_path").input(str(test_csv))
+    at.multiselect(key="eval_audio").set_value(["real audio", "silence control"]).run()
+    assert not at.exception and texts(at.error) == []
+    preview = at.dataframe[0].value
+    assert list(preview["target"]) == ["cfg-s1", "cfg-s2", "cfg-s1", "cfg-s2"]
+    assert list(preview["evaluation"]) == ["test", "test", "test-silence", "test-silence"]
+
+    at.checkbox(key="eval_threshold").check().run()
+    assert texts(at.error) == [f"cfg-s{s}: no 'val' evaluation to choose a threshold on (train with val_data, or "
+                               "untick the option)" for s in (1, 2)]
+    assert at.button(key="eval_launch").disabled
+    at.checkbox(key="eval_threshold").uncheck().run()
+
+    at.button(key="eval_launch").click().run()
+    assert "Queued 4 evaluation job(s). Results appear in the runs' evaluations when done." in texts(at.success)
+    queued = jobs.read_jobs(workspace)
+    assert [job["resource"] for job in queued] == ["gpu"] * 4 and {job["argv"][0] for job in queued} == {"eval"}
+    assert no_worker == [workspace.resolve()]
+    table = at.dataframe[-1].value
+    assert sorted(table["evaluation"]) == ["test", "test", "test", "test"]
+    assert sorted(table["control"]) == ["", "", "silence", "silence"]
+
+
+def test_evaluate_base_model_preview(workspace, no_worker):
+    test_csv = workspace / "test.csv"
+    test_csv.write_text("path,label\n", encoding="utf-8")
+    at = page("evaluate").run()
+    at.radio(key="eval_target").set_value("Base model").run()
+    at.text_input(key="eval_base_model").input("tiny")
+    at.selectbox(key="eval_test_choice").set_value("Another path ...").run()
+    at.text_input(key="eval_test_path").input(str(test_csv)).run()
+    assert not at.exception and texts(at.error) == []
+    command = at.dataframe[0].value["command"][0]
+    assert command.startswith("python -m engine eval --base --model tiny --runs-dir ")
+    assert "--run-name base-" in command and f"--test-data {test_csv}" in command
+
+
+# ---------------------------------------------------------------- Try a clip
+
+def test_try_a_clip_scores_good_files_and_reports_bad_ones(workspace, monkeypatch):
+    trained_run(workspace, "cfg-s1", "Cfg", 1)
+    calls = []
+
+    def fake_score(runs_root, clips, choices, **kwargs):
+        calls.append(([name for name, _ in clips], [c.label for c in choices], [len(a) for _, a in clips]))
+        return ([{"clip": name, "adapter": c.label, "p_speech": 0.8125, "pred": "SPEECH", "margin": 1.47, "ms": 12.0}
+                 for name, _ in clips for c in choices], [])
+
+    monkeypatch.setattr(clip_worker, "score_clips", fake_score)
+    at = page("try_clip").run()
+    assert not at.exception
+    assert at.multiselect(key="clip_adapters").value == ["cfg-s1"]
+    assert at.button(key="clip_score").disabled  # nothing uploaded
+    at.file_uploader(key="clip_upload").set_value([("tone.wav", wav_bytes(), "audio/wav"),
+                                                   ("broken.wav", b"this is not audio", "audio/wav")])
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.error[0].value.startswith("broken.wav: not an audio file soundfile can decode")
+    at.multiselect(key="clip_adapters").set_value(["cfg-s1", "base model"]).run()
+    at.button(key="clip_score").click().run()
+    assert not at.exception
+    # only the decodable clip is sent, resampled to 16 kHz mono
+    assert calls == [(["tone.wav"], ["cfg-s1", "base model (tiny)"], [8000])]
+    table = at.table[0].value
+    assert list(table["p(SPEECH)"]) == ["0.812", "0.812"] and list(table["prediction"]) == ["SPEECH", "SPEECH"]
+    assert len(at.error) == 1  # the broken file's message stays next to it
+
+
+# ---------------------------------------------------------------- Disk
+
+def test_disk_preview_deletes_nothing_until_confirmed(workspace, tmp_path):
+    done = trained_run(workspace, "done-s1", "Done", 1)
+    checkpoint = done / "checkpoints" / "epoch-1"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter_model.safetensors").write_bytes(b"\0" * 50_000)
+    failed = workspace / "broken-s2"
+    failed.mkdir()
+    rf.atomic_write_json(failed / rf.CONFIG, {"kind": "train"})
+    rf.write_status(failed, rf.FAILED, error="boom")
+    (failed / "engine.log").write_text("boom\n")
+
+    at = page("disk").run()
+    assert not at.exception
+    assert [m.label for m in at.metric] == ["Free", "Volume size", "Workspace"]
+    sizes = at.dataframe[0].value.set_index("run")
+    assert sizes.loc["done-s1", "adapters"] > 0 and sizes.loc["broken-s2", "logs"] > 0
+    at.text_input(key="disk_cache_dir").input(str(tmp_path / "no-cache")).run()
+    assert "no model cache at" in " ".join(texts(at.caption))
+
+    at.multiselect(key="disk_actions").set_value(["intermediate_checkpoints", "failed_runs"]).run()
+    at.button(key="disk_preview").click().run()
+    assert not at.exception
+    items = at.dataframe[-1].value
+    assert sorted(items["path"]) == sorted([str(done / "checkpoints"), str(failed)])
+    assert at.button(key="disk_delete").disabled
+    assert checkpoint.exists() and failed.exists()  # a preview deletes nothing
+
+    at.checkbox(key="disk_confirm").check().run()
+    assert checkpoint.exists() and failed.exists()  # nor does ticking the box
+    at.button(key="disk_delete").click().run()
+    assert not at.exception
+    assert any(s.startswith("Deleted 2 item(s), freed") for s in texts(at.success))
+    assert not (done / "checkpoints").exists() and not failed.exists()
+    assert (done / rf.ADAPTER_DIR / "adapter_model.safetensors").exists()  # the final adapter is kept
