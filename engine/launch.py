@@ -42,7 +42,8 @@ FORM_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Optimisation", ("epochs", "max_steps", "per_device_batch", "grad_accum", "learning_rate", "weight_decay",
                       "warmup_ratio", "scheduler", "max_grad_norm")),
     ("Prompt", ("system_prompt", "prompt", "label_words")),
-    ("Runtime", ("checkpoints", "device", "dtype", "gradient_checkpointing", "auto_micro_batch")),
+    ("Runtime", ("checkpoints", "device", "dtype", "gradient_checkpointing", "offload_embeddings",
+                 "auto_micro_batch")),
 )
 OTHER_SECTION = "Other"  # fields added to TrainConfig but not yet placed above
 

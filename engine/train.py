@@ -169,6 +169,21 @@ def lr_lambda(scheduler: str, warmup: int, total: int) -> Callable[[int], float]
     return factor
 
 
+def micro_batches(order: list[int], clips, micro_batch: int, grad_accum: int) -> list[list[int]]:
+    """Split a shuffled epoch into micro-batches, grouping clips of similar length.
+
+    Each optimizer step keeps exactly the clips the shuffle gave it (so the optimisation is the
+    same whatever the split); only inside a step are clips sorted by duration before being cut
+    into micro-batches, which keeps the padded encoder input short.
+    """
+    step = micro_batch * grad_accum
+    out = []
+    for start in range(0, len(order), step):
+        chunk = sorted(order[start:start + step], key=lambda i: (-(clips[i].duration_s or 0.0), i))
+        out.extend(chunk[j:j + micro_batch] for j in range(0, len(chunk), micro_batch))
+    return out
+
+
 def usable_gpu_bytes(device) -> int:
     """Memory this process may use on the GPU: the card, or less under a per-process cap."""
     import torch
@@ -330,7 +345,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
     done = False
     for epoch in range(math.ceil(cfg.epochs)):
         order = torch.randperm(len(train_clips), generator=generator).tolist()
-        micro = [order[i:i + micro_batch] for i in range(0, len(order), micro_batch)]
+        micro = micro_batches(order, train_clips, micro_batch, grad_accum)
         for first in range(0, len(micro), grad_accum):
             group = micro[first:first + grad_accum]
             batches = [make([train_clips[i] for i in indices]) for indices in group]

@@ -279,3 +279,15 @@ def test_a_target_module_the_model_lacks_is_refused_before_training(tmp_path, de
     with pytest.raises(ConfigError, match="targets: Qwen2-Audio has no module named w_proj"):
         train(quick_config(demo_data["train"], targets=["q_proj", "w_proj"], max_steps=1), tmp_path / "r")
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_micro_batches_group_by_length_without_changing_each_steps_clips():
+    from types import SimpleNamespace
+
+    from engine.train import micro_batches
+
+    clips = [SimpleNamespace(duration_s=d) for d in (1.0, 5.0, 2.0, 4.0, 3.0, 0.5, 6.0, 1.5)]
+    order = [7, 2, 5, 1, 0, 6, 3, 4]
+    micro = micro_batches(order, clips, micro_batch=2, grad_accum=2)
+    assert [sorted(sum(micro[i:i + 2], [])) for i in (0, 2)] == [sorted(order[:4]), sorted(order[4:])]
+    assert micro[0] == [1, 2] and micro[1] == [7, 5]  # longest together within the first step
