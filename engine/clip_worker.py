@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -91,15 +90,9 @@ def _log_path(info_file: Path) -> Path:
 
 
 def _try_lock(path: Path) -> int | None:
-    """An fd holding an exclusive flock on `path`, or None while another process holds it."""
+    """Worker files hold a secret: their folder is private to the user."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+    return rf.try_flock(path, 0o600)
 
 
 def _lock_held(path: Path) -> bool:

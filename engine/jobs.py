@@ -94,15 +94,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _try_lock(path: Path) -> int | None:
-    """An fd holding an exclusive flock on `path`, or None when another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+    return rf.try_flock(path, 0o644)
 
 
 def worker_running(runs_root: Path) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from engine import runfolder as rf
 
@@ -136,13 +136,3 @@ def make_record(clip_id: str, path: str, label: str, p_speech: float, margin: fl
     for key, value in (metadata or {}).items():
         record.setdefault(key, value)
     return record
-
-
-def records_by_id(records: Iterable[dict]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for rec in records:
-        cid = str(rec["clip_id"])
-        if cid in out:
-            raise PredictionsError(f"duplicate clip_id {cid!r}")
-        out[cid] = rec
-    return out

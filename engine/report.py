@@ -162,20 +162,6 @@ def figures(comparison: Comparison) -> dict[str, go.Figure]:
     }
 
 
-def _new_folder(root: Path) -> Path:
-    base = Path(root) / REPORTS_DIR
-    base.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    candidate, n = base / stamp, 1
-    while True:
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = base / f"{stamp}-{n}"
-
-
 def write_report(root: Path, selection: Sequence[str], evaluation: str = review.DEFAULT_EVALUATION,
                  include_baselines: bool = True, comparison: Comparison | None = None,
                  runs: Sequence[rf.RunInfo] | None = None, load: review.Loader | None = None) -> dict[str, Any]:
@@ -189,7 +175,7 @@ def write_report(root: Path, selection: Sequence[str], evaluation: str = review.
     if comparison is None:
         runs = rf.list_runs(root) if runs is None else runs
         comparison = review.compare(runs, selection, evaluation, load, include_baselines)
-    folder = _new_folder(root)
+    folder = rf.unique_run_dir(Path(root) / REPORTS_DIR, time.strftime("%Y%m%d-%H%M%S"))
     figure_dir = folder / "figures"
     figure_dir.mkdir()
     figure_paths, links = [], []

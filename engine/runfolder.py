@@ -189,6 +189,26 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------------- locks
+
+def try_flock(path: Path, mode: int = 0o600) -> int | None:
+    """An fd holding an exclusive flock on `path`, or None while another process holds it.
+
+    The lock lives as long as the fd (and so the process): a crashed holder frees it.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 # ---------------------------------------------------------------- status
 
 def process_start_time(pid: int) -> float | None:

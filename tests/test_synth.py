@@ -132,7 +132,7 @@ def test_default_dataset_size_balance_and_speed(tmp_path):
     assert set(synth.SPEECH_VOICES) <= voices
     assert set(synth.NONSPEECH_KINDS) | {"clean_speech", "noisy_speech"} <= conditions
     # The test split has its own random stream: it does not change when the training set grows.
-    bigger = synth.make_dataset(tmp_path / "bigger", n_train=40)
+    synth.make_dataset(tmp_path / "bigger", n_train=40)
     assert file_bytes(tmp_path / "demo" / "test") == file_bytes(tmp_path / "bigger" / "test")
 
 
