@@ -118,6 +118,8 @@ class TrainConfig:
     auto_micro_batch: bool = True
     """On a GPU, pick the largest micro-batch that fits (a divisor of the effective batch) and
     accumulate the rest, so per_device_batch x grad_accum and the optimisation stay the same."""
+    num_processes: int = 1
+    """Data-parallel processes (one per GPU); effective batch = per_device_batch x grad_accum x processes."""
 
     # ------------------------------------------------------------------ derived
     @property
@@ -137,7 +139,7 @@ class TrainConfig:
 
     @property
     def effective_batch(self) -> int:
-        return self.per_device_batch * self.grad_accum
+        return self.per_device_batch * self.grad_accum * self.num_processes
 
     def display_label(self) -> str:
         if self.label:
@@ -169,6 +171,7 @@ class TrainConfig:
             self.max_steps = _int(self, "max_steps", minimum=1)
         self.per_device_batch = _int(self, "per_device_batch", minimum=1)
         self.grad_accum = _int(self, "grad_accum", minimum=1)
+        self.num_processes = _int(self, "num_processes", minimum=1)
         self.learning_rate = _number(self, "learning_rate")
         _require(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1) (got {self.learning_rate:g})")
         self.weight_decay = _number(self, "weight_decay")

@@ -43,7 +43,7 @@ FORM_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                       "warmup_ratio", "scheduler", "max_grad_norm")),
     ("Prompt", ("system_prompt", "prompt", "label_words")),
     ("Runtime", ("checkpoints", "device", "dtype", "gradient_checkpointing", "offload_embeddings",
-                 "auto_micro_batch")),
+                 "auto_micro_batch", "num_processes")),
 )
 OTHER_SECTION = "Other"  # fields added to TrainConfig but not yet placed above
 
@@ -56,7 +56,7 @@ TRAIN_FLAGS: tuple[tuple[str, str], ...] = (
     ("warmup_ratio", "--warmup-ratio"), ("scheduler", "--scheduler"), ("train_data", "--train-data"),
     ("val_data", "--val-data"), ("prompt", "--prompt"), ("label_words", "--label-words"),
     ("checkpoints", "--checkpoints"), ("device", "--device"), ("dtype", "--dtype"),
-    ("gradient_checkpointing", "--gradient-checkpointing"))
+    ("gradient_checkpointing", "--gradient-checkpointing"), ("num_processes", "--num-gpus"))
 FILTER_FLAGS = {"duration_ms": "--filter-duration", "snr_db": "--filter-snr"}
 
 

@@ -16,13 +16,14 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from engine import runfolder as rf
-from engine.config import TARGET_PRESETS, ConfigError, TrainConfig
+from engine.config import ConfigError, TrainConfig
 
 log = logging.getLogger("engine.train")
 
@@ -184,6 +185,19 @@ def micro_batches(order: list[int], clips, micro_batch: int, grad_accum: int) ->
     return out
 
 
+def step_batches(order: list[int], clips, micro_batch: int, grad_accum: int, rank: int = 0,
+                 world: int = 1) -> list[list[list[int]]]:
+    """This rank's micro-batches of each optimizer step of a shuffled epoch.
+
+    A step takes the next micro_batch x grad_accum x world clips of `order` (the same on every
+    rank); rank r keeps every world-th of them, so the ranks' shards are disjoint and together
+    are exactly the step one process would take. A rank may get none in a short last step.
+    """
+    per_step = micro_batch * grad_accum * world
+    return [micro_batches(order[start:start + per_step][rank::world], clips, micro_batch, grad_accum)
+            for start in range(0, len(order), per_step)]
+
+
 def usable_gpu_bytes(device) -> int:
     """Memory this process may use on the GPU: the card, or less under a per-process cap."""
     import torch
@@ -206,7 +220,7 @@ def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch) -> tuple[int,
 
     from engine import modeling as m
 
-    effective = cfg.effective_batch
+    effective = cfg.per_device_batch * cfg.grad_accum  # this process's share of the step
     sizes = [d for d in range(effective, 0, -1) if effective % d == 0] if cfg.auto_micro_batch else [cfg.per_device_batch]
     options = {"auto": [False, True], "on": [True], "off": [False]}[cfg.gradient_checkpointing]
     longest = sorted(clips, key=lambda c: -(c.duration_s or 0))
@@ -243,8 +257,24 @@ def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None,
     evaluate_on: {evaluation name: test data} scored with the trained model before the run is
     marked finished (saves reloading the model, e.g. in the demo).
     """
+    from engine import distributed as dist
+
     cfg.validate()
-    run_dir = prepare_run_dir(cfg, run_dir)
+    dist.init_from_env(cfg.device)
+    if not dist.is_main():  # only rank 0 writes the run folder
+        owns_stop = stop is None
+        stop = stop or StopRequested().install()
+        try:
+            return _train(cfg, Path(run_dir), stop, evaluate_on or {})
+        finally:
+            if owns_stop:
+                stop.restore()
+            dist.cleanup()
+    try:
+        run_dir = prepare_run_dir(cfg, run_dir)
+    except BaseException:
+        dist.cleanup()
+        raise
     handler = attach_log(run_dir)
     owns_stop = stop is None
     stop = stop or StopRequested().install()
@@ -273,15 +303,18 @@ def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None,
             stop.restore()
         logging.getLogger("engine").removeHandler(handler)
         handler.close()
+        dist.cleanup()
 
 
 def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: dict[str, str]) -> dict[str, Any]:
     import torch
 
+    from engine import distributed as dist
     from engine import modeling as m
     from engine.data import AudioCache, load_clips
 
     started = time.time()
+    rank, world, main = dist.rank(), dist.world_size(), dist.is_main()
     # ---- setup: data (every clip checked before the model loads), model, LoRA
     log.info("loading training data from %s", cfg.train_data)
     train_clips, train_report = load_clips(cfg.train_data, label_words=cfg.label_words, filters=cfg.filters,
@@ -295,9 +328,10 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
     log.info("%d training clips (%s)", len(train_clips), train_report.per_class)
 
     m.seed_everything(cfg.seed)
-    loaded = m.load_model(cfg.model, cfg.quantization, cfg.device, cfg.dtype)
+    loaded = m.load_model(cfg.model, cfg.quantization, dist.device_for(cfg.device), cfg.dtype)
     device = loaded.device
-    rf.atomic_write_json(run_dir / rf.ENVIRONMENT, environment_info(device))
+    if main:
+        rf.atomic_write_json(run_dir / rf.ENVIRONMENT, environment_info(device))
     checkpointing = cfg.gradient_checkpointing == "on"
     offload = cfg.offload_embeddings == "on" or (
         cfg.offload_embeddings == "auto" and device.type == "cuda" and usable_gpu_bytes(device) < 12 * 2**30)
@@ -306,6 +340,8 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
         log.info("input embeddings kept on the CPU (small GPU): %.2f GB saved", m.input_embedding_bytes(loaded) / 1e9)
     torch.manual_seed(cfg.seed)  # LoRA init depends only on the seed
     m.attach_lora(loaded, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, checkpointing)
+    if rank:
+        torch.manual_seed(cfg.seed + rank)  # same LoRA init on every rank, different dropout masks
     model = loaded.model
     plan = m.label_plan(loaded.processor.tokenizer, cfg.label_words)
     audio = AudioCache(max_seconds=cfg.max_clip_seconds)
@@ -319,12 +355,12 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
     micro_batch, grad_accum = cfg.per_device_batch, cfg.grad_accum
     if device.type == "cuda" and (cfg.auto_micro_batch or cfg.gradient_checkpointing == "auto"):
         micro_batch, grad_accum, checkpointing = choose_micro_batch(model, cfg, train_clips, make)
-    log.info("micro-batch %d x accumulation %d (effective %d), gradient checkpointing %s",
-             micro_batch, grad_accum, micro_batch * grad_accum, "on" if checkpointing else "off")
+    log.info("micro-batch %d x accumulation %d x %d process(es) (effective %d), gradient checkpointing %s",
+             micro_batch, grad_accum, world, micro_batch * grad_accum * world, "on" if checkpointing else "off")
     counts = m.parameter_counts(model)
     log.info("trainable %s / %s parameters (%.4f%%)", f"{counts['trainable']:,}", f"{counts['total']:,}",
              counts["percent"])
-    micro_per_epoch = math.ceil(len(train_clips) / micro_batch)
+    micro_per_epoch = math.ceil(len(train_clips) / (micro_batch * world))
     steps_per_epoch = math.ceil(micro_per_epoch / grad_accum)
     total_steps = math.ceil(steps_per_epoch * cfg.epochs)
     if cfg.max_steps:
@@ -336,7 +372,8 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
     generator = torch.Generator().manual_seed(cfg.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rf.write_status(run_dir, rf.RUNNING, progress={"step": 0, "total_steps": total_steps})
+    if main:
+        rf.write_status(run_dir, rf.RUNNING, progress={"step": 0, "total_steps": total_steps})
 
     # ---- train
     model.train()
@@ -345,9 +382,9 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
     done = False
     for epoch in range(math.ceil(cfg.epochs)):
         order = torch.randperm(len(train_clips), generator=generator).tolist()
-        micro = micro_batches(order, train_clips, micro_batch, grad_accum)
-        for first in range(0, len(micro), grad_accum):
-            group = micro[first:first + grad_accum]
+        steps = step_batches(order, train_clips, micro_batch, grad_accum, rank, world)
+        step_clips = micro_batch * grad_accum * world
+        for index, group in enumerate(steps):
             batches = [make([train_clips[i] for i in indices]) for indices in group]
             n_targets = sum(b.target_ids.numel() for b in batches)
             step_loss = 0.0
@@ -357,6 +394,9 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
                 # weight by tokens so the step's loss is the mean over all its answer tokens
                 (loss * (count / n_targets)).backward()
                 step_loss += loss.item() * count / n_targets
+            # data-parallel: the mean over every rank's answer tokens (no-ops with one process)
+            dist.all_reduce_grads(params, n_targets)
+            step_loss = dist.weighted_mean(step_loss, n_targets)
             grad_norm = None
             if cfg.max_grad_norm:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
@@ -364,29 +404,34 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            samples += sum(len(g) for g in group)
-            epoch_float = epoch + min(1.0, (first + len(group)) / len(micro))
+            samples += min(step_clips, len(order) - index * step_clips)  # over all ranks
+            epoch_float = epoch + min(1.0, min((index + 1) * grad_accum, micro_per_epoch) / micro_per_epoch)
             last_loss = step_loss
             elapsed = time.time() - t0
             eta = elapsed / step * (total_steps - step)
-            rf.append_jsonl(run_dir / rf.METRICS, {
-                "step": step, "epoch": round(epoch_float, 4), "loss": step_loss,
-                "learning_rate": schedule.get_last_lr()[0], "grad_norm": grad_norm,
-                "samples_per_s": samples / elapsed if elapsed else None, "elapsed_s": round(elapsed, 3),
-                "eta_s": round(eta, 1), "total_steps": total_steps})
-            rf.write_status(run_dir, rf.RUNNING, progress={
-                "step": step, "total_steps": total_steps, "epoch": round(epoch_float, 3), "loss": step_loss,
-                "eta_s": round(eta, 1), "samples_per_s": samples / elapsed if elapsed else None})
-            log.info("step %d/%d epoch %.2f loss %.4f", step, total_steps, epoch_float, step_loss)
+            if main:
+                rf.append_jsonl(run_dir / rf.METRICS, {
+                    "step": step, "epoch": round(epoch_float, 4), "loss": step_loss,
+                    "learning_rate": schedule.get_last_lr()[0], "grad_norm": grad_norm,
+                    "samples_per_s": samples / elapsed if elapsed else None, "elapsed_s": round(elapsed, 3),
+                    "eta_s": round(eta, 1), "total_steps": total_steps})
+                rf.write_status(run_dir, rf.RUNNING, progress={
+                    "step": step, "total_steps": total_steps, "epoch": round(epoch_float, 3), "loss": step_loss,
+                    "eta_s": round(eta, 1), "samples_per_s": samples / elapsed if elapsed else None})
+                log.info("step %d/%d epoch %.2f loss %.4f", step, total_steps, epoch_float, step_loss)
+            if world > 1:  # a signal received by any rank stops every rank after this same step
+                stop.signal = dist.max_over_ranks(stop.signal or 0) or None
             if step >= total_steps or stop:
                 done = True
                 break
-        if cfg.checkpoints == "epoch" and not done:
+        if cfg.checkpoints == "epoch" and not done and main:
             save_adapter(model, run_dir, f"checkpoints/epoch-{epoch + 1}")
         if done:
             break
 
     # ---- save
+    if not main:  # the model is identical on every rank; rank 0 saves and evaluates it
+        return {"steps": step, "total_steps": total_steps, "final_train_loss": last_loss, "stopped_early": bool(stop)}
     adapter = save_adapter(model, run_dir)
     runtime = time.time() - started
     summary = {
@@ -397,7 +442,8 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
         "runtime_s": round(runtime, 2), "train_time_s": round(time.time() - t0, 2),
         "final_train_loss": last_loss, "steps": step, "total_steps": total_steps, "epochs": round(epoch_float, 4),
         "samples_seen": samples, "samples_per_s": samples / (time.time() - t0),
-        "micro_batch": micro_batch, "grad_accum": grad_accum, "effective_batch": cfg.effective_batch,
+        "micro_batch": micro_batch, "grad_accum": grad_accum, "num_processes": world,
+        "effective_batch": micro_batch * grad_accum * world,
         "requested_split": [cfg.per_device_batch, cfg.grad_accum],
         "gradient_checkpointing": checkpointing, "embeddings_on_cpu": offload, "device": str(device), "dtype": str(loaded.dtype).replace("torch.", ""),
         "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
@@ -455,13 +501,15 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"))
     p.add_argument("--gradient-checkpointing", choices=("auto", "on", "off"))
+    p.add_argument("--num-gpus", "--num-processes", dest="num_processes", type=int,
+                   help="data-parallel processes, one per GPU (relaunches through accelerate launch)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
 _FLAG_FIELDS = ("label", "model", "quantization", "lora_r", "lora_alpha", "lora_dropout", "targets", "seed", "epochs",
                 "max_steps", "per_device_batch", "grad_accum", "learning_rate", "warmup_ratio", "scheduler",
                 "train_data", "val_data", "prompt", "skip_bad_audio", "checkpoints", "device", "dtype",
-                "gradient_checkpointing")
+                "gradient_checkpointing", "num_processes")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -498,6 +546,39 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{base}-r{cfg.lora_r}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _argv_of(args: argparse.Namespace) -> list[str]:
+    """The `train` flags that produced `args` (run folder left out), to hand to the launched ranks."""
+    parser = argparse.ArgumentParser(add_help=False)
+    train_arguments(parser)
+    argv: list[str] = []
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest == "run_dir" or value is None or value is False:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            argv.append(action.option_strings[0])
+        else:
+            argv += [action.option_strings[0], str(value)]
+    return argv
+
+
+def _run_launcher(command: list[str]) -> int:
+    """Run the data-parallel launcher, passing SIGTERM/SIGINT on (a cancel reaches this process
+    only); torchrun hands them to every rank, which stop after the same step."""
+    launcher = subprocess.Popen(command)
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, lambda signum, _frame: launcher.send_signal(signum))
+        except ValueError:  # not the main thread
+            pass
+    try:
+        return launcher.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def train_main(args: argparse.Namespace) -> int:
     import json
 
@@ -511,11 +592,19 @@ def train_main(args: argparse.Namespace) -> int:
     except (ConfigError, rf.RunFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from engine import distributed as dist
+
+    if cfg.num_processes > 1 and not dist.launched():
+        # every rank must resolve the same run folder, so pass the one chosen here
+        argv = ["train", *_argv_of(args), "--run-dir", str(run_dir)]
+        return _run_launcher(dist.launch_command(cfg.num_processes, argv))
     try:
         summary = train(cfg, run_dir)
     except (ConfigError, rf.RunFolderError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if not dist.is_main():
+        return 0
     status = rf.read_json(Path(run_dir) / rf.STATUS)
     if args.json:
         print(json.dumps({"run_dir": str(run_dir), "state": status["state"], **summary}))
