@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -105,20 +106,34 @@ def _combine_on_two_ranks(rank: int, port: int, results) -> None:
         distributed.cleanup()
 
 
-def test_gradients_combine_as_the_mean_over_every_ranks_tokens():
-    import socket
+def _spawn_two_ranks(port: int, out: str) -> None:
+    """Run `_combine_on_two_ranks` on 2 spawned processes and write their results as JSON."""
+    import json
 
     import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_combine_on_two_ranks, args=(port, results), nprocs=2, join=True)
+    Path(out).write_text(json.dumps({str(k): v for k, v in results.items()}))
+
+
+def test_gradients_combine_as_the_mean_over_every_ranks_tokens(tmp_path, repo_root):
+    import json
+    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    results = mp.Manager().dict()
-    mp.spawn(_combine_on_two_ranks, args=(port, results), nprocs=2, join=True)
-    for rank in (0, 1):
-        first, second, loss, stop = results[rank]
-        assert first == (4.0, pytest.approx([(1 * 1 + 5 * 3) / 4, (2 * 1 - 2 * 3) / 4]))
-        assert second == (2.0, pytest.approx([4.0, 6.0]))
+    out = tmp_path / "ranks.json"
+    # A fresh interpreter: spawned children re-import __main__, which inside pytest may be a page
+    # script that an AppTest ran earlier.
+    subprocess.run([sys.executable, "-c", f"from tests.test_distributed import _spawn_two_ranks; "
+                    f"_spawn_two_ranks({port}, {str(out)!r})"], cwd=repo_root, check=True, timeout=120)
+    results = json.loads(out.read_text())
+    for rank in ("0", "1"):
+        (total1, grad1), (total2, grad2), loss, stop = results[rank]
+        assert total1 == 4.0 and grad1 == pytest.approx([(1 * 1 + 5 * 3) / 4, (2 * 1 - 2 * 3) / 4])
+        assert total2 == 2.0 and grad2 == pytest.approx([4.0, 6.0])
         assert loss == pytest.approx((0.5 * 1 + 0.1 * 4) / 5) and stop == 15
 
 
