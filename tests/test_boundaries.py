@@ -20,6 +20,8 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            if node.module in ("engine", "pages"):  # `from engine import jobs` imports engine.jobs
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
