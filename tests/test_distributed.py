@@ -4,11 +4,9 @@ written once, by rank 0."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import pytest
 from engine import distributed
 from engine import runfolder as rf
 from engine.train import step_batches, train
-from tests.test_train import FINISHED_TRAIN_RUN_FILES, files_of, quick_config
+from tests.test_train import FINISHED_TRAIN_RUN_FILES, files_of, quick_config, train_then_sigterm
 
 # 4-bit bitsandbytes runs under several CPU processes like under one; the tiny model keeps it fast.
 COMMON = ["--model", "tiny", "--quantization", "4bit", "--device", "cpu", "--seed", "7", "--num-epochs", "1",
@@ -140,21 +138,9 @@ def test_gradients_combine_as_the_mean_over_every_ranks_tokens(tmp_path, repo_ro
 def test_sigterm_to_the_launching_process_stops_both_ranks_and_ends_cancelled(tmp_path, demo_data, repo_root):
     """Like the job runner's cancel: SIGTERM to the `python -m engine train` process only."""
     run_dir = tmp_path / "cancel-me"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "train", *COMMON[:COMMON.index("--max-steps")],
-         "--train-data", str(demo_data["train"]), "--per-device-train-batch-size", "4", "--num-gpus", "2",
-         "--run-dir", str(run_dir), "--num-epochs", "50"],
-        cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and len(rf.read_metrics(run_dir)) < 2:
-            time.sleep(0.2)
-        assert rf.read_metrics(run_dir), "training never logged a step"
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    train_then_sigterm([*COMMON[:COMMON.index("--max-steps")], "--train-data", str(demo_data["train"]),
+                        "--per-device-train-batch-size", "4", "--num-gpus", "2", "--num-epochs", "50"],
+                       run_dir, repo_root)
     status = rf.read_json(run_dir / rf.STATUS)
     assert status["state"] == rf.CANCELLED and status["signal"] == signal.SIGTERM
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()

@@ -130,23 +130,29 @@ def test_loss_falls_on_a_learnable_set(tmp_path, demo_data):
     assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.3, losses
 
 
-def test_sigterm_saves_the_adapter_and_ends_cancelled(tmp_path, demo_data, repo_root):
-    run_dir = tmp_path / "cancel-me"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "train", "--model", "tiny", "--device", "cpu", "--train-csv",
-         str(demo_data["train"]), "--run-dir", str(run_dir), "--num-epochs", "50", "--per-device-train-batch-size",
-         "4", "--gradient-accumulation-steps", "1"],
-        cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def train_then_sigterm(argv: list[str], run_dir: Path, repo_root: Path, wait_s: float = 90) -> int:
+    """Start `python -m engine train ARGV`, SIGTERM it once two steps are logged; its exit code."""
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "train", *argv, "--run-dir", str(run_dir)],
+                            cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and len(rf.read_metrics(run_dir)) < 2:
             time.sleep(0.2)
         assert rf.read_metrics(run_dir), "training never logged a step"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 3  # exit code of a run that did not succeed
+        return proc.wait(timeout=wait_s)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_sigterm_saves_the_adapter_and_ends_cancelled(tmp_path, demo_data, repo_root):
+    run_dir = tmp_path / "cancel-me"
+    code = train_then_sigterm(["--model", "tiny", "--device", "cpu", "--train-csv", str(demo_data["train"]),
+                               "--num-epochs", "50", "--per-device-train-batch-size", "4",
+                               "--gradient-accumulation-steps", "1"], run_dir, repo_root)
+    assert code == 3  # exit code of a run that did not succeed
     status = rf.read_json(run_dir / rf.STATUS)
     assert status["state"] == rf.CANCELLED and status["signal"] == signal.SIGTERM
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
