@@ -18,7 +18,7 @@ from engine.importing import ImportError_, import_predictions
 from engine.predictions import read_predictions
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples" / "seed_predictions"
+from tests.conftest import EXAMPLES  # noqa: E402
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:

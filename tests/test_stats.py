@@ -7,7 +7,6 @@ import csv
 import json
 import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from statsmodels.stats.multitest import multipletests
 
 from engine import stats
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples" / "seed_predictions"
+from tests.conftest import EXAMPLES  # noqa: E402
 Z = sps.norm.ppf(0.975)
 
 

@@ -16,7 +16,7 @@ from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from engine.importing import import_predictions
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples" / "seed_predictions"
+from tests.conftest import EXAMPLES  # noqa: E402
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
