@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("engine.train:train", "train a QLoRA adapter (writes a run folder)"),
     "eval": ("engine.scoring:eval", "logit-score a run, an adapter folder or the base model"),
+    "opro": ("engine.opro:opro", "optimise the instruction prompt of a frozen model on a dev set (OPRO)"),
     "params": ("engine.modeling:params", "count trainable/total parameters without weights"),
     "tiny": ("engine.tiny:tiny", "build the small random Qwen2-Audio model folder locally"),
     "import-predictions": ("engine.importing:import", "store predictions made by another tool as a run"),

@@ -33,7 +33,8 @@ def demo_config(preset: str, seed: int, train_manifest: Path, epochs: float = 4)
 
 
 def build_demo(runs_root: Path, seeds=DEMO_SEEDS, presets=DEMO_PRESETS, epochs: float = 4, baseline: bool = True,
-               n_train: int = 96, n_test: int = 32, say: Callable[[str], None] = print) -> dict:
+               n_train: int = 96, n_test: int = 32, n_dev: int = 32, opro: bool = True,
+               say: Callable[[str], None] = print) -> dict:
     """Make (or complete) the demo workspace; finished demo runs are kept, not redone."""
     from engine.synth import make_dataset
     from engine.train import train
@@ -42,10 +43,10 @@ def build_demo(runs_root: Path, seeds=DEMO_SEEDS, presets=DEMO_PRESETS, epochs: 
     runs_root = Path(runs_root)
     runs_root.mkdir(parents=True, exist_ok=True)
     data_dir = runs_root / DEMO_DATA_DIR
-    if not (data_dir / "test.csv").is_file():
+    if not (data_dir / "val.csv").is_file():  # older demo folders lack val: same seed, same train/test bytes
         say(f"synthesising demo audio into {data_dir} ...")
-        make_dataset(data_dir, n_train=n_train, n_test=n_test, seed=0)
-    manifests = {"train": data_dir / "train.csv", "test": data_dir / "test.csv"}
+        make_dataset(data_dir, n_train=n_train, n_test=n_test, n_val=n_dev, seed=0)
+    manifests = {split: data_dir / f"{split}.csv" for split in ("train", "test", "val")}
     results = []
     cells = [(p, s) for p in presets for s in seeds]
     for i, (preset, seed) in enumerate(cells, 1):
@@ -69,9 +70,35 @@ def build_demo(runs_root: Path, seeds=DEMO_SEEDS, presets=DEMO_PRESETS, epochs: 
 
         say("scoring the Silero VAD baseline ...")
         run_baseline("silero", str(manifests["test"]), runs_root / "demo-silero-vad")
+    if opro and "attention+mlp" in presets:
+        opro_demo(runs_root, [f"demo-attention-mlp-s{seed}" for seed in seeds], manifests, say)
     elapsed = time.time() - started
     say(f"demo ready in {elapsed:.0f} s: {runs_root}")
     return {"runs_root": str(runs_root), "seconds": round(elapsed, 1), "runs": results}
+
+
+def opro_demo(runs_root: Path, fine_tuned: list[str], manifests: dict[str, Path],
+              say: Callable[[str], None] = print) -> None:
+    """The 2x2 prompt-optimisation design: OPRO (edit search, 2 x 4 candidates on the 32 val clips)
+    for the base tiny model and for each fine-tuned run, each tested once on the test set."""
+    from engine.opro import OproSettings, optimise
+
+    targets = [("demo-opro-base", None), *((f"demo-opro-{name.removeprefix('demo-')}", name) for name in fine_tuned)]
+    for i, (name, run) in enumerate(targets, 1):
+        run_dir = runs_root / name
+        if (run_dir / rf.STATUS).is_file() and rf.read_status(run_dir).get("state") == rf.SUCCEEDED:
+            continue
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)  # an unfinished demo search: redo it
+        say(f"[opro {i}/{len(targets)}] optimising the prompt for {run or 'the base model'} ...")
+        settings = OproSettings(dev_data=str(manifests["val"]), test_data=str(manifests["test"]), run=run,
+                                base=run is None, model="tiny" if run is None else None, quantization="4bit",
+                                iterations=2, candidates=4, device="cpu")
+        result = optimise(settings, run_dir, runs_root)
+        say(f"[opro {i}/{len(targets)}] {name}: dev balanced accuracy "
+            f"{100 * result['original']['balanced_accuracy']:.1f}% -> {100 * result['best']['balanced_accuracy']:.1f}%")
 
 
 def demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,6 +106,7 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default=",".join(map(str, DEMO_SEEDS)))
     p.add_argument("--epochs", type=float, default=4)
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--no-opro", action="store_true", help="skip the prompt-optimisation runs")
     p.add_argument("--json", action="store_true")
 
 
@@ -91,7 +119,7 @@ def demo_main(args: argparse.Namespace) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
     result = build_demo(rf.runs_root(args.runs_dir), seeds=seeds, epochs=args.epochs,
-                        baseline=not args.no_baseline, say=say)
+                        baseline=not args.no_baseline, opro=not args.no_opro, say=say)
     if args.json:
         print(json.dumps(result))
     return 0

@@ -234,8 +234,8 @@ def enqueue(runs_root: Path, argv: list[str], resource: str = "gpu", run_dir: Pa
             module: str = "engine") -> str:
     """Add a job running `python -m <module> ARGV...`; returns its id. Does not start a worker.
 
-    With `prepare_run=(run_dir, config)` the run folder gets config.json (kind "train") and a
-    "queued" status.json first, so the dashboard lists the run at once.
+    With `prepare_run=(run_dir, config)` the run folder gets config.json (kind "train" unless the
+    config names another) and a "queued" status.json first, so the dashboard lists the run at once.
     """
     runs_root = Path(runs_root)
     if not isinstance(argv, (list, tuple)) or not argv or not all(isinstance(a, str) for a in argv):
@@ -297,8 +297,8 @@ def _prepare_run_folder(runs_root: Path, run_dir: Path, config: dict) -> None:
     if recorded not in (None, rf.QUEUED):
         raise JobError(f"run folder {run_dir} already holds a {recorded} run; use a new folder")
     run_dir.mkdir(parents=True, exist_ok=True)
-    rf.atomic_write_json(run_dir / rf.CONFIG, {**config, "schema_version": rf.SCHEMA_VERSION,
-                                                "kind": rf.KIND_TRAIN})
+    rf.atomic_write_json(run_dir / rf.CONFIG, {"kind": rf.KIND_TRAIN, **config,
+                                                "schema_version": rf.SCHEMA_VERSION})
     rf.write_status(run_dir, rf.QUEUED)
 
 

@@ -41,13 +41,16 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EVALUATIONS_DIR = "evaluations"
 PREDICTIONS = "predictions.jsonl"
 EVALUATION = "evaluation.json"
+OPRO_HISTORY = "history.jsonl"  # opro runs: one line per scored prompt, appended as found
+OPRO_RESULT = "opro.json"  # opro runs: the outcome, written last
 
 # Run kinds.
 KIND_TRAIN = "train"
 KIND_EVAL = "eval"  # base model or external checkpoint, evaluated without training
 KIND_IMPORTED = "imported"
 KIND_BASELINE = "baseline"
-KINDS = (KIND_TRAIN, KIND_EVAL, KIND_IMPORTED, KIND_BASELINE)
+KIND_OPRO = "opro"  # prompt optimisation of a frozen model (engine/opro.py)
+KINDS = (KIND_TRAIN, KIND_EVAL, KIND_IMPORTED, KIND_BASELINE, KIND_OPRO)
 
 # Status states.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, CRASHED = (

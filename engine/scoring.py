@@ -138,7 +138,10 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--padding-side", choices=("left", "right"), default="left")
-    p.add_argument("--prompt", help="question (default: the run's prompt)")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", help="question (default: the run's prompt)")
+    prompt.add_argument("--prompt-from", help="use the best prompt of this OPRO run (folder or name; its best so "
+                                              "far when the search did not finish)")
     p.add_argument("--label-words", help="SPEECH,NONSPEECH answer words (default: the run's)")
     p.add_argument("--threshold", type=float, help="p(SPEECH) cut (default 0.5 = arg-max)")
     p.add_argument("--threshold-from", help="choose the threshold on this evaluation of the run (e.g. val)")
@@ -147,11 +150,28 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the evaluation summary as one JSON object")
 
 
-def _find_run(spec: str, runs_dir: Path | None) -> Path:
+def find_run(spec: str, runs_dir: Path | None) -> Path:
+    """A run given as a folder, or by its name in the workspace (which it may not escape)."""
     path = Path(spec)
     if path.is_dir():
         return path
     return rf.resolve_in_root(rf.runs_root(runs_dir), spec)
+
+
+def optimised_prompt(opro_run: Path, label_words: Sequence[str]) -> str:
+    """The best prompt an OPRO run found (engine/opro.py), checked against the label words in use."""
+    from engine.opro import best_entry
+
+    config = rf.read_json(opro_run / rf.CONFIG)
+    if config.get("kind") != rf.KIND_OPRO:
+        raise rf.RunFolderError(f"{opro_run} is not an OPRO run (kind {config.get('kind')!r})")
+    if list(config.get("label_words") or []) != list(label_words):
+        raise ConfigError("prompt_from", f"{opro_run.name} optimised prompts for the answer words "
+                                         f"{config.get('label_words')}, not {list(label_words)}")
+    best = best_entry(rf.read_jsonl(opro_run / rf.OPRO_HISTORY))
+    if best is None:
+        raise rf.RunFolderError(f"{opro_run} has no scored prompt yet ({rf.OPRO_HISTORY} is empty)")
+    return best["prompt"]
 
 
 def eval_main(args: argparse.Namespace) -> int:
@@ -161,7 +181,7 @@ def eval_main(args: argparse.Namespace) -> int:
     try:
         run_cfg: dict[str, Any] = {}
         if args.run:
-            run_dir = _find_run(args.run, args.runs_dir)
+            run_dir = find_run(args.run, args.runs_dir)
             run_cfg = rf.read_json(run_dir / rf.CONFIG)
             adapter = run_dir / rf.ADAPTER_DIR
             if not (adapter / "adapter_model.safetensors").is_file():
@@ -183,6 +203,8 @@ def eval_main(args: argparse.Namespace) -> int:
         system_prompt = run_cfg.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
         words = [w.strip() for w in args.label_words.split(",")] if args.label_words else \
             run_cfg.get("label_words") or ["SPEECH", "NONSPEECH"]
+        if args.prompt_from:
+            prompt = optimised_prompt(find_run(args.prompt_from, args.runs_dir), words)
         if not args.run:
             root = rf.runs_root(args.runs_dir)
             stem = args.run_name or f"{'base' if args.base else 'checkpoint'}-{Path(model_id).name}-{time.strftime('%Y%m%d-%H%M%S')}"

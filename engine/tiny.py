@@ -119,12 +119,45 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+# Qwen's chat turns as a Jinja template, so a tiny proposer exercises the chat-template path.
+CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+                 "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def build_tiny_causal_lm(out_dir: Path, seed: int = 0) -> Path:
+    """A small random Qwen2ForCausalLM folder with the tiny tokenizer and a chat template: a
+    stand-in for a local proposer LM (`python -m engine opro --proposer FOLDER`) in tests."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    s = TINY_SIZES
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=s["text_hidden"], num_hidden_layers=s["text_layers"],
+                         num_attention_heads=s["text_heads"], num_key_value_heads=s["text_heads"],
+                         intermediate_size=s["text_intermediate"], max_position_embeddings=4096,
+                         tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    Qwen2ForCausalLM(config).to(torch.float32).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
 def tiny_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder (default: the shared cache)")
     parser.add_argument("--force", action="store_true", help="rebuild even if present")
+    parser.add_argument("--causal-lm", action="store_true",
+                        help="build a tiny text-only causal LM into --out instead (a stand-in OPRO proposer)")
 
 
 def tiny_main(args: argparse.Namespace) -> int:
+    if args.causal_lm:
+        if not args.out:
+            raise SystemExit("error: --causal-lm needs --out FOLDER")
+        print(json.dumps({"path": str(build_tiny_causal_lm(Path(args.out)))}))
+        return 0
     path = Path(args.out) if args.out else default_tiny_dir()
     if args.force and path.exists():
         shutil.rmtree(path)

@@ -35,8 +35,9 @@ class DiskFullError(OSError):
 class StopRequested:
     """Set by SIGTERM/SIGINT; the loop checks it at optimizer-step boundaries."""
 
-    def __init__(self) -> None:
+    def __init__(self, then: str = "finishing this step, saving the adapter, then stopping") -> None:
         self.signal: int | None = None
+        self.then = then  # what the loop does after the signal, for the log line
         self._previous: dict[int, Any] = {}
 
     def install(self) -> "StopRequested":
@@ -49,8 +50,7 @@ class StopRequested:
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
         self.signal = signum
-        log.warning("received %s: finishing this step, saving the adapter, then stopping",
-                    signal.Signals(signum).name)
+        log.warning("received %s: %s", signal.Signals(signum).name, self.then)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
