@@ -609,8 +609,15 @@ class Search:
                       "drop_pts": round(100 * (entry["balanced_accuracy"] - summaries[name]["balanced_accuracy"]), 4)}
                 for key, entry, name in (("best", best, TEST_NAME), ("original", original, ORIGINAL_TEST_NAME))}
         result["time_taken_s"] = round(time.time() - self.started, 3)
+        result["peak_gpu_memory_gb"] = peak_gpu_memory_gb(loaded.device)
         rf.atomic_write_json(self.run_dir / rf.OPRO_RESULT, result)
         return result
+
+
+def peak_gpu_memory_gb(device) -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated(device) / 1e9, 3) if device.type == "cuda" else None
 
 
 def load_dev_set(dev_data: str, label_words: Sequence[str], audio) -> DevSet:
