@@ -28,14 +28,17 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from engine import runfolder as rf
 from engine.config import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, ConfigError
+
+if TYPE_CHECKING:
+    from engine.train import StopRequested
 
 log = logging.getLogger("engine.opro")
 
@@ -446,7 +449,6 @@ class OproSettings:
     top_k: int = DEFAULT_TOP_K
     device: str = "auto"
     dtype: str = "auto"
-    extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
         if (self.run is None) == (not self.base):
@@ -520,8 +522,8 @@ def prepare_run_dir(run_dir: Path) -> Path:
 class Search:
     """One OPRO search writing into its run folder; `run()` returns the opro.json content."""
 
-    def __init__(self, settings: OproSettings, run_dir: Path, config: dict, resolved: dict, stop):
-        self.settings, self.run_dir, self.config, self.resolved, self.stop = settings, run_dir, config, resolved, stop
+    def __init__(self, settings: OproSettings, run_dir: Path, resolved: dict, stop):
+        self.settings, self.run_dir, self.resolved, self.stop = settings, run_dir, resolved, stop
         self.history: list[dict] = []
         self.seen: set[str] = set()
         self.total = 1 + settings.iterations * settings.candidates
@@ -633,7 +635,8 @@ def load_dev_set(dev_data: str, label_words: Sequence[str], audio) -> DevSet:
     return DevSet(clips, [audio.load(c) for c in clips])
 
 
-def optimise(settings: OproSettings, run_dir: Path, runs_root: Path, stop=None) -> dict | None:
+def optimise(settings: OproSettings, run_dir: Path, runs_root: Path,
+             stop: StopRequested | None = None) -> dict | None:
     """Run one OPRO search into `run_dir`; returns opro.json's content, or None when cancelled.
 
     The terminal state (succeeded, cancelled, failed with the error) is always written.
@@ -649,8 +652,9 @@ def optimise(settings: OproSettings, run_dir: Path, runs_root: Path, stop=None) 
     config = run_config(settings, resolved, search_seed)
     rf.atomic_write_json(run_dir / rf.CONFIG, config)
     handler = attach_log(run_dir)
-    stop = stop if stop is not None else StopRequested("finishing this candidate, keeping the history, then stopping")
-    installed = stop.install() if hasattr(stop, "install") else stop
+    if stop is None:
+        stop = StopRequested("finishing this candidate, keeping the history, then stopping")
+    stop.install()
     rf.write_status(run_dir, rf.RUNNING, kind=rf.KIND_OPRO, error=None,
                     progress={"step": 0, "total_steps": 1 + settings.iterations * settings.candidates},
                     **rf.mark_process(run_dir))
@@ -673,7 +677,7 @@ def optimise(settings: OproSettings, run_dir: Path, runs_root: Path, stop=None) 
         m.seed_everything(search_seed)
         proposer = make_proposer(settings.proposer, loaded, resolved["label_words"], search_seed,
                                  settings.max_prompt_chars, settings.top_k)
-        result = Search(settings, run_dir, config, resolved, installed).run(loaded, dev, proposer, test)
+        result = Search(settings, run_dir, resolved, stop).run(loaded, dev, proposer, test)
         state = rf.SUCCEEDED if result is not None else rf.CANCELLED
         return result
     except BaseException as exc:
@@ -681,10 +685,8 @@ def optimise(settings: OproSettings, run_dir: Path, runs_root: Path, stop=None) 
         log.error("OPRO failed: %s", error)
         raise
     finally:
-        if hasattr(installed, "restore"):
-            installed.restore()
-        rf.write_status(run_dir, state, error=error if state == rf.FAILED else None,
-                        signal=getattr(installed, "signal", None))
+        stop.restore()
+        rf.write_status(run_dir, state, error=error if state == rf.FAILED else None, signal=stop.signal)
         logging.getLogger("engine").removeHandler(handler)
         handler.close()
 

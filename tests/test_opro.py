@@ -223,7 +223,8 @@ def test_stopped_search_keeps_its_history_and_does_not_look_finished(sig, state,
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine", "opro", "--run", str(demo_workspace / "demo-attention-mlp-s42"),
          "--dev-csv", str(demo_manifest(demo_workspace, "val")), "--test-csv", str(demo_manifest(demo_workspace, "test")),
-         "--iterations", "40", "--candidates", "4", "--device", "cpu", "--run-dir", str(run_dir)],
+         "--iterations", "40", "--candidates", "4", "--device", "cpu", "--quantization", "none",
+         "--run-dir", str(run_dir)],
         cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -249,7 +250,7 @@ def test_a_model_proposer_goes_through_the_same_search(proposer, demo_workspace,
     spec = str(build_tiny_causal_lm(tmp_path / "tiny-lm")) if proposer == "path" else "self"
     settings_ = opro.OproSettings(dev_data=str(demo_manifest(demo_workspace, "val")),
                                   run=str(demo_workspace / "demo-attention-mlp-s123"), iterations=1, candidates=2,
-                                  proposer=spec, device="cpu")
+                                  proposer=spec, device="cpu", quantization="none", max_prompt_chars=80)
     result = opro.optimise(settings_, tmp_path / "run", demo_workspace)
     assert result["proposer"]["kind"] == ("model" if proposer == "path" else "self")
     assert result["proposer"]["proposed"] >= 2 and result["proposer"]["time_s"] > 0
@@ -277,8 +278,8 @@ def test_bad_input_fails_before_any_folder_is_made(demo_workspace, repo_root, tm
 def test_eval_prompt_from_applies_the_best_prompt(opro_run, demo_workspace, repo_root, tmp_path):
     run_dir, result = opro_run
     proc = subprocess.run(
-        [sys.executable, "-m", "engine", "eval", "--base", "--model", "tiny", "--device", "cpu", "--runs-dir",
-         str(tmp_path), "--run-name", "base-opro", "--test-data", str(demo_manifest(demo_workspace, "test")),
+        [sys.executable, "-m", "engine", "eval", "--base", "--model", "tiny", "--device", "cpu", "--quantization",
+         "none", "--runs-dir", str(tmp_path), "--run-name", "base-opro", "--test-data", str(demo_manifest(demo_workspace, "test")),
          "--prompt-from", str(run_dir), "--name", "test-opro"], cwd=repo_root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     evaluation = rf.read_json(tmp_path / "base-opro" / "evaluations" / "test-opro" / rf.EVALUATION)
@@ -288,3 +289,49 @@ def test_eval_prompt_from_applies_the_best_prompt(opro_run, demo_workspace, repo
          str(tmp_path), "--test-data", str(demo_manifest(demo_workspace, "test")), "--prompt-from", str(run_dir),
          "--label-words", "YES,NO"], cwd=repo_root, capture_output=True, text=True)
     assert proc.returncode == 2 and "answer words" in proc.stderr
+
+
+# ---------------------------------------------------------------------------- the 2x2 design on engine output
+
+def hand_mcnemar(records_a: list[dict], records_b: list[dict]) -> tuple[dict, float, float]:
+    """Counts, exact binomial p and continuity-corrected chi-square p, computed here from the files."""
+    from scipy.stats import binomtest, chi2
+
+    by_b = {r["clip_id"]: r["correct"] for r in records_b}
+    only_a = sum(1 for r in records_a if r["correct"] and not by_b[r["clip_id"]])
+    only_b = sum(1 for r in records_a if not r["correct"] and by_b[r["clip_id"]])
+    both = sum(1 for r in records_a if r["correct"] and by_b[r["clip_id"]])
+    n = only_a + only_b
+    exact = binomtest(min(only_a, only_b), n, 0.5).pvalue if n else 1.0
+    corrected = chi2.sf((abs(only_a - only_b) - 1) ** 2 / n, 1) if n else 1.0
+    return {"only_a": only_a, "only_b": only_b, "both_right": both,
+            "both_wrong": len(records_a) - only_a - only_b - both}, exact, corrected
+
+
+def test_demo_gives_the_2x2_design_with_a_paired_test_for_every_pair(demo_workspace):
+    from engine import opro_review
+    from engine.predictions import read_predictions
+
+    runs = rf.list_runs(demo_workspace)
+    result = opro_review.design(runs, "Attention+MLP (demo)")
+    assert [side.name for side in result.sides] == list(opro_review.CELLS) and not result.missing
+    tuned = result.sides[2]
+    assert sorted(tuned.records) == [42, 123] and list(result.sides[0].records) == [opro_review.BASE_KEY]
+    assert len(result.pairs) == 6 and result.n_clips == 32
+    for pair in result.pairs:
+        a = next(s for s in result.sides if s.name == pair["a"])
+        b = next(s for s in result.sides if s.name == pair["b"])
+        # the two base cells are one pair of evaluations; any pair with a fine-tuned cell has one per seed
+        assert len(pair["rows"]) == (1 if a.name.startswith("Base") and b.name.startswith("Base") else 2)
+        for row in pair["rows"]:
+            records_a = read_predictions(review_path(a, row["key_a"]))
+            records_b = read_predictions(review_path(b, row["key_b"]))
+            table, exact, corrected = hand_mcnemar(records_a, records_b)
+            assert row["table"] == table
+            assert row["p_value"] == pytest.approx(exact if row["method"] == "exact" else corrected)
+
+
+def review_path(side, key) -> Path:
+    from engine import review
+
+    return review.predictions_path(side.runs[key], side.evaluation)
