@@ -21,6 +21,7 @@ SECTIONS = {
     "Run": [
         ("pages/train.py", "Train", ":material/model_training:"),
         ("pages/evaluate.py", "Evaluate", ":material/fact_check:"),
+        ("pages/opro.py", "Prompt optimisation", ":material/auto_fix_high:"),
         ("pages/try_clip.py", "Try a clip", ":material/graphic_eq:"),
         ("pages/disk.py", "Disk", ":material/hard_drive:"),
     ],

@@ -7,7 +7,9 @@ Each figure carries `layout.meta["chart"]`, so tests and the report can tell the
 
 from __future__ import annotations
 
+import html
 import math
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -217,3 +219,50 @@ def _transparent(color: str, alpha: float = 0.18) -> str:
     r, g, b = (int(color[i:i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
 
+
+def _hover_prompt(prompt: str, width: int = 70) -> str:
+    """A prompt as hover text: HTML-escaped (a '<' in a prompt must not read as markup), wrapped."""
+    return "<br>".join(textwrap.wrap(html.escape(str(prompt)), width)) or "(empty)"
+
+
+def opro_curve(points: pd.DataFrame, best: pd.DataFrame, final: bool = True,
+               title: str = "Dev balanced accuracy per candidate prompt") -> go.Figure:
+    """Every scored prompt as a point at its iteration (colour per source, hover shows the prompt),
+    the best-so-far line over iterations and the best prompt ringed.
+
+    points: opro_review.curve_frame; best: opro_review.best_so_far_frame. `final` False labels the
+    ringed prompt "best so far" (the search has not finished: no opro.json).
+    """
+    if points.empty:
+        return _empty("opro_curve", title, "no prompt scored yet")
+    fig = go.Figure()
+    colors = _colors(points["source"])
+    for source, part in points.groupby("source", sort=False):
+        fig.add_trace(go.Scatter(
+            x=part["position"], y=part["balanced_accuracy"], mode="markers", name=str(source),
+            marker=dict(size=10, color=colors[source], line=dict(width=1, color="white")),
+            # a list of rows, not np.stack: the mixed columns must keep their own types
+            customdata=list(zip(part["id"], part["iteration"], part["operation"].fillna(""),
+                                part["speech_accuracy"], part["nonspeech_accuracy"],
+                                [_hover_prompt(p) for p in part["prompt"]])),
+            hovertemplate="prompt %{customdata[0]} (iteration %{customdata[1]}, %{customdata[2]})<br>"
+                          "balanced %{y:.1f}% · SPEECH %{customdata[3]:.1f}% · NONSPEECH %{customdata[4]:.1f}%"
+                          "<br><br>%{customdata[5]}<extra>" + str(source) + "</extra>"))
+    if not best.empty:
+        fig.add_trace(go.Scatter(
+            x=best["iteration"], y=best["balanced_accuracy"], mode="lines", name="best so far",
+            line=dict(shape="hv", color="black", width=2, dash="dot"),
+            customdata=list(zip(best["id"], [_hover_prompt(p) for p in best["prompt"]])),
+            hovertemplate="best after iteration %{x}: prompt %{customdata[0]}, %{y:.1f}%<br><br>"
+                          "%{customdata[1]}<extra>best so far</extra>"))
+    chosen = points[points["is_best"]]
+    if not chosen.empty:
+        fig.add_trace(go.Scatter(
+            x=chosen["position"], y=chosen["balanced_accuracy"], mode="markers",
+            name="best prompt" if final else "best prompt so far",
+            marker=dict(symbol="circle-open", size=20, color="black", line=dict(width=2)), hoverinfo="skip"))
+    iterations = sorted(int(i) for i in points["iteration"].unique())
+    low = points["balanced_accuracy"].dropna().min() if points["balanced_accuracy"].notna().any() else 0
+    return _layout(fig, "opro_curve", title,
+                   xaxis=dict(title="iteration (0 = original prompt)", tickmode="array", tickvals=iterations),
+                   yaxis=dict(title="dev balanced accuracy (%)", range=[max(0, low - 10), 102]))

@@ -7,9 +7,14 @@ check the CLI runs, so the messages name the same fields. `train_command` is the
 `python -m engine train ...` command line of one cell.
 
 Evaluate: `plan_evaluations` turns the form into `python -m engine eval ...` argument lists for
-one run, every seed of a configuration, or the base model.
+one run, every seed of a configuration, or the base model, optionally with another prompt.
 
-Queue views: `job_rows`, `job_progress` and `sweep_cells` read the job queue and run folders.
+Prompt optimisation: `plan_opro` turns the OPRO form into `python -m engine opro ...` jobs, one
+per target run (or one for the base model), each with a new run folder prepared as "queued";
+`queue_opro` creates the folders and queues them (docs/OPRO.md).
+
+Queue views: `job_rows`, `job_progress`, `opro_progress` and `sweep_cells` read the job queue and run
+folders.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from engine import runfolder as rf
 from engine.audio import AUDIO_EXTENSIONS
 from engine.config import (CHECKPOINT_POLICIES, DEVICES, DTYPES, GRAD_CHECKPOINTING, PRESET_LABELS, QUANTIZATIONS,
                            SCHEDULERS, TARGET_PRESETS, TINY_MODEL, ConfigError, TrainConfig, config_fields)
+from engine.opro import PROPOSER_EDIT, PROPOSER_MODEL, PROPOSER_SELF, PROPOSERS  # noqa: F401 (pages use them)
+from engine.opro import TEST_NAME as OPRO_TEST_NAME
+from engine.review import run_seed
 from engine.scoring import CONTROLS
 
 # Fields a sweep may list several values of, with the type of one value.
@@ -341,14 +349,22 @@ class EvalJob:
 
     @property
     def command(self) -> str:
-        return shlex.join(["python", "-m", "engine", *self.argv])
+        return engine_command(self.argv)
+
+
+def engine_command(argv: Iterable[str]) -> str:
+    """The shell-quoted `python -m engine ...` line of a job's argument list (for previews)."""
+    return shlex.join(["python", "-m", "engine", *argv])
 
 
 def eval_argv(test_data: str, name: str = "test", batch_size: int = 8, control: str | None = None,
               run_dir: Path | None = None, base_model: str | None = None, quantization: str | None = None,
               runs_root: Path | None = None, run_name: str | None = None,
-              threshold_from: str | None = None) -> list[str]:
-    """The argument list of `python -m engine eval` (after "engine") for a run or the base model."""
+              threshold_from: str | None = None, prompt: str | None = None) -> list[str]:
+    """The argument list of `python -m engine eval` (after "engine") for a run or the base model.
+
+    `prompt` replaces the run's own question (e.g. an OPRO run's best prompt); None keeps it.
+    """
     if (run_dir is None) == (base_model is None):
         raise ValueError("give exactly one of run_dir and base_model")
     argv = ["eval"]
@@ -367,6 +383,8 @@ def eval_argv(test_data: str, name: str = "test", batch_size: int = 8, control: 
         argv += ["--control", control]
     if threshold_from:
         argv += ["--threshold-from", threshold_from]
+    if prompt is not None:
+        argv += ["--prompt", prompt]
     return argv
 
 
@@ -379,12 +397,14 @@ def scorable_runs(runs: Iterable[rf.RunInfo]) -> list[rf.RunInfo]:
 def plan_evaluations(runs_root: Path, runs: list[rf.RunInfo], test_data: str, name: str = "test",
                      batch_size: int = 8, controls: Iterable[str | None] = (None,),
                      threshold_from_val: bool = False, base_model: str | None = None,
-                     quantization: str = "4bit", run_name: str | None = None) -> tuple[list[EvalJob], list[str]]:
+                     quantization: str = "4bit", run_name: str | None = None,
+                     prompt: str | None = None) -> tuple[list[EvalJob], list[str]]:
     """Eval jobs for `runs` (their adapters) or, with base_model, for the base model; plus problems.
 
     controls: None scores the real audio, "silence"/"shuffle" the audio-is-used controls; each
     gives one evaluation ("<name>" or "<name>-<control>"). threshold_from_val chooses each run's
-    threshold on its "val" evaluation (made when the run was trained with val_data).
+    threshold on its "val" evaluation (made when the run was trained with val_data). prompt:
+    None scores with each run's own prompt; a text is passed as `--prompt` to every job.
     """
     problems: list[str] = []
     if not str(test_data).strip():
@@ -395,11 +415,7 @@ def plan_evaluations(runs_root: Path, runs: list[rf.RunInfo], test_data: str, na
         rf.check_run_name(name)
     except rf.RunFolderError as exc:
         problems.append(f"evaluation name: {exc}")
-    try:
-        batch_ok = int(batch_size) >= 1 and float(batch_size) == int(batch_size)
-    except (TypeError, ValueError):
-        batch_ok = False
-    if not batch_ok:
+    if whole_number(batch_size, 1) is None:
         problems.append(f"batch size: must be a whole number >= 1 (got {batch_size!r})")
     controls = list(controls)
     if not controls:
@@ -411,6 +427,8 @@ def plan_evaluations(runs_root: Path, runs: list[rf.RunInfo], test_data: str, na
         problems.append("target: choose a run or a configuration with finished runs")
     if base_model is not None and not str(base_model).strip():
         problems.append("base model: give a model id, a model folder or tiny")
+    if prompt is not None and not str(prompt).strip():
+        problems.append("prompt: the prompt is empty (choose the run's own prompt, or write one)")
     if run_name:
         try:
             rf.check_run_name(run_name)
@@ -437,13 +455,23 @@ def plan_evaluations(runs_root: Path, runs: list[rf.RunInfo], test_data: str, na
             stem = f"{stem}-{control}" if control else stem
             planned.append(EvalJob(f"base model {base_model}", evaluation, eval_argv(
                 test_data, name, int(batch_size), control, base_model=base_model, quantization=quantization,
-                runs_root=Path(runs_root), run_name=stem), None))
+                runs_root=Path(runs_root), run_name=stem, prompt=prompt), None))
             continue
         for info in runs:
             planned.append(EvalJob(info.run_id, evaluation, eval_argv(
-                test_data, name, int(batch_size), control, run_dir=info.path, threshold_from=threshold_from),
-                info.path))
+                test_data, name, int(batch_size), control, run_dir=info.path, threshold_from=threshold_from,
+                prompt=prompt), info.path))
     return planned, problems
+
+
+def whole_number(value: Any, minimum: int) -> int | None:
+    """`value` as an int when it is a whole number >= minimum (5, 5.0, "5"), else None."""
+    try:
+        number = int(value)
+        whole = float(value) == number
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if whole and number >= minimum else None
 
 
 def _safe_stem(model: str) -> str:
@@ -483,6 +511,207 @@ def known_test_sets(runs: Iterable[rf.RunInfo], runs_root: Path) -> list[str]:
     return found
 
 
+# ---------------------------------------------------------------- the Prompt optimisation form
+
+
+
+@dataclass
+class OproJob:
+    """One `python -m engine opro` job the Prompt optimisation form would queue."""
+
+    target: str  # what is searched, for the preview
+    name: str  # the run folder's name as asked for; queue_opro adds -2, -3, ... if it is taken by then
+    run_dir: Path  # the folder it will write, as free at planning time
+    argv: list[str]
+    config: dict  # the preliminary config.json (kind "opro"), so the queued run is listed at once
+
+    @property
+    def command(self) -> str:
+        return engine_command(self.argv)
+
+
+def opro_argv(dev_data: str | Path, run_dir: str | Path, run: str | Path | None = None,
+              base_model: str | None = None, test_data: str | Path | None = None, iterations: int = 3,
+              candidates: int = 4, proposer: str = PROPOSER_EDIT, proposer_model: str | None = None,
+              seed: int | None = None, batch_size: int = 8, quantization: str | None = None) -> list[str]:
+    """The argument list of `python -m engine opro` (after "engine") for a run or the base model.
+
+    proposer: "edit" (no flag: the edit-based search), "self" (the audio model's own language
+    model) or "model" with `proposer_model` a local folder or cached hub id. seed None leaves
+    the engine's default (the target run's seed, else 0).
+    """
+    if (run is None) == (base_model is None):
+        raise ValueError("give exactly one of run and base_model")
+    if proposer not in PROPOSERS:
+        raise ValueError(f"proposer must be one of {', '.join(PROPOSERS)} (got {proposer!r})")
+    argv = ["opro", *(["--run", str(run)] if run is not None else ["--base", "--model", str(base_model)])]
+    argv += ["--dev-csv", str(dev_data)]
+    if test_data:
+        argv += ["--test-csv", str(test_data)]
+    argv += ["--iterations", str(int(iterations)), "--candidates", str(int(candidates))]
+    if proposer == PROPOSER_SELF:
+        argv += ["--proposer", "self"]
+    elif proposer == PROPOSER_MODEL:
+        if not proposer_model or not str(proposer_model).strip():
+            raise ValueError("the proposer 'model' needs proposer_model (a folder or a hub id)")
+        argv += ["--proposer", str(proposer_model).strip()]
+    if seed is not None:
+        argv += ["--seed", str(int(seed))]
+    argv += ["--run-dir", str(run_dir), "--batch-size", str(int(batch_size))]
+    if quantization:
+        argv += ["--quantization", quantization]
+    return argv
+
+
+def _data_problem(what: str, value: str | Path | None, required: bool) -> str | None:
+    if not str(value or "").strip():
+        return f"{what}: give a manifest (CSV/JSONL) or a folder" if required else None
+    if not Path(str(value)).expanduser().exists():
+        return f"{what}: not found: {Path(str(value)).expanduser()}"
+    return None
+
+
+def _free_run_dir(runs_root: Path, name: str, taken: set[Path]) -> Path:
+    """The folder rf.unique_run_dir would pick now (name, name-2, ...), without creating it."""
+    candidate, n = Path(runs_root) / name, 1
+    while candidate.exists() or candidate in taken:
+        n += 1
+        candidate = Path(runs_root) / f"{name}-{n}"
+    return candidate
+
+
+def plan_opro(runs_root: Path, runs: list[rf.RunInfo], dev_data: str, test_data: str | None = "",
+              iterations: Any = 3, candidates: Any = 4, proposer: str = PROPOSER_EDIT, proposer_model: str = "",
+              seed: Any = "", batch_size: Any = 8, base_model: str | None = None, quantization: str = "4bit",
+              run_name: str = "opro") -> tuple[list[OproJob], list[str]]:
+    """OPRO jobs for `runs` (one search per run, on its frozen adapter) or, with base_model, one
+    for the base model; plus problems (each naming its input), and no jobs when there are any.
+
+    Each job gets a new run folder "<run_name>-<run id>" (or "<run_name>-base-<model>") inside
+    the workspace; seed blank uses the target's seed; test data blank skips the test evaluations
+    (and so the 2x2 design).
+    """
+    problems = [p for p in (_data_problem("dev data", dev_data, True),
+                            _data_problem("test data", test_data, False)) if p]
+    if not problems and str(test_data or "").strip() and \
+            Path(str(test_data)).expanduser().resolve() == Path(str(dev_data)).expanduser().resolve():
+        problems.append("test data: the same as the dev data; the best prompt must be tested on clips it was "
+                        "not chosen on (give another set, or none)")
+    n_iterations, n_candidates = whole_number(iterations, 1), whole_number(candidates, 1)
+    if n_iterations is None:
+        problems.append(f"iterations: must be a whole number >= 1 (got {iterations!r})")
+    if n_candidates is None:
+        problems.append(f"candidates per iteration: must be a whole number >= 1 (got {candidates!r})")
+    search_seed = None
+    if str(seed if seed is not None else "").strip():
+        search_seed = whole_number(str(seed).strip(), 0)
+        if search_seed is None:
+            problems.append(f"seed: must be a whole number >= 0, or blank for the target's seed (got {seed!r})")
+    if whole_number(batch_size, 1) is None:
+        problems.append(f"batch size: must be a whole number >= 1 (got {batch_size!r})")
+    if proposer not in PROPOSERS:
+        problems.append(f"proposer: must be one of {', '.join(PROPOSERS)} (got {proposer!r})")
+    elif proposer == PROPOSER_MODEL:
+        model = str(proposer_model or "").strip()
+        if not model:
+            problems.append("proposer model: give a local causal LM folder or a Hugging Face hub id in the cache")
+        elif model.startswith(("/", "~", ".")) and not Path(model).expanduser().exists():
+            problems.append(f"proposer model: folder not found: {Path(model).expanduser()}")
+    if base_model is None and not runs:
+        problems.append("target: choose a run or a configuration with finished runs")
+    if base_model is not None:
+        if not str(base_model).strip():
+            problems.append("base model: give a model id, a model folder or tiny")
+        if quantization not in QUANTIZATIONS:
+            problems.append(f"quantization: must be one of {', '.join(QUANTIZATIONS)} (got {quantization!r})")
+    try:
+        rf.check_run_name(run_name)
+    except rf.RunFolderError as exc:
+        problems.append(f"run name: {exc}")
+    if problems:
+        return [], problems
+
+    dev = str(Path(dev_data).expanduser().resolve())
+    test = str(Path(str(test_data)).expanduser().resolve()) if str(test_data or "").strip() else None
+    proposer_spec = {"kind": proposer, "model": str(proposer_model).strip() if proposer == PROPOSER_MODEL else None}
+    settings = {"dev_data": dev, "test_data": test, "test_name": OPRO_TEST_NAME, "iterations": n_iterations,
+                "candidates": n_candidates, "proposer": proposer_spec, "batch_size": int(batch_size)}
+    if base_model is not None:
+        targets = [_opro_base_target(str(base_model).strip(), quantization, run_name, search_seed)]
+    else:
+        targets = [_opro_run_target(info, run_name, search_seed) for info in runs]
+
+    planned: list[OproJob] = []
+    taken: set[Path] = set()
+    for preview, name, target_args, config in targets:
+        try:
+            rf.check_run_name(name)
+        except rf.RunFolderError as exc:
+            problems.append(f"run name: {exc}")
+            continue
+        run_dir = _free_run_dir(Path(runs_root), name, taken)
+        taken.add(run_dir)
+        config = {"kind": rf.KIND_OPRO, **config, **settings,
+                  "search_seed": search_seed if search_seed is not None else config["seed"]}
+        argv = opro_argv(dev, run_dir, test_data=test, iterations=n_iterations, candidates=n_candidates,
+                         proposer=proposer, proposer_model=proposer_spec["model"], seed=search_seed,
+                         batch_size=int(batch_size), **target_args)
+        planned.append(OproJob(preview, name, run_dir, argv, config))
+    if problems:
+        return [], problems
+    return planned, problems
+
+
+def _opro_base_target(model: str, quantization: str, run_name: str,
+                      search_seed: int | None) -> tuple[str, str, dict, dict]:
+    """(preview, folder name, opro_argv target arguments, config fields) of a search on the base model."""
+    config = {"label": f"OPRO · base {Path(model).name}", "model": model, "quantization": quantization,
+              "target": {"kind": "base", "run": None, "run_dir": None, "config_label": "Base model", "seed": None},
+              "seed": search_seed if search_seed is not None else 0}
+    return (f"base model {model}", f"{run_name}-base-{_safe_stem(model)}",
+            {"base_model": model, "quantization": quantization}, config)
+
+
+def _opro_run_target(info: rf.RunInfo, run_name: str, search_seed: int | None) -> tuple[str, str, dict, dict]:
+    """The same for a search on a training run's frozen adapter: seed = the run's training seed, so
+    the OPRO run pairs with its training run seed by seed."""
+    target_seed = run_seed(info)
+    config = {"label": f"OPRO · {info.config_label}", "model": info.config.get("model"),
+              "quantization": info.config.get("quantization"),
+              "target": {"kind": "run", "run": info.run_id, "run_dir": str(info.path),
+                         "config_label": info.config_label, "seed": target_seed},
+              "seed": target_seed if target_seed is not None else search_seed}
+    config.update({k: info.config[k] for k in ("system_prompt", "prompt", "label_words") if k in info.config})
+    return info.run_id, f"{run_name}-{info.run_id}", {"run": info.path}, config
+
+
+def opro_bytes(planned: Iterable[OproJob]) -> int:
+    """What the jobs may write: two test evaluations each (best and original prompt), history and log."""
+    return sum(disk.estimate_job_bytes("eval", n_eval_clips=2 * count_clips(job.config["test_data"])
+                                       if job.config.get("test_data") else 0) for job in planned)
+
+
+def queue_opro(runs_root: Path, planned: Iterable[OproJob]) -> list[str]:
+    """Create each job's run folder (rf.unique_run_dir: a name taken since planning gets -2, -3, ...),
+    prepare it as a queued OPRO run and queue the job on the GPU; returns the job ids.
+
+    Does not start a worker (jobs.ensure_worker). A job that cannot be queued leaves no empty folder.
+    """
+    job_ids = []
+    for job in planned:
+        run_dir = rf.unique_run_dir(Path(runs_root), job.name)
+        argv = list(job.argv)
+        argv[argv.index("--run-dir") + 1] = str(run_dir)
+        try:
+            job_ids.append(jobs.enqueue(runs_root, argv, resource="gpu", run_dir=run_dir,
+                                        prepare_run=(run_dir, job.config)))
+        except BaseException:
+            if run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+            raise
+    return job_ids
+
+
 # ---------------------------------------------------------------- the queue
 
 def job_rows(job_list: Iterable[dict]) -> list[dict]:
@@ -500,11 +729,8 @@ def job_rows(job_list: Iterable[dict]) -> list[dict]:
     return rows
 
 
-def job_progress(job: dict) -> dict | None:
-    """Live progress of a running training job from its run's status.json, or None.
-
-    {step, total_steps, fraction, loss, samples_per_s, eta_s}
-    """
+def _recorded_progress(job: dict) -> dict | None:
+    """The `progress` of the job's run (status.json) when it has steps to count, else None."""
     if not job.get("run_dir"):
         return None
     try:
@@ -513,10 +739,36 @@ def job_progress(job: dict) -> dict | None:
         return None
     if not isinstance(progress, dict) or not progress.get("total_steps"):
         return None
+    return progress
+
+
+def _steps(progress: dict) -> dict:
     step, total = int(progress.get("step") or 0), int(progress["total_steps"])
-    return {"step": step, "total_steps": total, "fraction": min(1.0, step / total) if total else 0.0,
-            "loss": progress.get("loss"), "samples_per_s": progress.get("samples_per_s"),
+    return {"step": step, "total_steps": total, "fraction": min(1.0, step / total) if total else 0.0}
+
+
+def job_progress(job: dict) -> dict | None:
+    """Live progress of a running training job from its run's status.json, or None.
+
+    {step, total_steps, fraction, loss, samples_per_s, eta_s}
+    """
+    progress = _recorded_progress(job)
+    if progress is None:
+        return None
+    return {**_steps(progress), "loss": progress.get("loss"), "samples_per_s": progress.get("samples_per_s"),
             "eta_s": progress.get("eta_s")}
+
+
+def opro_progress(job: dict) -> dict | None:
+    """Live progress of a running OPRO job (candidates scored), or None.
+
+    {step, total_steps, fraction, iteration, iterations, best_balanced_accuracy, eta_s}
+    """
+    progress = _recorded_progress(job)
+    if progress is None:
+        return None
+    return {**_steps(progress), "iteration": progress.get("iteration"), "iterations": progress.get("iterations"),
+            "best_balanced_accuracy": progress.get("best_balanced_accuracy"), "eta_s": progress.get("eta_s")}
 
 
 def format_eta(seconds: float | None) -> str:

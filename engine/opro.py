@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import random
 import re
 import shutil
@@ -30,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -42,13 +43,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engine.opro")
 
-TEST_NAME = "test"
-ORIGINAL_TEST_NAME = "test-original-prompt"
+TEST_NAME = "test"  # evaluations/test: the best dev prompt on the test set
+ORIGINAL_SUFFIX = "-original-prompt"  # evaluations/test-original-prompt: the original prompt, same clips
+ORIGINAL_TEST_NAME = TEST_NAME + ORIGINAL_SUFFIX
 DEFAULT_MAX_PROMPT_CHARS = 300
 MIN_PROMPT_CHARS = 10
 DEFAULT_TOP_K = 10  # prompts shown to the proposer, as in the OPRO paper's meta-prompt
 PROPOSER_ROUNDS = 3  # generate calls per iteration before the edit search fills the gaps
 PROPOSER_EDIT, PROPOSER_SELF, PROPOSER_MODEL = "edit", "self", "model"
+PROPOSERS = (PROPOSER_EDIT, PROPOSER_SELF, PROPOSER_MODEL)
 
 
 # ----------------------------------------------------------------------------- sanitising
@@ -114,13 +117,27 @@ def sanitise_prompt(text: str, label_words: Sequence[str], max_chars: int = DEFA
 
 # ----------------------------------------------------------------------------- ranking
 
+def _score(value: Any) -> float:
+    """A score for ordering: a missing or non-finite score ranks below every real one."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return -math.inf
+    return number if math.isfinite(number) else -math.inf
+
+
 def rank_key(entry: dict) -> tuple:
-    """Sort key, best first: balanced accuracy, then log-likelihood, then the earlier prompt."""
-    return (-float(entry["balanced_accuracy"]), -float(entry.get("log_likelihood") or -np.inf), int(entry["id"]))
+    """Sort key, best first: balanced accuracy, then log-likelihood, then the earlier prompt.
+
+    The one ranking rule of the search, also used to read a history back (engine.opro_review,
+    `eval --prompt-from`); this module imports no torch at load time so the dashboard may use it.
+    """
+    return (-_score(entry.get("balanced_accuracy")), -_score(entry.get("log_likelihood")), int(entry["id"]))
 
 
-def best_entry(history: Sequence[dict]) -> dict | None:
-    return min(history, key=rank_key) if history else None
+def best_entry(history: Iterable[dict]) -> dict | None:
+    """The best prompt record by rank_key, or None for an empty history."""
+    return min(history, key=rank_key, default=None)
 
 
 def top_entries(history: Sequence[dict], k: int) -> list[dict]:
@@ -501,7 +518,8 @@ def run_config(settings: OproSettings, resolved: dict, search_seed: int) -> dict
         "test_data": str(settings.test_data) if settings.test_data else None, "test_name": TEST_NAME,
         "iterations": settings.iterations, "candidates": settings.candidates,
         "proposer": {"kind": PROPOSER_EDIT if proposer is None else
-                     (PROPOSER_SELF if proposer == PROPOSER_SELF else PROPOSER_MODEL), "model": proposer},
+                     (PROPOSER_SELF if proposer == PROPOSER_SELF else PROPOSER_MODEL),
+                     "model": proposer if proposer not in (None, PROPOSER_SELF) else None},
         "seed": target["seed"] if target["kind"] == "run" and target["seed"] is not None else search_seed,
         "search_seed": search_seed, "batch_size": settings.batch_size,
         "max_prompt_chars": settings.max_prompt_chars, "top_k": settings.top_k,

@@ -1,4 +1,5 @@
-"""What every dashboard page shares: the workspace picker, the disk banner, cached readers.
+"""What every dashboard page shares: the workspace picker, the disk banner, cached readers, and the
+target and data pickers of the pages that queue jobs on runs (Evaluate, Prompt optimisation).
 
 Pages import it as `pages._ui` (Streamlit puts app.py's folder on sys.path). Only light engine
 modules are used here: the dashboard process never imports torch.
@@ -6,11 +7,15 @@ modules are used here: the dashboard process never imports torch.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
+from engine import launch
 from engine import runfolder as rf
+from engine.config import DEFAULT_MODEL, QUANTIZATIONS
 from engine.disk import low_space_warning
 from engine.predictions import read_predictions
 from engine.review import workspace_signature
@@ -97,3 +102,72 @@ def _predictions(path: str, mtime: float) -> list[dict]:
 def load_predictions(path: Path) -> list[dict]:
     """cached_predictions keyed by the file's current mtime."""
     return cached_predictions(path, Path(path).stat().st_mtime)
+
+
+# ---------------------------------------------------------------- what a job runs on (Evaluate, Prompt optimisation)
+
+ONE_RUN, CONFIGURATION, BASE = "One run", "Every seed of a configuration", "Base model"
+OTHER_PATH = "Another path ..."
+
+
+@dataclass
+class Target:
+    """What the target picker chose: runs with an adapter, or the base model (and its quantization)."""
+
+    choice: str  # ONE_RUN, CONFIGURATION or BASE
+    runs: list[rf.RunInfo]
+    base_model: str | None = None
+    quantization: str | None = None
+
+
+def pick_target(prefix: str, scorable: list[rf.RunInfo], label: str) -> Target:
+    """One run / every seed of a configuration / the base model, as radio + pickers keyed
+    <prefix>_target, <prefix>_run, <prefix>_config, <prefix>_base_model and <prefix>_quantization.
+
+    scorable: launch.scorable_runs (succeeded training runs with an adapter). The base model
+    defaults to the model most of those runs were trained on.
+    """
+    choice = st.radio(label, [ONE_RUN, CONFIGURATION, BASE], key=f"{prefix}_target", horizontal=True)
+    if choice == BASE:
+        used = Counter(str(info.config.get("model")) for info in scorable if info.config.get("model"))
+        left, right = st.columns([3, 1])
+        model = left.text_input("Base model", value=used.most_common(1)[0][0] if used else DEFAULT_MODEL,
+                                key=f"{prefix}_base_model",
+                                help="Hub id (from the local cache; nothing is downloaded), a model folder, or tiny.")
+        quantization = right.selectbox("Quantization", QUANTIZATIONS, key=f"{prefix}_quantization")
+        return Target(choice, [], model, quantization)
+    if not scorable:
+        st.info("No finished training runs with an adapter in this workspace yet.")
+        return Target(choice, [])
+    if choice == ONE_RUN:
+        run_id = st.selectbox("Run", [info.run_id for info in scorable], key=f"{prefix}_run",
+                              help="Succeeded training runs with a saved adapter.")
+        return Target(choice, [info for info in scorable if info.run_id == run_id])
+    config = st.selectbox("Configuration", sorted({info.config_label for info in scorable}), key=f"{prefix}_config",
+                          help="Runs sharing a configuration label: usually the seeds of one recipe.")
+    chosen = [info for info in scorable if info.config_label == config]
+    st.caption(f"{len(chosen)} run(s): " + ", ".join(f"{info.run_id} (seed {info.seed})" for info in chosen))
+    return Target(choice, chosen)
+
+
+def known_data_sets(root: Path, signature: str) -> list[str]:
+    """Data sets the workspace's evaluations used, plus the demo manifests (re-read when a run changed)."""
+    return _known_data_sets(str(root), signature)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _known_data_sets(root: str, signature: str) -> list[str]:
+    return launch.known_test_sets(cached_runs(Path(root), signature), Path(root))
+
+
+def pick_data(label: str, key: str, known: list[str], index: int = 0, none_option: str | None = None,
+              help: str | None = None) -> str:
+    """A data set from `known`, or any path typed in (selectbox <key>_choice, text input <key>_path).
+
+    With `none_option` the first choice means "no data" and gives "".
+    """
+    options = ([none_option] if none_option else []) + known + [OTHER_PATH]
+    choice = st.selectbox(label, options, index=min(index, len(options) - 1), key=f"{key}_choice", help=help)
+    if choice == OTHER_PATH:
+        return st.text_input(f"{label} path", key=f"{key}_path", placeholder="/data/test.csv")
+    return "" if choice == none_option else choice

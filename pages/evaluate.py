@@ -1,20 +1,20 @@
-"""Evaluate: queue logit-scoring of a run, every seed of a configuration, or the base model."""
+"""Evaluate: queue logit-scoring of a run, every seed of a configuration, or the base model, with the
+run's own prompt, the best prompt of an OPRO run, or a prompt typed in."""
 
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from engine import disk, jobs, launch
+from engine import disk, jobs, launch, opro_review, review
 from engine import runfolder as rf
-from engine.config import DEFAULT_MODEL, QUANTIZATIONS
+from engine.config import DEFAULT_LABELS
 from engine.review import workspace_signature
-from pages._ui import banner, cached_runs, workspace
+from pages._ui import BASE, banner, cached_runs, known_data_sets, pick_data, pick_target, workspace
 
-ONE_RUN, CONFIGURATION, BASE = "One run", "Every seed of a configuration", "Base model"
 AUDIO_CHOICES = {"real audio": None, "silence control": "silence", "shuffle control": "shuffle"}
-OTHER_PATH = "Another path ..."
+OWN_PROMPT, OPRO_PROMPT, CUSTOM_PROMPT = "The run's own prompt", "The best prompt of an OPRO run", "Custom text"
+DEFAULT_NAME, OTHER_PROMPT_NAME = "test", "test-opro"
 
 root = workspace()
 st.title("Evaluate")
@@ -24,69 +24,83 @@ signature = workspace_signature(root)
 runs = cached_runs(root, signature)
 scorable = launch.scorable_runs(runs)
 
-
-@st.cache_data(show_spinner=False, max_entries=4)
-def test_sets(root: str, signature: str) -> list[str]:
-    """Test data the workspace's evaluations used (re-read only when a run folder changed)."""
-    return launch.known_test_sets(cached_runs(Path(root), signature), Path(root))
-
-
 st.caption("Scores clips by the log-probability of the two answer words (one forward pass per batch, no text "
            "generation) and stores one prediction per clip in the run's evaluations/<name>/. Jobs run on the "
            "GPU queue, one at a time per GPU.")
 
 # ---------------------------------------------------------------- what to score
-target = st.radio("Score", [ONE_RUN, CONFIGURATION, BASE], key="eval_target", horizontal=True)
-chosen: list[rf.RunInfo] = []
-base_model = quantization = run_name = None
-if target == ONE_RUN:
-    if scorable:
-        run_id = st.selectbox("Run", [info.run_id for info in scorable], key="eval_run",
-                              help="Succeeded training runs with a saved adapter.")
-        chosen = [info for info in scorable if info.run_id == run_id]
+target = pick_target("eval", scorable, "Score")
+chosen, base_model, quantization = target.runs, target.base_model, target.quantization
+run_name = None
+if target.choice == BASE:
+    run_name = st.text_input("Run name", value=f"base-{Path(base_model or 'model').name}", key="eval_run_name",
+                             help="The evaluation run to create (a suffix is added if the name is taken).")
+
+# ---------------------------------------------------------------- with which prompt
+
+
+def suggest_name() -> None:
+    """Another prompt gets its own evaluation name by default, so the original evaluation is not
+    replaced silently; a name the user typed is left alone."""
+    own = st.session_state["eval_prompt_choice"] == OWN_PROMPT
+    current = st.session_state.get("eval_name", DEFAULT_NAME)
+    if own and current == OTHER_PROMPT_NAME:
+        st.session_state["eval_name"] = DEFAULT_NAME
+    elif not own and current == DEFAULT_NAME:
+        st.session_state["eval_name"] = OTHER_PROMPT_NAME
+
+
+prompt_choice = st.radio("Prompt", [OWN_PROMPT, OPRO_PROMPT, CUSTOM_PROMPT], key="eval_prompt_choice",
+                         horizontal=True, on_change=suggest_name,
+                         help="The question asked with every clip. An OPRO run's best prompt was chosen on its dev "
+                              "set; score it on a held-out test set.")
+prompt = None
+if prompt_choice == OPRO_PROMPT:
+    sources = {source.run_id: source for source in opro_review.prompt_sources(runs)}
+    if sources:
+        source = sources[st.selectbox("OPRO run", list(sources), key="eval_prompt_opro",
+                                      format_func=lambda run_id: sources[run_id].choice_text(),
+                                      help="Prompt optimisation runs with at least one scored prompt.")]
+        best = source.best
+        prompt = str(best["prompt"])
+        st.code(prompt, language="text", wrap_lines=True)
+        state = ("final: the search finished" if source.final
+                 else f"best so far: the search is {source.info.state} and has no opro.json")
+        st.caption(f"Prompt {best['id']} of {source.run_id} ({state}); dev balanced accuracy "
+                   f"{review.pct(best.get('balanced_accuracy'))}; optimised for {source.target_label}.")
+        target_words = {tuple(info.config.get("label_words") or DEFAULT_LABELS) for info in chosen} or {DEFAULT_LABELS}
+        for words in sorted(target_words):
+            if warning := opro_review.label_words_mismatch(source, words):
+                st.warning(warning)
     else:
-        st.info("No finished training runs with an adapter in this workspace yet.")
-elif target == CONFIGURATION:
-    labels = sorted({info.config_label for info in scorable})
-    if labels:
-        label = st.selectbox("Configuration", labels, key="eval_config",
-                             help="Runs sharing a configuration label: usually the seeds of one recipe.")
-        chosen = [info for info in scorable if info.config_label == label]
-        st.caption(f"{len(chosen)} run(s): " + ", ".join(f"{info.run_id} (seed {info.seed})" for info in chosen))
-    else:
-        st.info("No finished training runs with an adapter in this workspace yet.")
-else:
-    used = Counter(str(info.config.get("model")) for info in scorable if info.config.get("model"))
-    default_model = used.most_common(1)[0][0] if used else DEFAULT_MODEL
-    left, middle, right = st.columns([3, 1, 2])
-    base_model = left.text_input("Base model", value=default_model, key="eval_base_model",
-                                 help="Hub id (from the local cache; nothing is downloaded), a model folder, or tiny.")
-    quantization = middle.selectbox("Quantization", QUANTIZATIONS, key="eval_quantization")
-    run_name = right.text_input("Run name", value=f"base-{Path(base_model or 'model').name}", key="eval_run_name",
-                                help="The evaluation run to create (a suffix is added if the name is taken).")
+        st.info("No OPRO run with a scored prompt in this workspace yet: start one on the Prompt optimisation page.")
+        prompt = ""
+elif prompt_choice == CUSTOM_PROMPT:
+    prompt = st.text_area("Prompt text", key="eval_prompt_custom", height=80,
+                          help="Sent as --prompt; keep both answer words in it (e.g. SPEECH or NONSPEECH).")
 
 # ---------------------------------------------------------------- on what, how
-known = test_sets(str(root), signature)
-test_choice = st.selectbox("Test data", [*known, OTHER_PATH], key="eval_test_choice",
-                           help="Test sets this workspace was evaluated on, or any manifest (CSV/JSONL) or folder.")
-test_data = (st.text_input("Test data path", key="eval_test_path", placeholder="/data/test.csv")
-             if test_choice == OTHER_PATH else test_choice)
+test_data = pick_data("Test data", "eval_test", known_data_sets(root, signature),
+                      help="Test sets this workspace was evaluated on, or any manifest (CSV/JSONL) or folder.")
+if "eval_name" not in st.session_state:
+    st.session_state["eval_name"] = DEFAULT_NAME if prompt_choice == OWN_PROMPT else OTHER_PROMPT_NAME
 left, middle, right = st.columns([2, 1, 3])
-name = left.text_input("Evaluation name", value="test", key="eval_name",
-                       help="Stored as evaluations/<name>/ in the run; controls add -silence / -shuffle.")
+name = left.text_input("Evaluation name", key="eval_name",
+                       help="Stored as evaluations/<name>/ in the run; controls add -silence / -shuffle. Another "
+                            "prompt than the run's own defaults to test-opro.")
 batch_size = middle.number_input("Batch size", min_value=1, max_value=256, value=8, step=1, key="eval_batch")
 audio = right.multiselect("Audio", list(AUDIO_CHOICES), default=["real audio"], key="eval_audio",
                           help="The audio-is-used controls replace every clip with silence of the same length, or "
                                "shuffle clips between labels: a model that still scores well is not listening.")
 threshold_from_val = st.checkbox("Threshold chosen on the run's val evaluation", key="eval_threshold",
-                                 disabled=target == BASE,
+                                 disabled=target.choice == BASE,
                                  help="The p(SPEECH) cut that maximises balanced accuracy on 'val' (made when the "
                                       "run was trained with val_data); otherwise 0.5 (arg-max).")
 
 planned, problems = launch.plan_evaluations(
     root, chosen, test_data or "", name=name, batch_size=batch_size, controls=[AUDIO_CHOICES[a] for a in audio],
-    threshold_from_val=threshold_from_val and target != BASE, base_model=base_model,
-    quantization=quantization or "4bit", run_name=run_name)
+    threshold_from_val=threshold_from_val and target.choice != BASE, base_model=base_model,
+    quantization=quantization or "4bit", run_name=run_name, prompt=prompt)
 
 for problem in problems:
     st.error(problem, icon=":material/error:")
@@ -120,6 +134,7 @@ if eval_jobs:
         argv = job.get("argv", [])
         row["evaluation"] = argv[argv.index("--name") + 1] if "--name" in argv else ""
         row["control"] = argv[argv.index("--control") + 1] if "--control" in argv else ""
+        row["prompt"] = argv[argv.index("--prompt") + 1] if "--prompt" in argv else "(the run's own)"
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     running = [job for job in eval_jobs if job.get("state") == rf.RUNNING]
     for job in running:

@@ -59,3 +59,13 @@ def demo_workspace(tmp_path_factory, tiny_model, examples_dir) -> Path:
         import_predictions(examples_dir / "lora_seed42_predictions.csv", "example-lora-s42", root,
                            config_label="LoRA (example)", seed=42)
     return root
+
+
+@pytest.fixture()
+def no_worker(monkeypatch) -> list:
+    """Pages queue jobs but no worker starts; the list collects the workspaces it was asked for."""
+    from engine import jobs
+
+    started = []
+    monkeypatch.setattr(jobs, "ensure_worker", lambda runs_root, **kwargs: started.append(Path(runs_root)))
+    return started

@@ -37,13 +37,6 @@ def workspace(tmp_path, monkeypatch) -> Path:
     return root
 
 
-@pytest.fixture()
-def no_worker(monkeypatch) -> list:
-    started = []
-    monkeypatch.setattr(jobs, "ensure_worker", lambda runs_root, **kwargs: started.append(Path(runs_root)))
-    return started
-
-
 def trained_run(root: Path, name: str, label: str, seed: int) -> Path:
     """A succeeded training run folder as the engine leaves it (adapter files are stand-ins)."""
     run_dir = root / name

@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlparse
 
 import pytest
 
@@ -167,3 +167,21 @@ def test_try_a_clip_upload_scores(app_server, browser_page, demo_workspace, tmp_
         for worker in clip_worker.live_workers(demo_workspace):
             if worker.pid not in already_running:
                 worker.shutdown()
+
+
+def test_prompt_optimisation_page_in_the_browser(app_server, browser_page):
+    """Reached from the sidebar (so app.py registers it): the page renders its form and either the
+    demo's OPRO searches or how to start one."""
+    page = browser_page
+    page.goto(app_server)
+    page.get_by_test_id("stSidebarNav").get_by_text("Prompt optimisation").click()
+    page.get_by_role("heading", name="Prompt optimisation").wait_for(timeout=RENDER_MS)
+    assert urlparse(page.url).path.rstrip("/").endswith("/opro")
+    page.get_by_role("heading", name="Search results").wait_for(timeout=RENDER_MS)
+    # the optimisation curve of the demo's searches, or (without any) how to start one
+    curve_or_hint = page.get_by_test_id("stPlotlyChart").or_(page.get_by_text("No prompt-optimisation runs in"))
+    curve_or_hint.first.wait_for(timeout=RENDER_MS)
+    page.wait_for_timeout(1500)  # let the widgets (and any chart) finish drawing before the screenshot
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "opro.png"), full_page=True)
+    assert (ARTIFACTS / "opro.png").stat().st_size > 10_000
