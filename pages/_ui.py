@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import streamlit as st
 
-from engine import launch
+from engine import jobs, launch
 from engine import runfolder as rf
 from engine.config import DEFAULT_MODEL, QUANTIZATIONS
 from engine.disk import low_space_warning
@@ -171,3 +172,53 @@ def pick_data(label: str, key: str, known: list[str], index: int = 0, none_optio
     if choice == OTHER_PATH:
         return st.text_input(f"{label} path", key=f"{key}_path", placeholder="/data/test.csv")
     return "" if choice == none_option else choice
+
+
+def cancel_callback(root: Path, message_key: str) -> Callable[[str], None]:
+    """A Cancel button's on_click: cancels the job and leaves the outcome in st.session_state[message_key]."""
+    def cancel(job_id: str) -> None:
+        try:
+            st.session_state[message_key] = f"Job {job_id}: {jobs.cancel(root, job_id)['outcome']}"
+        except jobs.JobError as exc:
+            st.session_state[message_key] = f"Job {job_id}: {exc}"
+
+    return cancel
+
+
+def job_name(job: dict) -> str:
+    return Path(job["run_dir"]).name if job.get("run_dir") else job["job_id"]
+
+
+def active_jobs_panel(root: Path, active: list[dict], cancel: Callable[[str], None], cancel_help: str,
+                      progress_text: Callable[[dict], tuple[float, str] | None]) -> None:
+    """Cancel buttons for the active jobs, then their live progress re-read every 2 s.
+
+    progress_text(job) gives (fraction, text) for a running job whose run reports progress.
+    """
+    for job in active:
+        left, right = st.columns([4, 1])
+        left.markdown(f"`{job['job_id']}` **{job_name(job)}**: {job['state']}")
+        right.button("Cancel", key=f"cancel_{job['job_id']}", on_click=cancel, args=(job["job_id"],),
+                     help=cancel_help)
+    if not active:
+        return
+    active_ids = {job["job_id"] for job in active}
+
+    @st.fragment(run_every="2s")
+    def live_progress() -> None:
+        current = [job for job in jobs.read_jobs(root) if job.get("job_id") in active_ids]
+        if {job["job_id"] for job in current if job.get("state") in rf.ACTIVE_STATES} != active_ids:
+            st.rerun()  # a job finished (or was cancelled): refresh the whole page, which stops polling
+        for job in current:
+            shown = progress_text(job) if job.get("state") == rf.RUNNING else None
+            if shown:
+                st.progress(shown[0], text=shown[1])
+            else:
+                st.caption(f"{job_name(job)}: {job.get('state')}" + (" (waiting for a free slot)"
+                                                                     if job.get("state") == rf.QUEUED else ""))
+            if job.get("state") == rf.RUNNING:
+                with st.expander(f"Log of {job_name(job)}"):
+                    st.code(jobs.job_log_tail(root, job["job_id"], 4000) or "(no output yet)", language="text")
+
+    st.subheader("Live progress")
+    live_progress()

@@ -107,12 +107,7 @@ if launched := st.session_state.pop("opro_launched", None):
 st.header("OPRO jobs")
 
 
-def cancel_job(job_id: str) -> None:
-    try:
-        result = jobs.cancel(root, job_id)
-        st.session_state["opro_cancel_message"] = f"Job {job_id}: {result['outcome']}"
-    except jobs.JobError as exc:
-        st.session_state["opro_cancel_message"] = f"Job {job_id}: {exc}"
+cancel_job = _ui.cancel_callback(root, "opro_cancel_message")
 
 
 if message := st.session_state.pop("opro_cancel_message", None):
@@ -125,43 +120,20 @@ if not opro_jobs:
 else:
     st.dataframe(pd.DataFrame(launch.job_rows(opro_jobs)), hide_index=True, width="stretch")
 
+def search_progress(job: dict) -> tuple[float, str] | None:
+    progress = launch.opro_progress(job)
+    if not progress:
+        return None
+    iteration = f", iteration {progress['iteration']}/{progress['iterations']}" if progress["iterations"] else ""
+    return progress["fraction"], (
+        f"{_ui.job_name(job)}: prompt {progress['step']}/{progress['total_steps']}{iteration}, best dev balanced "
+        f"accuracy {review.pct(progress['best_balanced_accuracy'])}, ETA {launch.format_eta(progress['eta_s'])}")
+
+
 active = [job for job in opro_jobs if job.get("state") in rf.ACTIVE_STATES]
-for job in active:
-    name = Path(job["run_dir"]).name if job.get("run_dir") else job["job_id"]
-    left, right = st.columns([4, 1])
-    left.markdown(f"`{job['job_id']}` **{name}**: {job['state']}")
-    right.button("Cancel", key=f"cancel_{job['job_id']}", on_click=cancel_job, args=(job["job_id"],),
-                 help="Queued: removed from the queue. Running: asked to stop after the current candidate; the "
-                      "prompts scored so far stay in history.jsonl (its best so far remains usable).")
-
-if active:
-    active_ids = {job["job_id"] for job in active}
-
-    @st.fragment(run_every="2s")
-    def live_progress() -> None:
-        """Progress of the active searches, re-read every 2 s while any is active."""
-        current = [job for job in jobs.read_jobs(root) if job.get("job_id") in active_ids]
-        if {job["job_id"] for job in current if job.get("state") in rf.ACTIVE_STATES} != active_ids:
-            st.rerun()  # a job finished (or was cancelled): refresh the whole page, which stops polling
-        for job in current:
-            name = Path(job["run_dir"]).name if job.get("run_dir") else job["job_id"]
-            progress = launch.opro_progress(job) if job.get("state") == rf.RUNNING else None
-            if progress:
-                iteration = (f", iteration {progress['iteration']}/{progress['iterations']}"
-                             if progress["iterations"] else "")
-                st.progress(progress["fraction"], text=(
-                    f"{name}: prompt {progress['step']}/{progress['total_steps']}{iteration}, best dev balanced "
-                    f"accuracy {review.pct(progress['best_balanced_accuracy'])}, "
-                    f"ETA {launch.format_eta(progress['eta_s'])}"))
-            else:
-                st.caption(f"{name}: {job.get('state')}" + (" (waiting for a free slot)"
-                                                             if job.get("state") == rf.QUEUED else ""))
-            if job.get("state") == rf.RUNNING:
-                with st.expander(f"Log of {name}"):
-                    st.code(jobs.job_log_tail(root, job["job_id"], 4000) or "(no output yet)", language="text")
-
-    st.subheader("Live progress")
-    live_progress()
+_ui.active_jobs_panel(root, active, cancel_job, cancel_help="Queued: removed from the queue. Running: asked to stop "
+                      "after the current candidate; the prompts scored so far stay in history.jsonl (its best so "
+                      "far remains usable).", progress_text=search_progress)
 
 # ---------------------------------------------------------------- one search
 st.header("Search results")

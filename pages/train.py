@@ -8,7 +8,7 @@ import streamlit as st
 from engine import disk, jobs, launch
 from engine import runfolder as rf
 from engine.config import PRESET_LABELS
-from pages._ui import banner, workspace
+from pages._ui import active_jobs_panel, banner, cancel_callback, job_name, workspace
 
 MAX_PREVIEW_COMMANDS = 12
 
@@ -89,12 +89,7 @@ if launched := st.session_state.pop("train_launched", None):
 st.header("Queue")
 
 
-def cancel_job(job_id: str) -> None:
-    try:
-        result = jobs.cancel(root, job_id)
-        st.session_state["train_cancel_message"] = f"Job {job_id}: {result['outcome']}"
-    except jobs.JobError as exc:
-        st.session_state["train_cancel_message"] = f"Job {job_id}: {exc}"
+cancel_job = cancel_callback(root, "train_cancel_message")
 
 
 def resume_sweep(sweep_id: str, names: list[str]) -> None:
@@ -118,42 +113,20 @@ if not job_list:
 else:
     st.dataframe(pd.DataFrame(launch.job_rows(job_list)), hide_index=True, width="stretch")
 
+def training_progress(job: dict) -> tuple[float, str] | None:
+    progress = launch.job_progress(job)
+    if not progress:
+        return None
+    loss = f"{progress['loss']:.4f}" if progress["loss"] is not None else "?"
+    speed = f"{progress['samples_per_s']:.2f}" if progress["samples_per_s"] else "?"
+    return progress["fraction"], (f"{job_name(job)}: step {progress['step']}/{progress['total_steps']}, loss {loss}, "
+                                  f"{speed} samples/s, ETA {launch.format_eta(progress['eta_s'])}")
+
+
 active = [job for job in job_list if job.get("state") in rf.ACTIVE_STATES]
-for job in active:
-    name = Path(job["run_dir"]).name if job.get("run_dir") else " ".join(job.get("argv", [])[:2])
-    left, right = st.columns([4, 1])
-    left.markdown(f"`{job['job_id']}` **{name}**: {job['state']}")
-    right.button("Cancel", key=f"cancel_{job['job_id']}", on_click=cancel_job, args=(job["job_id"],),
-                 help="Queued: removed from the queue. Running: asked to stop at the next step and save its "
-                      "adapter; killed if it has not stopped after 20 s.")
-
-if active:
-    active_ids = {job["job_id"] for job in active}
-
-    @st.fragment(run_every="2s")
-    def live_progress() -> None:
-        """Progress of the active jobs, re-read every 2 s while any is active."""
-        current = [job for job in jobs.read_jobs(root) if job.get("job_id") in active_ids]
-        if {job["job_id"] for job in current if job.get("state") in rf.ACTIVE_STATES} != active_ids:
-            st.rerun()  # a job finished (or was cancelled): refresh the whole page, which stops polling
-        for job in current:
-            name = Path(job["run_dir"]).name if job.get("run_dir") else job["job_id"]
-            progress = launch.job_progress(job) if job.get("state") == rf.RUNNING else None
-            if progress:
-                loss = f"{progress['loss']:.4f}" if progress["loss"] is not None else "?"
-                speed = f"{progress['samples_per_s']:.2f}" if progress["samples_per_s"] else "?"
-                st.progress(progress["fraction"], text=(
-                    f"{name}: step {progress['step']}/{progress['total_steps']}, loss {loss}, "
-                    f"{speed} samples/s, ETA {launch.format_eta(progress['eta_s'])}"))
-            else:
-                st.caption(f"{name}: {job.get('state')}" + (" (waiting for a free slot)"
-                                                             if job.get("state") == rf.QUEUED else ""))
-            if job.get("state") == rf.RUNNING:
-                with st.expander(f"Log of {name}"):
-                    st.code(jobs.job_log_tail(root, job["job_id"], 4000) or "(no output yet)", language="text")
-
-    st.subheader("Live progress")
-    live_progress()
+active_jobs_panel(root, active, cancel_job, cancel_help="Queued: removed from the queue. Running: asked to stop at "
+                  "the next step and save its adapter; killed if it has not stopped after 20 s.",
+                  progress_text=training_progress)
 
 sweeps = launch.sweep_runs(job_list)
 active_runs = {Path(job["run_dir"]).name for job in active if job.get("run_dir")}
