@@ -513,8 +513,6 @@ def known_test_sets(runs: Iterable[rf.RunInfo], runs_root: Path) -> list[str]:
 
 # ---------------------------------------------------------------- the Prompt optimisation form
 
-
-
 @dataclass
 class OproJob:
     """One `python -m engine opro` job the Prompt optimisation form would queue."""
