@@ -335,3 +335,26 @@ def review_path(side, key) -> Path:
     from engine import review
 
     return review.predictions_path(side.runs[key], side.evaluation)
+
+
+def test_a_search_queued_from_the_page_runs_through_the_worker(demo_workspace, tmp_path):
+    """launch.plan_opro + queue_opro (what the page's Queue button does), then the real worker."""
+    import shutil
+
+    from engine import jobs, launch
+
+    root = tmp_path / "ws"
+    shutil.copytree(demo_workspace / "demo-attention-mlp-s42", root / "demo-attention-mlp-s42")
+    planned, problems = launch.plan_opro(root, rf.list_runs(root), str(demo_manifest(demo_workspace, "val")),
+                                         str(demo_manifest(demo_workspace, "test")), iterations=1, candidates=2)
+    assert not problems and len(planned) == 1
+    [job_id] = launch.queue_opro(root, planned)
+    run_dir = Path(jobs.read_job(root, job_id)["run_dir"])
+    assert rf.read_json(run_dir / rf.CONFIG)["kind"] == rf.KIND_OPRO and rf.read_status(run_dir)["state"] == rf.QUEUED
+    assert jobs.run_worker(root, poll_s=0.1, idle_grace_s=0.5) == 0
+    job = jobs.read_job(root, job_id)
+    assert job["state"] == rf.SUCCEEDED, jobs.job_log_tail(root, job_id)
+    assert rf.read_status(run_dir)["state"] == rf.SUCCEEDED
+    assert len(rf.read_jsonl(run_dir / rf.OPRO_HISTORY)) == 3
+    assert {"test", "test-original-prompt"} <= set(rf.list_evaluations(run_dir))
+    assert rf.read_json(run_dir / rf.CONFIG)["target"]["seed"] == 42
