@@ -2,8 +2,9 @@
 
 Synthesises a small SPEECH/NONSPEECH data set (espeak-ng voices vs noise, tones, chirps, clicks,
 hum), trains the built-in tiny Qwen2-Audio (random weights, 4-bit, LoRA) for attention-only
-and attention+MLP over three seeds, scores the 32-clip test set, and adds the Silero VAD
-baseline. Everything is labelled as a demo: the model is not Qwen2-Audio's weights and the
+and attention+MLP over three seeds, scores the 32-clip test set, adds the Silero VAD baseline, and
+runs the prompt-optimisation 2x2 design (OPRO on the base model and on each attention+MLP seed,
+chosen on a 32-clip val set, tested once on the test set). Everything is labelled as a demo: the model is not Qwen2-Audio's weights and the
 data is synthetic, so the numbers show how the dashboard works, not how the 7B performs.
 """
 
