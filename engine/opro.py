@@ -640,6 +640,16 @@ def peak_gpu_memory_gb(device) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 1e9, 3) if device.type == "cuda" else None
 
 
+def check_held_out(dev_clips, test_clips, test_data: str) -> None:
+    """Refuse a test set that shares audio files with the dev set: the best prompt was chosen on
+    those clips, so its test score would not be held out."""
+    dev_files = {str(Path(c.path).resolve()) for c in dev_clips}
+    shared = [c.path for c in test_clips if str(Path(c.path).resolve()) in dev_files]
+    if shared:
+        raise ValueError(f"test data {test_data}: {len(shared)} of its {len(test_clips)} clips are also in the dev "
+                         f"set (e.g. {shared[0]}); the best prompt must be tested on clips it was not chosen on")
+
+
 def load_dev_set(dev_data: str, label_words: Sequence[str], audio) -> DevSet:
     from engine.data import load_clips
 
@@ -685,6 +695,7 @@ def optimise(settings: OproSettings, run_dir: Path, runs_root: Path,
             clips, report = load_clips(settings.test_data, label_words=resolved["label_words"], skip_bad=True)
             if not clips:
                 raise ValueError(f"test data {settings.test_data}: no readable clips")
+            check_held_out(dev.clips, clips, settings.test_data)
             test = (clips, report, audio)
         log.info("OPRO on %s: %d dev clips, %d iterations x %d candidates, proposer %s, seed %d",
                  config["label"], len(dev.clips), settings.iterations, settings.candidates,

@@ -271,6 +271,11 @@ def test_bad_input_fails_before_any_folder_is_made(demo_workspace, repo_root, tm
     status = rf.read_status(tmp_path / "bad-dev")
     assert status["state"] == rf.FAILED and "missing.csv" in status["error"]
     assert not (tmp_path / "bad-dev" / rf.OPRO_HISTORY).exists()
+    val = str(demo_manifest(demo_workspace, "val"))
+    proc = run_opro_cli(repo_root, "--base", "--runs-dir", str(tmp_path), "--dev-csv", val, "--test-csv", val,
+                        "--device", "cpu", "--run-name", "not-held-out")
+    assert proc.returncode == 2 and "32 of its 32 clips are also in the dev set" in proc.stderr
+    assert not (tmp_path / "not-held-out" / rf.OPRO_HISTORY).exists()
 
 
 # ---------------------------------------------------------------------------- using the best prompt later
