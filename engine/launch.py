@@ -394,6 +394,30 @@ def scorable_runs(runs: Iterable[rf.RunInfo]) -> list[rf.RunInfo]:
             and all((info.path / rf.ADAPTER_DIR / name).is_file() for name in rf.ADAPTER_FILES)]
 
 
+def _data_problem(what: str, value: str | Path | None, required: bool) -> str | None:
+    if not str(value or "").strip():
+        return f"{what}: give a manifest (CSV/JSONL) or a folder" if required else None
+    if not Path(str(value)).expanduser().exists():
+        return f"{what}: not found: {Path(str(value)).expanduser()}"
+    return None
+
+
+def _name_problem(what: str, name: str) -> str | None:
+    """Why `name` cannot be a run or evaluation folder name (it must stay one folder inside), or None."""
+    try:
+        rf.check_run_name(name)
+    except rf.RunFolderError as exc:
+        return f"{what}: {exc}"
+    return None
+
+
+def _target_problems(runs: list[rf.RunInfo], base_model: str | None) -> list[str]:
+    """What is wrong with the form's target: no finished run picked, or an empty base model."""
+    if base_model is None:
+        return [] if runs else ["target: choose a run or a configuration with finished runs"]
+    return [] if str(base_model).strip() else ["base model: give a model id, a model folder or tiny"]
+
+
 def plan_evaluations(runs_root: Path, runs: list[rf.RunInfo], test_data: str, name: str = "test",
                      batch_size: int = 8, controls: Iterable[str | None] = (None,),
                      threshold_from_val: bool = False, base_model: str | None = None,
@@ -406,15 +430,7 @@ def plan_evaluations(runs_root: Path, runs: list[rf.RunInfo], test_data: str, na
     threshold on its "val" evaluation (made when the run was trained with val_data). prompt:
     None scores with each run's own prompt; a text is passed as `--prompt` to every job.
     """
-    problems: list[str] = []
-    if not str(test_data).strip():
-        problems.append("test data: give a manifest (CSV/JSONL) or a folder")
-    elif not Path(test_data).expanduser().exists():
-        problems.append(f"test data: not found: {Path(test_data).expanduser()}")
-    try:
-        rf.check_run_name(name)
-    except rf.RunFolderError as exc:
-        problems.append(f"evaluation name: {exc}")
+    problems = [p for p in (_data_problem("test data", test_data, True), _name_problem("evaluation name", name)) if p]
     if whole_number(batch_size, 1) is None:
         problems.append(f"batch size: must be a whole number >= 1 (got {batch_size!r})")
     controls = list(controls)
@@ -423,17 +439,11 @@ def plan_evaluations(runs_root: Path, runs: list[rf.RunInfo], test_data: str, na
     unknown = [c for c in controls if c is not None and c not in CONTROLS]
     if unknown:
         problems.append(f"control: {', '.join(map(str, unknown))} is not one of {', '.join(CONTROLS)}")
-    if base_model is None and not runs:
-        problems.append("target: choose a run or a configuration with finished runs")
-    if base_model is not None and not str(base_model).strip():
-        problems.append("base model: give a model id, a model folder or tiny")
+    problems += _target_problems(runs, base_model)
     if prompt is not None and not str(prompt).strip():
         problems.append("prompt: the prompt is empty (choose the run's own prompt, or write one)")
-    if run_name:
-        try:
-            rf.check_run_name(run_name)
-        except rf.RunFolderError as exc:
-            problems.append(f"run name: {exc}")
+    if run_name and (problem := _name_problem("run name", run_name)):
+        problems.append(problem)
     if problems:
         return [], problems
 
@@ -561,14 +571,6 @@ def opro_argv(dev_data: str | Path, run_dir: str | Path, run: str | Path | None 
     return argv
 
 
-def _data_problem(what: str, value: str | Path | None, required: bool) -> str | None:
-    if not str(value or "").strip():
-        return f"{what}: give a manifest (CSV/JSONL) or a folder" if required else None
-    if not Path(str(value)).expanduser().exists():
-        return f"{what}: not found: {Path(str(value)).expanduser()}"
-    return None
-
-
 def _free_run_dir(runs_root: Path, name: str, taken: set[Path]) -> Path:
     """The folder rf.unique_run_dir would pick now (name, name-2, ...), without creating it."""
     candidate, n = Path(runs_root) / name, 1
@@ -615,17 +617,11 @@ def plan_opro(runs_root: Path, runs: list[rf.RunInfo], dev_data: str, test_data:
             problems.append("proposer model: give a local causal LM folder or a Hugging Face hub id in the cache")
         elif model.startswith(("/", "~", ".")) and not Path(model).expanduser().exists():
             problems.append(f"proposer model: folder not found: {Path(model).expanduser()}")
-    if base_model is None and not runs:
-        problems.append("target: choose a run or a configuration with finished runs")
-    if base_model is not None:
-        if not str(base_model).strip():
-            problems.append("base model: give a model id, a model folder or tiny")
-        if quantization not in QUANTIZATIONS:
-            problems.append(f"quantization: must be one of {', '.join(QUANTIZATIONS)} (got {quantization!r})")
-    try:
-        rf.check_run_name(run_name)
-    except rf.RunFolderError as exc:
-        problems.append(f"run name: {exc}")
+    problems += _target_problems(runs, base_model)
+    if base_model is not None and quantization not in QUANTIZATIONS:
+        problems.append(f"quantization: must be one of {', '.join(QUANTIZATIONS)} (got {quantization!r})")
+    if problem := _name_problem("run name", run_name):
+        problems.append(problem)
     if problems:
         return [], problems
 
@@ -642,10 +638,8 @@ def plan_opro(runs_root: Path, runs: list[rf.RunInfo], dev_data: str, test_data:
     planned: list[OproJob] = []
     taken: set[Path] = set()
     for preview, name, target_args, config in targets:
-        try:
-            rf.check_run_name(name)
-        except rf.RunFolderError as exc:
-            problems.append(f"run name: {exc}")
+        if problem := _name_problem("run name", name):
+            problems.append(problem)
             continue
         run_dir = _free_run_dir(Path(runs_root), name, taken)
         taken.add(run_dir)

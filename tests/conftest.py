@@ -69,3 +69,24 @@ def no_worker(monkeypatch) -> list:
     started = []
     monkeypatch.setattr(jobs, "ensure_worker", lambda runs_root, **kwargs: started.append(Path(runs_root)))
     return started
+
+
+@pytest.fixture()
+def empty_workspace(tmp_path, monkeypatch) -> Path:
+    """A new, empty workspace that the dashboard pages read (through $QLORA_DASH_RUNS)."""
+    from engine import runfolder as rf
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    monkeypatch.setenv(rf.RUNS_ROOT_ENV, str(root))
+    return root
+
+
+@pytest.fixture()
+def manifests(tmp_path) -> dict[str, Path]:
+    """Two tiny manifests, "dev" and "test", for forms that only check that the files exist."""
+    paths = {}
+    for name in ("dev", "test"):
+        paths[name] = tmp_path / f"{name}.csv"
+        paths[name].write_text("path,label\na.wav,SPEECH\nb.wav,NONSPEECH\n", encoding="utf-8")
+    return paths

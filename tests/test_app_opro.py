@@ -26,29 +26,12 @@ def frame(at, column: str):
 
 
 @pytest.fixture()
-def empty_workspace(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    monkeypatch.setenv(rf.RUNS_ROOT_ENV, str(root))
-    return root
-
-
-@pytest.fixture()
 def opro_workspace(empty_workspace) -> Path:
     """Training runs cfg-s1/cfg-s2 ("Cfg") plus the fake OPRO searches: finished on the base model and on
     both seeds (with test evaluations), one running with a partial history line, one cancelled."""
     for seed in (1, 2):
         trained_run(empty_workspace, f"cfg-s{seed}", "Cfg", seed)
     return make_workspace(empty_workspace)
-
-
-@pytest.fixture()
-def data(tmp_path) -> dict[str, Path]:
-    paths = {}
-    for name in ("dev", "test"):
-        paths[name] = tmp_path / f"{name}.csv"
-        paths[name].write_text("path,label\na.wav,SPEECH\nb.wav,NONSPEECH\n", encoding="utf-8")
-    return paths
 
 
 def test_empty_workspace_says_how_to_start(empty_workspace):
@@ -150,7 +133,7 @@ def test_cells_on_other_clips_are_refused(opro_workspace):
     assert not any("not on the same test clips" in e for e in texts(at.error))
 
 
-def test_validation_messages_then_queue_and_cancel(empty_workspace, no_worker, data):  # noqa: F811
+def test_validation_messages_then_queue_and_cancel(empty_workspace, no_worker, manifests):
     for seed in (1, 2):
         trained_run(empty_workspace, f"cfg-s{seed}", "Cfg", seed)
     at = page("opro").run()
@@ -158,20 +141,20 @@ def test_validation_messages_then_queue_and_cancel(empty_workspace, no_worker, d
     at.radio(key="opro_target").set_value("Every seed of a configuration").run()
     at.selectbox(key="opro_config").set_value("Cfg")
     at.selectbox(key="opro_dev_choice").set_value("Another path ...").run()
-    at.text_input(key="opro_dev_path").input(str(data["dev"].parent / "nope.csv"))
+    at.text_input(key="opro_dev_path").input(str(manifests["dev"].parent / "nope.csv"))
     at.text_input(key="opro_seed").input("seven")
     at.radio(key="opro_proposer").set_value("Another local causal LM").run()
     assert_clean(at)
-    assert texts(at.error) == [f"dev data: not found: {data['dev'].parent / 'nope.csv'}",
+    assert texts(at.error) == [f"dev data: not found: {manifests['dev'].parent / 'nope.csv'}",
                                "seed: must be a whole number >= 0, or blank for the target's seed (got 'seven')",
                                "proposer model: give a local causal LM folder or a Hugging Face hub id in the cache"]
     assert at.button(key="opro_launch").disabled
 
-    at.text_input(key="opro_dev_path").input(str(data["dev"]))
+    at.text_input(key="opro_dev_path").input(str(manifests["dev"]))
     at.text_input(key="opro_seed").input("")
     at.radio(key="opro_proposer").set_value("The audio model's own language model (text only)")
     at.selectbox(key="opro_test_choice").set_value("Another path ...").run()
-    at.text_input(key="opro_test_path").input(str(data["test"]))
+    at.text_input(key="opro_test_path").input(str(manifests["test"]))
     at.number_input(key="opro_iterations").set_value(2).run()
     assert_clean(at)
     assert texts(at.error) == []
@@ -179,8 +162,8 @@ def test_validation_messages_then_queue_and_cancel(empty_workspace, no_worker, d
     assert list(preview["target"]) == ["cfg-s1", "cfg-s2"]
     assert list(preview["run folder"]) == ["opro-cfg-s1", "opro-cfg-s2"]
     commands = at.code[0].value.split("\n\n")
-    assert commands[0] == (f"python -m engine opro --run {empty_workspace / 'cfg-s1'} --dev-csv {data['dev']} "
-                           f"--test-csv {data['test']} --iterations 2 --candidates 4 --proposer self --run-dir "
+    assert commands[0] == (f"python -m engine opro --run {empty_workspace / 'cfg-s1'} --dev-csv {manifests['dev']} "
+                           f"--test-csv {manifests['test']} --iterations 2 --candidates 4 --proposer self --run-dir "
                            f"{empty_workspace / 'opro-cfg-s1'} --batch-size 8")
     assert at.button(key="opro_launch").label == "Queue 2 searches"
 
@@ -205,12 +188,12 @@ def test_validation_messages_then_queue_and_cancel(empty_workspace, no_worker, d
     assert jobs.read_job(empty_workspace, first)["state"] == rf.CANCELLED
 
 
-def test_base_model_search_preview(empty_workspace, data):
+def test_base_model_search_preview(empty_workspace, manifests):
     at = page("opro").run()
     at.radio(key="opro_target").set_value("Base model").run()
     at.text_input(key="opro_base_model").input("tiny")
     at.selectbox(key="opro_dev_choice").set_value("Another path ...").run()
-    at.text_input(key="opro_dev_path").input(str(data["dev"])).run()
+    at.text_input(key="opro_dev_path").input(str(manifests["dev"])).run()
     assert_clean(at)
     assert texts(at.error) == []
     assert "Without test data the search stops after the dev set" in " ".join(texts(at.info))
@@ -219,12 +202,12 @@ def test_base_model_search_preview(empty_workspace, data):
 
 # ---------------------------------------------------------------- Evaluate: the prompt choice
 
-def test_evaluate_with_an_opro_prompt_or_a_custom_one(opro_workspace, no_worker, data):  # noqa: F811
+def test_evaluate_with_an_opro_prompt_or_a_custom_one(opro_workspace, no_worker, manifests):
     at = page("evaluate").run()
     assert_clean(at)
     assert at.text_input(key="eval_name").value == "test"
     at.selectbox(key="eval_test_choice").set_value("Another path ...").run()
-    at.text_input(key="eval_test_path").input(str(data["test"]))
+    at.text_input(key="eval_test_path").input(str(manifests["test"]))
     at.radio(key="eval_prompt_choice").set_value("The best prompt of an OPRO run").run()
     assert_clean(at)
     assert at.text_input(key="eval_name").value == "test-opro"  # the original evaluation is not replaced

@@ -30,11 +30,8 @@ def texts(elements) -> list[str]:
 
 
 @pytest.fixture()
-def workspace(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    monkeypatch.setenv(rf.RUNS_ROOT_ENV, str(root))
-    return root
+def workspace(empty_workspace) -> Path:
+    return empty_workspace
 
 
 def trained_run(root: Path, name: str, label: str, seed: int) -> Path:

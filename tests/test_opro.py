@@ -363,3 +363,35 @@ def test_a_search_queued_from_the_page_runs_through_the_worker(demo_workspace, t
     assert len(rf.read_jsonl(run_dir / rf.OPRO_HISTORY)) == 3
     assert {"test", "test-original-prompt"} <= set(rf.list_evaluations(run_dir))
     assert rf.read_json(run_dir / rf.CONFIG)["target"]["seed"] == 42
+
+
+class StopAfter:
+    """A stop request that turns true once `n` prompts were scored (the SIGTERM flag, made exact)."""
+
+    def __init__(self, n: int):
+        self.n, self.scored = n, 0
+
+    def __bool__(self) -> bool:
+        return self.scored >= self.n
+
+
+@pytest.mark.parametrize("stop_after", [3, 5, 7])  # mid-iteration 1, after iteration 1, mid-iteration 2
+def test_a_stop_between_any_two_candidates_ends_the_search_without_an_outcome(stop_after, tmp_path, monkeypatch):
+    stop = StopAfter(stop_after)
+
+    def fake_score(loaded, dev, system_prompt, prompt, label_words, batch_size):
+        stop.scored += 1
+        per_class = {"SPEECH": {"n": 2, "correct": 1, "accuracy": 0.5},
+                     "NONSPEECH": {"n": 2, "correct": 2, "accuracy": 1.0}}
+        return {"n": 4, "correct": 3, "accuracy": 0.75, "balanced_accuracy": 0.75,
+                "log_likelihood": -len(prompt) / 100, "per_class": per_class}
+
+    monkeypatch.setattr(opro, "score_prompt", fake_score)
+    settings_ = opro.OproSettings(dev_data="dev.csv", base=True, iterations=3, candidates=4)
+    resolved = {"prompt": ORIGINAL, "system_prompt": "You are a helpful assistant.", "label_words": WORDS,
+                "target": {"kind": "base"}, "adapter": None}
+    tmp_path.joinpath("run").mkdir()
+    search = opro.Search(settings_, tmp_path / "run", resolved, stop)
+    assert search.run(None, None, opro.EditSearch(WORDS, seed=0)) is None
+    assert len(rf.read_jsonl(tmp_path / "run" / rf.OPRO_HISTORY)) == stop_after
+    assert not (tmp_path / "run" / rf.OPRO_RESULT).exists()

@@ -374,15 +374,6 @@ def test_opro_curve_figure(runs):
 
 # ---------------------------------------------------------------- launching
 
-@pytest.fixture()
-def data(tmp_path) -> dict[str, Path]:
-    paths = {}
-    for name in ("dev", "test"):
-        paths[name] = tmp_path / f"{name}.csv"
-        paths[name].write_text("path,label\na.wav,SPEECH\nb.wav,NONSPEECH\n", encoding="utf-8")
-    return paths
-
-
 def trained(root: Path, name: str, label: str, seed: int) -> rf.RunInfo:
     run_dir = root / name
     (run_dir / rf.ADAPTER_DIR).mkdir(parents=True)
@@ -423,17 +414,17 @@ def test_opro_argv_lists_the_documented_flags(tmp_path):
                                                                                          None)
 
 
-def test_plan_opro_one_job_per_seed_with_queued_configs(tmp_path, data):
+def test_plan_opro_one_job_per_seed_with_queued_configs(tmp_path, manifests):
     root = tmp_path / "ws"
     runs = [trained(root, f"cfg-s{seed}", "Cfg", seed) for seed in (1, 2)]
     (root / "opro-cfg-s2").mkdir()  # taken: the plan uses the next free name
-    planned, problems = launch.plan_opro(root, runs, str(data["dev"]), str(data["test"]))
+    planned, problems = launch.plan_opro(root, runs, str(manifests["dev"]), str(manifests["test"]))
     assert problems == []
     assert [job.target for job in planned] == ["cfg-s1", "cfg-s2"]
     assert [job.run_dir.name for job in planned] == ["opro-cfg-s1", "opro-cfg-s2-2"]
     first = planned[0]
-    assert first.argv == ["opro", "--run", str(runs[0].path), "--dev-csv", str(data["dev"]), "--test-csv",
-                          str(data["test"]), "--iterations", "3", "--candidates", "4", "--run-dir",
+    assert first.argv == ["opro", "--run", str(runs[0].path), "--dev-csv", str(manifests["dev"]), "--test-csv",
+                          str(manifests["test"]), "--iterations", "3", "--candidates", "4", "--run-dir",
                           str(root / "opro-cfg-s1"), "--batch-size", "8"]
     assert first.command.startswith("python -m engine opro --run ")
     config = first.config
@@ -456,15 +447,15 @@ def test_plan_opro_one_job_per_seed_with_queued_configs(tmp_path, data):
     assert launch.opro_bytes(planned) > 0
 
 
-def test_plan_opro_base_model_seed_and_proposer(tmp_path, data):
+def test_plan_opro_base_model_seed_and_proposer(tmp_path, manifests):
     root = tmp_path / "ws"
-    planned, problems = launch.plan_opro(root, [], str(data["dev"]), "", iterations=2, candidates=3,
+    planned, problems = launch.plan_opro(root, [], str(manifests["dev"]), "", iterations=2, candidates=3,
                                          proposer="self", seed="11", base_model="tiny", quantization="none",
                                          run_name="search")
     assert problems == []
     (job,) = planned
     assert job.run_dir == root / "search-base-tiny" and job.target == "base model tiny"
-    assert job.argv == ["opro", "--base", "--model", "tiny", "--dev-csv", str(data["dev"]), "--iterations", "2",
+    assert job.argv == ["opro", "--base", "--model", "tiny", "--dev-csv", str(manifests["dev"]), "--iterations", "2",
                         "--candidates", "3", "--proposer", "self", "--seed", "11", "--run-dir",
                         str(root / "search-base-tiny"), "--batch-size", "8", "--quantization", "none"]
     assert job.config["label"] == "OPRO · base tiny" and job.config["test_data"] is None
@@ -489,24 +480,24 @@ def test_plan_opro_base_model_seed_and_proposer(tmp_path, data):
     ({"run_name": "../escape"}, "run name: invalid run name '../escape': use 1-128 letters, digits, '.', '_', '+' "
                                 "or '-', starting with a letter or digit (no '/', no '..')"),
 ])
-def test_plan_opro_problems_name_their_input(tmp_path, data, changes, message):
+def test_plan_opro_problems_name_their_input(tmp_path, manifests, changes, message):
     root = tmp_path / "ws"
     missing = tmp_path / "missing.csv"
-    kwargs = {"runs": [trained(root, "cfg-s1", "Cfg", 1)], "dev_data": str(data["dev"]), "test_data": str(data["test"])}
+    kwargs = {"runs": [trained(root, "cfg-s1", "Cfg", 1)], "dev_data": str(manifests["dev"]), "test_data": str(manifests["test"])}
     kwargs.update(changes)
     for key in ("dev_data", "test_data"):
-        kwargs[key] = {"MISSING": str(missing), "DEV": str(data["dev"])}.get(kwargs[key], kwargs[key])
+        kwargs[key] = {"MISSING": str(missing), "DEV": str(manifests["dev"])}.get(kwargs[key], kwargs[key])
     planned, problems = launch.plan_opro(root, **kwargs)
     assert planned == [] and problems == [message.format(missing=missing)]
 
 
-def test_run_names_never_leave_the_workspace(tmp_path, data):
+def test_run_names_never_leave_the_workspace(tmp_path, manifests):
     root = tmp_path / "ws"
     long_name = "x" * 125
     run = trained(root, "cfg-s1", "Cfg", 1)
-    planned, problems = launch.plan_opro(root, [run], str(data["dev"]), run_name=long_name)
+    planned, problems = launch.plan_opro(root, [run], str(manifests["dev"]), run_name=long_name)
     assert planned == [] and problems[0].startswith(f"run name: invalid run name '{long_name}-cfg-s1'")
-    planned, problems = launch.plan_opro(root, [], str(data["dev"]), base_model="../../etc", quantization="4bit")
+    planned, problems = launch.plan_opro(root, [], str(manifests["dev"]), base_model="../../etc", quantization="4bit")
     assert problems == [] and planned[0].run_dir.parent == root and planned[0].run_dir.name == "opro-base-etc"
 
 
