@@ -2,7 +2,7 @@
 
 Builds a temporary workspace of synthetic but well-formed runs (250 configurations x 4 seeds of
 training-like runs with metrics, summary and a 32-clip test evaluation written by
-engine.predictions.write_evaluation, a few imported runs and baselines), then renders the
+engine.runs.predictions.write_evaluation, a few imported runs and baselines), then renders the
 Overview and Compare pages with Streamlit's AppTest: once cold, then 3 warm reruns, and prints
 the times with the machine. Target: under 2 s warm.
 
@@ -26,8 +26,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine import runfolder as rf  # noqa: E402
-from engine.predictions import NONSPEECH, SPEECH, make_record, write_evaluation  # noqa: E402
+from engine.runs import folder as rf  # noqa: E402
+from engine.runs.predictions import NONSPEECH, SPEECH, make_record, write_evaluation  # noqa: E402
 
 N_CLIPS = 32
 SEEDS = (42, 123, 456, 789)

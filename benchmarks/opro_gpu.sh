@@ -5,8 +5,8 @@
 #   bash benchmarks/opro_gpu.sh DATA_DIR [MODEL] [OUT_DIR]
 #
 # DATA_DIR holds val.csv (dev) and test.csv, e.g. made on a machine with espeak-ng by
-#   python -c "from engine.synth import make_dataset; make_dataset('data', n_train=2, n_test=32, n_val=128, seed=1)"
-# MODEL defaults to a random-weight Qwen2-Audio-7B built from its public config (engine.bench).
+#   python -c "from engine.data.synth import make_dataset; make_dataset('data', n_train=2, n_test=32, n_val=128, seed=1)"
+# MODEL defaults to a random-weight Qwen2-Audio-7B built from its public config (engine.tasks.bench).
 set -euo pipefail
 data=${1:?usage: bash benchmarks/opro_gpu.sh DATA_DIR [MODEL] [OUT_DIR]}
 model=${2:-/tmp/q7b}
@@ -14,7 +14,7 @@ out=${3:-opro-bench}
 python=${PYTHON:-python3}  # an interpreter with the engine's requirements
 mkdir -p "$out"
 if [ "$model" = /tmp/q7b ]; then
-    "$python" -c "from engine.bench import build_random_7b; build_random_7b('/tmp/q7b')"
+    "$python" -c "from engine.tasks.bench import build_random_7b; build_random_7b('/tmp/q7b')"
 fi
 run() {  # name, extra flags...
     local name=$1; shift

@@ -12,22 +12,22 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("engine.train:train", "train a QLoRA adapter (writes a run folder)"),
-    "eval": ("engine.scoring:eval", "logit-score a run, an adapter folder or the base model"),
-    "opro": ("engine.opro:opro", "optimise the instruction prompt of a frozen model on a dev set (OPRO)"),
-    "params": ("engine.modeling:params", "count trainable/total parameters without weights"),
-    "tiny": ("engine.tiny:tiny", "build the small random Qwen2-Audio model folder locally"),
-    "import-predictions": ("engine.importing:import", "store predictions made by another tool as a run"),
-    "baseline": ("engine.baselines:baseline", "run a classic VAD (silero, webrtc) as a baseline run"),
-    "summary": ("engine.stats_cli:summary", "accuracy, intervals, confusion for one evaluation"),
-    "mcnemar": ("engine.stats_cli:mcnemar", "paired McNemar test of two evaluations"),
-    "seeds": ("engine.stats_cli:seeds", "aggregate a configuration over seeds"),
-    "demo": ("engine.demo:demo", "make the offline demo workspace (data, tiny runs, baseline)"),
-    "queue": ("engine.jobs:queue", "add a job to the workspace queue"),
-    "worker": ("engine.jobs:worker", "run queued jobs (started by the dashboard)"),
-    "cancel": ("engine.jobs:cancel", "cancel a queued or running job"),
-    "disk": ("engine.disk:disk", "disk usage of the workspace and model cache"),
-    "bench": ("engine.bench:bench", "GPU benchmark: stock vs fast path (random-weight 7B)"),
+    "train": ("engine.tasks.train:train", "train a QLoRA adapter (writes a run folder)"),
+    "eval": ("engine.tasks.evaluate:eval", "logit-score a run, an adapter folder or the base model"),
+    "opro": ("engine.tasks.opro:opro", "optimise the instruction prompt of a frozen model on a dev set (OPRO)"),
+    "params": ("engine.models.qwen2_audio.runtime:params", "count trainable/total parameters without weights"),
+    "tiny": ("engine.models.qwen2_audio.tiny:tiny", "build the small random Qwen2-Audio model folder locally"),
+    "import-predictions": ("engine.tasks.importing:import", "store predictions made by another tool as a run"),
+    "baseline": ("engine.tasks.baselines:baseline", "run a classic VAD (silero, webrtc) as a baseline run"),
+    "summary": ("engine.stats.cli:summary", "accuracy, intervals, confusion for one evaluation"),
+    "mcnemar": ("engine.stats.cli:mcnemar", "paired McNemar test of two evaluations"),
+    "seeds": ("engine.stats.cli:seeds", "aggregate a configuration over seeds"),
+    "demo": ("engine.tasks.demo:demo", "make the offline demo workspace (data, tiny runs, baseline)"),
+    "queue": ("engine.jobs.queue:queue", "add a job to the workspace queue"),
+    "worker": ("engine.jobs.queue:worker", "run queued jobs (started by the dashboard)"),
+    "cancel": ("engine.jobs.queue:cancel", "cancel a queued or running job"),
+    "disk": ("engine.ops.disk:disk", "disk usage of the workspace and model cache"),
+    "bench": ("engine.tasks.bench:bench", "GPU benchmark: stock vs fast path (random-weight 7B)"),
 }
 
 

@@ -14,12 +14,13 @@ from typing import Callable
 
 import streamlit as st
 
-from engine import jobs, launch
-from engine import runfolder as rf
+from engine.jobs import queue as jobs
+from engine.dashboard import launch
+from engine.runs import folder as rf
 from engine.config import DEFAULT_MODEL, QUANTIZATIONS
-from engine.disk import low_space_warning
-from engine.predictions import read_predictions
-from engine.review import workspace_signature
+from engine.ops.disk import low_space_warning
+from engine.runs.predictions import read_predictions
+from engine.dashboard.review import workspace_signature
 
 _WORKSPACE_VALUE = "_workspace"  # survives page switches; the widget below is re-created per page
 WORKSPACE_INPUT = "workspace_input"

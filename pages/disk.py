@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import disk
+from engine.ops import disk
 from pages._ui import banner, workspace
 
 ACTION_LABELS = {

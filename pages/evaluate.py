@@ -6,10 +6,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import disk, jobs, launch, opro_review, review
-from engine import runfolder as rf
+from engine.ops import disk
+from engine.jobs import queue as jobs
+from engine.dashboard import launch
+from engine.dashboard import opro_review
+from engine.dashboard import review
+from engine.runs import folder as rf
 from engine.config import DEFAULT_LABELS
-from engine.review import workspace_signature
+from engine.dashboard.review import workspace_signature
 from pages._ui import BASE, banner, cached_runs, known_data_sets, pick_data, pick_target, workspace
 
 AUDIO_CHOICES = {"real audio": None, "silence control": "silence", "shuffle control": "shuffle"}

@@ -7,9 +7,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import charts, disk, jobs, launch, opro_review, review, stats
-from engine import runfolder as rf
-from engine.review import workspace_signature
+from engine.dashboard import charts
+from engine.ops import disk
+from engine.jobs import queue as jobs
+from engine.dashboard import launch
+from engine.dashboard import opro_review
+from engine.dashboard import review
+from engine.stats import core as stats
+from engine.runs import folder as rf
+from engine.dashboard.review import workspace_signature
 from pages import _ui
 
 PROPOSERS = {"Edit-based search (no model)": launch.PROPOSER_EDIT,

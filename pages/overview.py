@@ -5,9 +5,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import jobs, review
-from engine.disk import run_usage
-from engine.review import workspace_signature
+from engine.jobs import queue as jobs
+from engine.dashboard import review
+from engine.ops.disk import run_usage
+from engine.dashboard.review import workspace_signature
 from pages import _ui
 
 root = _ui.workspace()

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine import charts, review, stats
-from engine import runfolder as rf
-from engine.review import workspace_signature
+from engine.dashboard import charts
+from engine.dashboard import review
+from engine.stats import core as stats
+from engine.runs import folder as rf
+from engine.dashboard.review import workspace_signature
 from pages import _ui
 
 root = _ui.workspace()

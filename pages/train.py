@@ -5,8 +5,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import disk, jobs, launch
-from engine import runfolder as rf
+from engine.ops import disk
+from engine.jobs import queue as jobs
+from engine.dashboard import launch
+from engine.runs import folder as rf
 from engine.config import PRESET_LABELS
 from pages._ui import active_jobs_panel, banner, cancel_callback, job_name, workspace
 

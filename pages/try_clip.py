@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from engine import clip_worker
-from engine.audio import AudioError, decode_bytes
+from engine.ops import clip_worker
+from engine.data.audio import AudioError, decode_bytes
 from engine.config import QUANTIZATIONS
 from pages._ui import banner, workspace
 

@@ -27,7 +27,7 @@ def examples_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """The built-in tiny model folder (built once into the user's cache, reused afterwards)."""
-    from engine.tiny import ensure_tiny_model
+    from engine.models.qwen2_audio.tiny import ensure_tiny_model
 
     return ensure_tiny_model()
 
@@ -35,7 +35,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> dict[str, Path]:
     """Synthetic SPEECH/NONSPEECH data: 96 train, 32 test (16/16), 16 val clips."""
-    from engine.synth import make_dataset
+    from engine.data.synth import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("demo-data"), n_train=96, n_test=32, n_val=16, seed=0)
 
@@ -47,8 +47,8 @@ def demo_workspace(tmp_path_factory, tiny_model, examples_dir) -> Path:
 
     Set QLORA_DASH_TEST_WORKSPACE to a folder to build it once and reuse it across sessions.
     """
-    from engine.demo import build_demo
-    from engine.importing import import_predictions
+    from engine.tasks.demo import build_demo
+    from engine.tasks.importing import import_predictions
 
     reuse = os.environ.get("QLORA_DASH_TEST_WORKSPACE")
     root = Path(reuse) if reuse else tmp_path_factory.mktemp("workspace")
@@ -64,7 +64,7 @@ def demo_workspace(tmp_path_factory, tiny_model, examples_dir) -> Path:
 @pytest.fixture()
 def no_worker(monkeypatch) -> list:
     """Pages queue jobs but no worker starts; the list collects the workspaces it was asked for."""
-    from engine import jobs
+    from engine.jobs import queue as jobs
 
     started = []
     monkeypatch.setattr(jobs, "ensure_worker", lambda runs_root, **kwargs: started.append(Path(runs_root)))
@@ -74,7 +74,7 @@ def no_worker(monkeypatch) -> list:
 @pytest.fixture()
 def empty_workspace(tmp_path, monkeypatch) -> Path:
     """A new, empty workspace that the dashboard pages read (through $QLORA_DASH_RUNS)."""
-    from engine import runfolder as rf
+    from engine.runs import folder as rf
 
     root = tmp_path / "ws"
     root.mkdir()

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
-from engine import jobs, review
-from engine import runfolder as rf
+from engine.jobs import queue as jobs
+from engine.dashboard import review
+from engine.runs import folder as rf
 from tests.test_app_ops import page, texts, trained_run
 from tests.test_app_review import chart
 from tests.test_opro_review import TEST_MASKS, make_workspace, search_history

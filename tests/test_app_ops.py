@@ -15,8 +15,9 @@ import pytest
 import soundfile as sf
 from streamlit.testing.v1 import AppTest
 
-from engine import clip_worker, jobs
-from engine import runfolder as rf
+from engine.ops import clip_worker
+from engine.jobs import queue as jobs
+from engine.runs import folder as rf
 
 PAGES = Path(__file__).resolve().parents[1] / "pages"
 

@@ -1,5 +1,5 @@
 """AppTest smoke tests of the review pages (Overview, Results, Compare) against the demo workspace:
-no exception, the key elements present, and their numbers equal to engine.stats's."""
+no exception, the key elements present, and their numbers equal to engine.stats.core's."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import plotly.graph_objects as go
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import review, stats
-from engine import runfolder as rf
-from engine.predictions import SPEECH, read_predictions
+from engine.dashboard import review
+from engine.stats import core as stats
+from engine.runs import folder as rf
+from engine.runs.predictions import SPEECH, read_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"
@@ -66,7 +67,7 @@ def decoded(value):
 
 
 def chart(at: AppTest, name: str) -> go.Figure:
-    """The plotly figure on the page whose layout.meta names it (see engine.charts)."""
+    """The plotly figure on the page whose layout.meta names it (see engine.dashboard.charts)."""
     for element in at.get("plotly_chart"):
         figure = go.Figure(decoded(json.loads(element.proto.spec)))
         if (figure.layout.meta or {}).get("chart") == name:
@@ -109,7 +110,7 @@ def test_overview_shows_unreadable_runs_and_still_renders(copied_workspace):
 
 
 def test_overview_of_an_empty_workspace_offers_the_demo(tmp_path, monkeypatch):
-    from engine import jobs
+    from engine.jobs import queue as jobs
 
     root = tmp_path / "empty"
     monkeypatch.setenv(rf.RUNS_ROOT_ENV, str(root))

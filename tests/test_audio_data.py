@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine import data as data_module
-from engine.audio import SAMPLE_RATE, AudioError, decode_bytes, load_audio
-from engine.data import AudioCache, Clip, DataError, load_clips, manifest_sha256
-from engine.synth import write_wav
+from engine.data import manifests as data_module
+from engine.data.audio import SAMPLE_RATE, AudioError, decode_bytes, load_audio
+from engine.data.manifests import AudioCache, Clip, DataError, load_clips, manifest_sha256
+from engine.data.synth import write_wav
 
 
 def sine(seconds: float, freq: float = 440.0, sr: int = SAMPLE_RATE, amplitude: float = 0.5) -> np.ndarray:
@@ -47,7 +47,7 @@ def small_set(tmp_path: Path) -> Path:
     return write_manifest(tmp_path / "manifest.csv", rows)
 
 
-# ---------------------------------------------------------------------- engine.audio
+# ---------------------------------------------------------------------- engine.data.audio
 
 def test_load_audio_keeps_16k_mono_as_is(tmp_path):
     original = sine(1.0)

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import baselines, cli
-from engine import runfolder as rf
-from engine.predictions import read_predictions
-from engine.synth import make_dataset
+from engine.tasks import baselines
+from engine import cli
+from engine.runs import folder as rf
+from engine.runs.predictions import read_predictions
+from engine.data.synth import make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_silero_lite_fallback_matches_torchscript(monkeypatch):
     import numpy as np
     import silero_vad
 
-    from engine.synth import speak
+    from engine.data.synth import speak
 
     speech = speak("The weather is nice today, let us go outside.")
     torchscript = baselines.silero_frame_probabilities(speech)

@@ -20,7 +20,7 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-            if node.module in ("engine", "pages"):  # `from engine import jobs` imports engine.jobs
+            if node.module in ("engine", "pages"):  # `from engine import jobs` imports engine.jobs.queue
                 names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 

@@ -19,8 +19,9 @@ from urllib.parse import urlencode, urlparse
 
 import pytest
 
-from engine import review, stats
-from engine.predictions import read_predictions
+from engine.dashboard import review
+from engine.stats import core as stats
+from engine.runs.predictions import read_predictions
 
 pytestmark = pytest.mark.browser
 
@@ -134,8 +135,8 @@ def test_try_a_clip_upload_scores(app_server, browser_page, demo_workspace, tmp_
 
     import numpy as np
 
-    from engine import clip_worker
-    from engine.synth import write_wav
+    from engine.ops import clip_worker
+    from engine.data.synth import write_wav
 
     seconds = np.arange(16000) / 16000
     clip = write_wav(tmp_path / "probe-tone.wav", 0.3 * np.sin(2 * np.pi * 220 * seconds))

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import clip_worker as cw
-from engine import runfolder as rf
-from engine.audio import load_audio
+from engine.ops import clip_worker as cw
+from engine.runs import folder as rf
+from engine.data.audio import load_audio
 from engine.config import DEFAULT_LABELS, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT
 
 TOLERANCE = 1e-4
@@ -45,9 +45,9 @@ def clips(demo_workspace) -> list[tuple[str, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def reference(adapters, clips) -> dict[tuple[str, str | None], np.ndarray]:
-    """engine.scoring.score_audio in this process, a fresh model per adapter: the expected scores."""
-    from engine import modeling as m
-    from engine.scoring import score_audio
+    """engine.tasks.evaluate.score_audio in this process, a fresh model per adapter: the expected scores."""
+    from engine.models.qwen2_audio import runtime as m
+    from engine.tasks.evaluate import score_audio
 
     expected = {}
     for adapter in [*adapters.values(), None]:

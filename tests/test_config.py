@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.config import ConfigError, TrainConfig, config_fields
-from engine.modeling import meta_parameter_counts
+from engine.models.qwen2_audio.runtime import meta_parameter_counts
 
 
 def cfg(tmp_path, **overrides) -> TrainConfig:

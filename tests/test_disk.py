@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import cli, disk
-from engine import runfolder as rf
+from engine import cli
+from engine.ops import disk
+from engine.runs import folder as rf
 
 
 def write(path: Path, size: int) -> Path:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import distributed
-from engine import runfolder as rf
-from engine.train import step_batches, train
+from engine.tasks import distributed
+from engine.runs import folder as rf
+from engine.tasks.train import step_batches, train
 from tests.test_train import FINISHED_TRAIN_RUN_FILES, files_of, quick_config, train_then_sigterm
 
 # 4-bit bitsandbytes runs under several CPU processes like under one; the tiny model keeps it fast.

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import importing
-from engine import runfolder as rf
-from engine.importing import ImportError_, import_predictions
-from engine.predictions import read_predictions
+from engine.tasks import importing
+from engine.runs import folder as rf
+from engine.tasks.importing import ImportError_, import_predictions
+from engine.runs.predictions import read_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 from tests.conftest import EXAMPLES  # noqa: E402

@@ -17,21 +17,22 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import cli, jobs
+from engine import cli
+from engine.jobs import queue as jobs
 from engine.config import TrainConfig
-from engine import runfolder as rf
+from engine.runs import folder as rf
 
 FAST_WORKER = {"poll_s": 0.05, "idle_grace_s": 0.5}
 
 
 def enqueue_sleep(root: Path, seconds: float, run_dir: Path | None = None, ignore_sigterm: bool = False,
                   spawn_child: bool = False, **kwargs) -> str:
-    """Queue `python -m engine.jobs sleep ...`, the stand-in for a training job."""
+    """Queue `python -m engine.jobs.queue sleep ...`, the stand-in for a training job."""
     argv = ["sleep", "--seconds", str(seconds)]
     if run_dir is not None:
         argv += ["--run-dir", str(run_dir)]
     argv += ["--ignore-sigterm"] * ignore_sigterm + ["--spawn-child"] * spawn_child
-    return jobs.enqueue(root, argv, module="engine.jobs", run_dir=run_dir, **kwargs)
+    return jobs.enqueue(root, argv, module="engine.jobs.queue", run_dir=run_dir, **kwargs)
 
 
 def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition"):

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import jobs, launch
-from engine import runfolder as rf
+from engine.jobs import queue as jobs
+from engine.dashboard import launch
+from engine.runs import folder as rf
 from engine.config import ConfigError, TrainConfig, config_fields
 
 
@@ -111,7 +112,7 @@ def test_cell_errors_are_shown_once_and_per_row(tmp_path):
 
 
 def test_same_messages_as_the_cli(train_csv):
-    from engine.train import config_from_args, train_arguments
+    from engine.tasks.train import config_from_args, train_arguments
 
     parser = argparse.ArgumentParser()
     train_arguments(parser)
@@ -122,7 +123,7 @@ def test_same_messages_as_the_cli(train_csv):
 
 
 def test_command_preview_text_and_round_trip(train_csv, tmp_path):
-    from engine.train import config_from_args, train_arguments
+    from engine.tasks.train import config_from_args, train_arguments
 
     plan = launch.plan_sweep(form_values(
         model="tiny", lora_r="8, 16", seed="42", targets=["attention+mlp"], train_data=str(train_csv),
@@ -223,7 +224,7 @@ def _trained_run(root: Path, name: str, label: str, seed: int, evaluations=("tes
 
 
 def test_evaluations_for_every_seed_with_controls(tmp_path):
-    from engine.scoring import eval_arguments
+    from engine.tasks.evaluate import eval_arguments
 
     (tmp_path / "test.csv").write_text("path,label\n", encoding="utf-8")
     runs = [_trained_run(tmp_path, f"cfg-s{seed}", "Cfg", seed, ("test", "val")) for seed in (1, 2)]

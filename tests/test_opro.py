@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import opro
-from engine import runfolder as rf
+from engine.tasks import opro
+from engine.runs import folder as rf
 
 WORDS = ["SPEECH", "NONSPEECH"]
 ORIGINAL = "Is this short clip speech or non-speech? Answer with one word: SPEECH or NONSPEECH."
@@ -245,7 +245,7 @@ def test_stopped_search_keeps_its_history_and_does_not_look_finished(sig, state,
 
 @pytest.mark.parametrize("proposer", ["path", "self"])
 def test_a_model_proposer_goes_through_the_same_search(proposer, demo_workspace, tmp_path):
-    from engine.tiny import build_tiny_causal_lm
+    from engine.models.qwen2_audio.tiny import build_tiny_causal_lm
 
     spec = str(build_tiny_causal_lm(tmp_path / "tiny-lm")) if proposer == "path" else "self"
     settings_ = opro.OproSettings(dev_data=str(demo_manifest(demo_workspace, "val")),
@@ -314,8 +314,8 @@ def hand_mcnemar(records_a: list[dict], records_b: list[dict]) -> tuple[dict, fl
 
 
 def test_demo_gives_the_2x2_design_with_a_paired_test_for_every_pair(demo_workspace):
-    from engine import opro_review
-    from engine.predictions import read_predictions
+    from engine.dashboard import opro_review
+    from engine.runs.predictions import read_predictions
 
     runs = rf.list_runs(demo_workspace)
     result = opro_review.design(runs, "Attention+MLP (demo)")
@@ -337,7 +337,7 @@ def test_demo_gives_the_2x2_design_with_a_paired_test_for_every_pair(demo_worksp
 
 
 def review_path(side, key) -> Path:
-    from engine import review
+    from engine.dashboard import review
 
     return review.predictions_path(side.runs[key], side.evaluation)
 
@@ -346,7 +346,8 @@ def test_a_search_queued_from_the_page_runs_through_the_worker(demo_workspace, t
     """launch.plan_opro + queue_opro (what the page's Queue button does), then the real worker."""
     import shutil
 
-    from engine import jobs, launch
+    from engine.jobs import queue as jobs
+    from engine.dashboard import launch
 
     root = tmp_path / "ws"
     shutil.copytree(demo_workspace / "demo-attention-mlp-s42", root / "demo-attention-mlp-s42")

@@ -1,6 +1,6 @@
-"""engine.opro_review, charts.opro_curve and the OPRO launch helpers on small fake OPRO run folders
+"""engine.dashboard.opro_review, charts.opro_curve and the OPRO launch helpers on small fake OPRO run folders
 (laid out as docs/OPRO.md describes). Statistics are checked against values computed here by hand
-and by statsmodels/scipy, never against engine.stats itself."""
+and by statsmodels/scipy, never against engine.stats.core itself."""
 
 from __future__ import annotations
 
@@ -16,10 +16,14 @@ from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from engine import charts, jobs, launch, opro_review, review
-from engine import runfolder as rf
-from engine import stats
-from engine.predictions import NONSPEECH, SPEECH, make_record, write_evaluation
+from engine.dashboard import charts
+from engine.jobs import queue as jobs
+from engine.dashboard import launch
+from engine.dashboard import opro_review
+from engine.dashboard import review
+from engine.runs import folder as rf
+from engine.stats import core as stats
+from engine.runs.predictions import NONSPEECH, SPEECH, make_record, write_evaluation
 
 # ---------------------------------------------------------------- fake OPRO runs (docs/OPRO.md)
 
@@ -400,8 +404,8 @@ def test_opro_argv_lists_the_documented_flags(tmp_path):
         launch.opro_argv("/d/dev.csv", "/ws/x")
     with pytest.raises(ValueError, match="needs proposer_model"):
         launch.opro_argv("/d/dev.csv", "/ws/x", base_model="tiny", proposer="model")
-    # the engine's own parser reads them back (engine.opro imports no torch at module level)
-    from engine.opro import opro_arguments
+    # the engine's own parser reads them back (engine.tasks.opro imports no torch at module level)
+    from engine.tasks.opro import opro_arguments
 
     parser = argparse.ArgumentParser()
     opro_arguments(parser)
@@ -517,7 +521,7 @@ def test_opro_progress_and_eval_prompt(tmp_path):
                                                 prompt="Speech? Answer SPEECH or NONSPEECH.")
     assert problems == []
     assert planned[0].argv[-2:] == ["--prompt", "Speech? Answer SPEECH or NONSPEECH."]
-    from engine.scoring import eval_arguments
+    from engine.tasks.evaluate import eval_arguments
 
     parser = argparse.ArgumentParser()
     eval_arguments(parser)

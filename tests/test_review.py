@@ -1,4 +1,4 @@
-"""engine.review, engine.charts and engine.report on the demo workspace: the numbers they show are
+"""engine.dashboard.review, engine.dashboard.charts and engine.dashboard.report on the demo workspace: the numbers they show are
 the statistics module's numbers, and the exported report matches the engine's --json commands."""
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import charts, report, review, stats
-from engine import runfolder as rf
-from engine.predictions import NONSPEECH, SPEECH, read_predictions
+from engine.dashboard import charts
+from engine.dashboard import report
+from engine.dashboard import review
+from engine.stats import core as stats
+from engine.runs import folder as rf
+from engine.runs.predictions import NONSPEECH, SPEECH, read_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 ATTENTION, MLP = "Attention-Only (demo)", "Attention+MLP (demo)"
@@ -331,13 +334,14 @@ def test_report_csv_is_numeric(example_report):
 
 
 def test_review_modules_stay_light():
-    code = ("import sys, engine.review, engine.charts, engine.report\n"
+    code = ("import sys, engine.dashboard.review, engine.dashboard.charts, engine.dashboard.report\n"
             "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'streamlit') if m in sys.modules]\n"
             "engine = sorted(m for m in sys.modules if m.startswith('engine.'))\n"
             "print(heavy, engine)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     heavy, engine_modules = result.stdout.strip().split("] ", 1)
     assert heavy == "[", result.stdout + result.stderr
-    allowed = {"engine.review", "engine.charts", "engine.report", "engine.runfolder", "engine.stats",
-               "engine.predictions", "engine.config"}
+    allowed = {"engine.dashboard.review", "engine.dashboard.charts", "engine.dashboard.report", "engine.runs.folder", "engine.stats.core",
+               "engine.runs.predictions", "engine.config",
+               "engine.runs", "engine.dashboard", "engine.stats"}  # package __init__s: docstrings only
     assert set(eval(engine_modules)) <= allowed

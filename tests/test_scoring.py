@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine import modeling as m
-from engine import runfolder as rf
+from engine.models.qwen2_audio import runtime as m
+from engine.runs import folder as rf
 from engine.cli import main
 from engine.config import TrainConfig
-from engine.data import AudioCache, load_clips
-from engine.predictions import RECORD_FIELDS, read_predictions
-from engine.scoring import score_audio
-from engine.train import train
+from engine.data.manifests import AudioCache, load_clips
+from engine.runs.predictions import RECORD_FIELDS, read_predictions
+from engine.tasks.evaluate import score_audio
+from engine.tasks.train import train
 
 SYSTEM, PROMPT = "You are a helpful assistant.", "Is this speech?"
 

@@ -1,4 +1,4 @@
-"""engine.stats against independently computed values (scipy/statsmodels called here, formulas
+"""engine.stats.core against independently computed values (scipy/statsmodels called here, formulas
 written out, published numbers), never against itself."""
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from engine import stats
+from engine.stats import core as stats
 
 from tests.conftest import EXAMPLES  # noqa: E402
 Z = sps.norm.ppf(0.975)
 
 
 def load_example(stem: str) -> list[dict]:
-    """Records straight from the exported CSV (not through engine.importing)."""
+    """Records straight from the exported CSV (not through engine.tasks.importing)."""
     with open(EXAMPLES / f"{stem}_predictions.csv", newline="") as fh:
         return [{"clip_id": row["audio_path"], "label": row["ground_truth"], "pred": row["prediction"],
                  "p_speech": float(row["p_first_token"]), "correct": row["correct"] == "True",

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
-from engine.importing import import_predictions
+from engine.tasks.importing import import_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 from tests.conftest import EXAMPLES  # noqa: E402

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine import synth
-from engine.data import load_clips
+from engine.data import synth
+from engine.data.manifests import load_clips
 
 
 def band_power(samples: np.ndarray, low: float, high: float, sr: int = synth.SAMPLE_RATE) -> float:

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine import runfolder as rf
+from engine.runs import folder as rf
 from engine.config import ConfigError, TrainConfig
-from engine.train import train
+from engine.tasks.train import train
 
 # The exact file set of a finished training run (README: "Run folder contract").
 FINISHED_TRAIN_RUN_FILES = {
@@ -74,8 +74,8 @@ def test_adapter_reloads_with_peft_and_gives_the_same_logits(attention_run, demo
     import torch
     from peft import PeftModel
 
-    from engine import modeling as m
-    from engine.data import AudioCache, load_clips
+    from engine.models.qwen2_audio import runtime as m
+    from engine.data.manifests import AudioCache, load_clips
 
     clips, _ = load_clips(demo_data["test"])
     audios = [AudioCache().load(c) for c in clips[:6]]
@@ -88,7 +88,7 @@ def test_adapter_reloads_with_peft_and_gives_the_same_logits(attention_run, demo
         batch = m.make_batch(loaded.processor, audios, cfg.system_prompt, cfg.prompt, plan, full_features=True)
         reloaded = m.stock_class_scores(loaded.model, batch, plan)
         base_scores = m.stock_class_scores(m.unwrap(loaded.model), batch, plan)
-    from engine.scoring import score_audio
+    from engine.tasks.evaluate import score_audio
 
     loaded2 = m.load_model("tiny", "4bit", "cpu")
     m.load_adapter(loaded2, attention_run / "adapter")
@@ -290,7 +290,7 @@ def test_a_target_module_the_model_lacks_is_refused_before_training(tmp_path, de
 def test_micro_batches_group_by_length_without_changing_each_steps_clips():
     from types import SimpleNamespace
 
-    from engine.train import micro_batches
+    from engine.tasks.train import micro_batches
 
     clips = [SimpleNamespace(duration_s=d) for d in (1.0, 5.0, 2.0, 4.0, 3.0, 0.5, 6.0, 1.5)]
     order = [7, 2, 5, 1, 0, 6, 3, 4]

@@ -16,9 +16,10 @@ from typing import Any, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from engine import charts, review
-from engine import runfolder as rf
-from engine.review import Comparison
+from engine.dashboard import charts
+from engine.dashboard import review
+from engine.runs import folder as rf
+from engine.dashboard.review import Comparison
 
 REPORTS_DIR = "_reports"
 # Config fields shown in each configuration's setup block, when present (others only in the diff).

@@ -1,6 +1,6 @@
 """The long-lived clip-scoring worker behind "Try a clip": the base model loads once per worker.
 
-Server (`python -m engine.clip_worker serve --runs-dir DIR --model M --quantization Q`): loads
+Server (`python -m engine.ops.clip_worker serve --runs-dir DIR --model M --quantization Q`): loads
 the base model with modeling.load_model, listens on 127.0.0.1 (a free port) behind a fresh
 32-byte secret, and announces itself in
 
@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from engine import runfolder as rf
+from engine.runs import folder as rf
 from engine.config import DEFAULT_LABELS, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT
 
 WORKERS_DIR = ".workers"
@@ -58,7 +58,7 @@ DEFAULT_REQUEST_TIMEOUT_S = 600.0
 IDLE_POLL_S = 1.0  # how often the idle watchdog looks at the clock
 RECEIVE_TIMEOUT_S = 30.0  # an accepted connection must send its request within this time
 MAX_ADAPTERS = 16  # loaded adapters kept in memory; the least recently used goes first
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_LABEL = "base model"
 
 
@@ -232,7 +232,7 @@ def live_workers(runs_root: Path) -> list[ClipWorkerClient]:
 
 def _start_server(runs_root: Path, info_file: Path, model: str, quantization: str, device: str, dtype: str,
                   idle_timeout_s: float | None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "engine.clip_worker", "serve", "--runs-dir", str(runs_root), "--model", model,
+    command = [sys.executable, "-m", "engine.ops.clip_worker", "serve", "--runs-dir", str(runs_root), "--model", model,
                "--quantization", quantization, "--device", device, "--dtype", dtype]
     if idle_timeout_s is not None:
         command += ["--idle-timeout", str(idle_timeout_s)]
@@ -327,7 +327,7 @@ class ClipScorer:
     """The model side of the worker: base model loaded once, adapters loaded once and switched."""
 
     def __init__(self, model: str, quantization: str, device: str = "auto", dtype: str = "auto"):
-        from engine import modeling
+        from engine.models.qwen2_audio import runtime as modeling
 
         self.model_name, self.quantization = model, quantization
         self.loaded = modeling.load_model(model, quantization, device, dtype)
@@ -382,8 +382,8 @@ class ClipScorer:
             yield
 
     def score(self, request: dict) -> dict:
-        from engine.predictions import NONSPEECH, SPEECH
-        from engine.scoring import p_speech_from_scores, score_audio
+        from engine.runs.predictions import NONSPEECH, SPEECH
+        from engine.tasks.evaluate import p_speech_from_scores, score_audio
 
         self.requests += 1
         prompt = request.get("prompt") or DEFAULT_PROMPT
@@ -554,7 +554,7 @@ def serve(runs_root: Path, model: str, quantization: str = "4bit", device: str =
 # ---------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.clip_worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m engine.ops.clip_worker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("serve", help="load the model once and answer scoring requests")
     run.add_argument("--runs-dir", required=True, help="workspace; the worker announces itself in <runs-dir>/.workers")

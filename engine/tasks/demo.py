@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from engine import runfolder as rf
+from engine.runs import folder as rf
 from engine.config import PRESET_LABELS, TrainConfig
 
 DEMO_DATA_DIR = ".demo-data"  # hidden inside the workspace: not listed as a run
@@ -37,8 +37,8 @@ def build_demo(runs_root: Path, seeds=DEMO_SEEDS, presets=DEMO_PRESETS, epochs: 
                n_train: int = 96, n_test: int = 32, n_dev: int = 32, opro: bool = True,
                say: Callable[[str], None] = print) -> dict:
     """Make (or complete) the demo workspace; finished demo runs are kept, not redone."""
-    from engine.synth import make_dataset
-    from engine.train import train
+    from engine.data.synth import make_dataset
+    from engine.tasks.train import train
 
     started = time.time()
     runs_root = Path(runs_root)
@@ -67,7 +67,7 @@ def build_demo(runs_root: Path, seeds=DEMO_SEEDS, presets=DEMO_PRESETS, epochs: 
         results.append({"run": name, "test_accuracy": acc})
         say(f"[{i}/{len(cells)}] {name}: test accuracy {acc * 100:.1f}%")
     if baseline and not (runs_root / "demo-silero-vad").exists():
-        from engine.baselines import run_baseline
+        from engine.tasks.baselines import run_baseline
 
         say("scoring the Silero VAD baseline ...")
         run_baseline("silero", str(manifests["test"]), runs_root / "demo-silero-vad")
@@ -82,7 +82,7 @@ def opro_demo(runs_root: Path, fine_tuned: list[str], manifests: dict[str, Path]
               say: Callable[[str], None] = print) -> None:
     """The 2x2 prompt-optimisation design: OPRO (edit search, 2 x 4 candidates on the 32 val clips)
     for the base tiny model and for each fine-tuned run, each tested once on the test set."""
-    from engine.opro import OproSettings, optimise
+    from engine.tasks.opro import OproSettings, optimise
 
     targets = [("demo-opro-base", None), *((f"demo-opro-{name.removeprefix('demo-')}", name) for name in fine_tuned)]
     for i, (name, run) in enumerate(targets, 1):
@@ -114,7 +114,7 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
 def demo_main(args: argparse.Namespace) -> int:
     import logging
 
-    from engine.train import set_console_level
+    from engine.tasks.train import set_console_level
 
     set_console_level(logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -49,7 +49,7 @@ KIND_TRAIN = "train"
 KIND_EVAL = "eval"  # base model or external checkpoint, evaluated without training
 KIND_IMPORTED = "imported"
 KIND_BASELINE = "baseline"
-KIND_OPRO = "opro"  # prompt optimisation of a frozen model (engine/opro.py)
+KIND_OPRO = "opro"  # prompt optimisation of a frozen model (engine/tasks/opro.py)
 KINDS = (KIND_TRAIN, KIND_EVAL, KIND_IMPORTED, KIND_BASELINE, KIND_OPRO)
 
 # Status states.
@@ -59,7 +59,7 @@ STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, CRASHED)
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, CRASHED})
 ACTIVE_STATES = frozenset({QUEUED, RUNNING})
 
-DEFAULT_RUNS_ROOT = Path(__file__).resolve().parent.parent / "runs"
+DEFAULT_RUNS_ROOT = Path(__file__).resolve().parents[2] / "runs"
 RUNS_ROOT_ENV = "QLORA_DASH_RUNS"
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")

@@ -61,7 +61,7 @@ README_NAME = "README.txt"
 _README_MARKER = "Synthetic demo data"
 _README = f"""{_README_MARKER} for the Qwen2-Audio SPEECH / NONSPEECH dashboard.
 
-Made offline by engine.synth.make_dataset: speech is espeak-ng text-to-speech in several
+Made offline by engine.data.synth.make_dataset: speech is espeak-ng text-to-speech in several
 voices and languages (some mixed with noise at the SNR in snr_db); non-speech is generated
 noise (white, pink, brown), tones, chords, chirps, click trains and mains hum. It exists to
 try the tools end to end; it says nothing about real recordings. Regenerating with the same
@@ -70,7 +70,7 @@ seed gives the same files bit for bit.
 Manifests: train.csv, test.csv (and val.csv), columns {", ".join(MANIFEST_COLUMNS)}.
 """
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------- espeak-ng speech
@@ -162,7 +162,7 @@ def speak_in_fresh_process(requests: list[dict[str, Any]]) -> list[np.ndarray]:
         env = dict(os.environ, PYTHONPATH=python_path)
         # -P: the current folder must not shadow this engine package.
         command = [sys.executable, "-P", "-c",
-                   "import sys; from engine.synth import _speech_worker; _speech_worker(sys.argv[1], sys.argv[2])",
+                   "import sys; from engine.data.synth import _speech_worker; _speech_worker(sys.argv[1], sys.argv[2])",
                    str(request_file), str(output_file)]
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         if done.returncode != 0:

@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from engine import runfolder as rf
+from engine.runs import folder as rf
 from engine.config import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, ConfigError
 
 if TYPE_CHECKING:
-    from engine.train import StopRequested
+    from engine.tasks.train import StopRequested
 
-log = logging.getLogger("engine.opro")
+log = logging.getLogger("engine.tasks.opro")
 
 TEST_NAME = "test"  # evaluations/test: the best dev prompt on the test set
 ORIGINAL_SUFFIX = "-original-prompt"  # evaluations/test-original-prompt: the original prompt, same clips
@@ -129,7 +129,7 @@ def _score(value: Any) -> float:
 def rank_key(entry: dict) -> tuple:
     """Sort key, best first: balanced accuracy, then log-likelihood, then the earlier prompt.
 
-    The one ranking rule of the search, also used to read a history back (engine.opro_review,
+    The one ranking rule of the search, also used to read a history back (engine.dashboard.opro_review,
     `eval --prompt-from`); this module imports no torch at load time so the dashboard may use it.
     """
     return (-_score(entry.get("balanced_accuracy")), -_score(entry.get("log_likelihood")), int(entry["id"]))
@@ -393,7 +393,7 @@ def make_proposer(spec: str | None, loaded, label_words: Sequence[str], seed: in
                              label_words, seed, max_chars, top_k)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine import modeling as m
+    from engine.models.qwen2_audio import runtime as m
 
     path = m.resolve_model_path(spec)
     kwargs: dict[str, Any] = {"dtype": loaded.dtype}
@@ -425,9 +425,9 @@ class DevSet:
 def score_prompt(loaded, dev: DevSet, system_prompt: str, prompt: str, label_words: Sequence[str],
                  batch_size: int) -> dict[str, Any]:
     """Dev scores of one prompt: counts, accuracy, balanced accuracy, per class, log-likelihood."""
-    from engine import stats
-    from engine.predictions import SPEECH, make_record
-    from engine.scoring import p_speech_from_scores, score_audio
+    from engine.stats import core as stats
+    from engine.runs.predictions import SPEECH, make_record
+    from engine.tasks.evaluate import p_speech_from_scores, score_audio
 
     scores = score_audio(loaded, dev.audios, system_prompt, prompt, label_words, batch_size)
     p_speech = p_speech_from_scores(scores)
@@ -479,7 +479,7 @@ class OproSettings:
 
 def resolve_target(settings: OproSettings, runs_root: Path) -> dict[str, Any]:
     """Model, adapter, prompts and label words of the frozen model to optimise for."""
-    from engine.scoring import find_run
+    from engine.tasks.evaluate import find_run
 
     if settings.run:
         run_dir = find_run(settings.run, runs_root)
@@ -595,7 +595,7 @@ class Search:
         return self._finish(loaded, proposer, test, iterations_done)
 
     def _finish(self, loaded, proposer, test, iterations_done: int) -> dict:
-        from engine.scoring import evaluate_clips
+        from engine.tasks.evaluate import evaluate_clips
 
         best, original = best_entry(self.history), self.history[0]
         result: dict[str, Any] = {
@@ -651,7 +651,7 @@ def check_held_out(dev_clips, test_clips, test_data: str) -> None:
 
 
 def load_dev_set(dev_data: str, label_words: Sequence[str], audio) -> DevSet:
-    from engine.data import load_clips
+    from engine.data.manifests import load_clips
 
     clips, report = load_clips(dev_data, label_words=label_words, skip_bad=True)
     for bad in report.bad_files:
@@ -669,9 +669,9 @@ def optimise(settings: OproSettings, run_dir: Path, runs_root: Path,
 
     The terminal state (succeeded, cancelled, failed with the error) is always written.
     """
-    from engine import modeling as m
-    from engine.data import AudioCache, load_clips
-    from engine.train import StopRequested, attach_log
+    from engine.models.qwen2_audio import runtime as m
+    from engine.data.manifests import AudioCache, load_clips
+    from engine.tasks.train import StopRequested, attach_log
 
     settings.check()
     resolved = resolve_target(settings, runs_root)
@@ -752,7 +752,7 @@ def opro_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def opro_main(args: argparse.Namespace) -> int:
-    from engine import modeling as m
+    from engine.models.qwen2_audio import runtime as m
 
     settings = OproSettings(
         dev_data=args.dev_data, test_data=args.test_data, run=args.run, base=args.base, model=args.model,

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from engine import runfolder as rf
+from engine.runs import folder as rf
 from engine.config import ConfigError, TrainConfig
 
-log = logging.getLogger("engine.train")
+log = logging.getLogger("engine.tasks.train")
 
 
 class DiskFullError(OSError):
@@ -218,7 +218,7 @@ def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch) -> tuple[int,
     """
     import torch
 
-    from engine import modeling as m
+    from engine.models.qwen2_audio import runtime as m
 
     effective = cfg.per_device_batch * cfg.grad_accum  # this process's share of the step
     sizes = [d for d in range(effective, 0, -1) if effective % d == 0] if cfg.auto_micro_batch else [cfg.per_device_batch]
@@ -257,7 +257,7 @@ def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None,
     evaluate_on: {evaluation name: test data} scored with the trained model before the run is
     marked finished (saves reloading the model, e.g. in the demo).
     """
-    from engine import distributed as dist
+    from engine.tasks import distributed as dist
 
     cfg.validate()
     dist.init_from_env(cfg.device)
@@ -309,9 +309,9 @@ def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None,
 def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: dict[str, str]) -> dict[str, Any]:
     import torch
 
-    from engine import distributed as dist
-    from engine import modeling as m
-    from engine.data import AudioCache, load_clips
+    from engine.tasks import distributed as dist
+    from engine.models.qwen2_audio import runtime as m
+    from engine.data.manifests import AudioCache, load_clips
 
     started = time.time()
     rank, world, main = dist.rank(), dist.world_size(), dist.is_main()
@@ -455,7 +455,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
         (name, *load_clips(source, label_words=cfg.label_words, max_seconds=cfg.max_clip_seconds, skip_bad=True))
         for name, source in evaluate_on.items()]
     if evaluations and not stop:
-        from engine.scoring import evaluate_clips
+        from engine.tasks.evaluate import evaluate_clips
 
         model.eval()
         for name, clips, report in evaluations:
@@ -592,7 +592,7 @@ def train_main(args: argparse.Namespace) -> int:
     except (ConfigError, rf.RunFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from engine import distributed as dist
+    from engine.tasks import distributed as dist
 
     if cfg.num_processes > 1 and not dist.launched():
         # every rank must resolve the same run folder, so pass the one chosen here

@@ -1,4 +1,4 @@
-"""`python -m engine summary | mcnemar | seeds`: the statistics of engine.stats on the command line.
+"""`python -m engine summary | mcnemar | seeds`: the statistics of engine.stats.core on the command line.
 
 Each command reads predictions (a .jsonl/.csv file, an evaluation folder or a run folder),
 prints a readable table, or with --json exactly one JSON object on stdout. Unusable input
@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from engine import runfolder as rf
-from engine import stats
-from engine.predictions import CLASSES, read_predictions, resolve_predictions
+from engine.runs import folder as rf
+from engine.stats import core as stats
+from engine.runs.predictions import CLASSES, read_predictions, resolve_predictions
 
 EXIT_BAD_INPUT = 2
 

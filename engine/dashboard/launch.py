@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from engine import disk, jobs
-from engine import runfolder as rf
-from engine.audio import AUDIO_EXTENSIONS
+from engine.ops import disk
+from engine.jobs import queue as jobs
+from engine.runs import folder as rf
+from engine.data.audio import AUDIO_EXTENSIONS
 from engine.config import (CHECKPOINT_POLICIES, DEVICES, DTYPES, GRAD_CHECKPOINTING, PRESET_LABELS, QUANTIZATIONS,
                            SCHEDULERS, TARGET_PRESETS, TINY_MODEL, ConfigError, TrainConfig, config_fields)
-from engine.opro import PROPOSER_EDIT, PROPOSER_MODEL, PROPOSER_SELF, PROPOSERS  # noqa: F401 (pages use them)
-from engine.opro import TEST_NAME as OPRO_TEST_NAME
-from engine.review import run_seed
-from engine.scoring import CONTROLS
+from engine.tasks.opro import PROPOSER_EDIT, PROPOSER_MODEL, PROPOSER_SELF, PROPOSERS  # noqa: F401 (pages use them)
+from engine.tasks.opro import TEST_NAME as OPRO_TEST_NAME
+from engine.dashboard.review import run_seed
+from engine.tasks.evaluate import CONTROLS
 
 # Fields a sweep may list several values of, with the type of one value.
 LIST_FIELDS: dict[str, type] = {"seed": int, "lora_r": int, "lora_alpha": float}
@@ -320,7 +321,7 @@ def train_command(config: dict[str, Any], run_dir: str | Path | None = None) -> 
 
 def sweep_bytes(cells: Iterable[dict]) -> int:
     """What the cells may write to disk (disk.estimate_job_bytes each, epoch checkpoints counted)."""
-    from engine.tiny import default_tiny_dir
+    from engine.models.qwen2_audio.tiny import default_tiny_dir
 
     total = 0
     for cell in cells:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from engine import runfolder as rf
+from engine.runs import folder as rf
 
 CATEGORIES = ("adapters", "checkpoints", "optimizer_state", "predictions", "logs", "other")
 ACTIONS = ("intermediate_checkpoints", "optimizer_state", "failed_runs", "cache_revisions")

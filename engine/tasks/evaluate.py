@@ -19,11 +19,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engine import runfolder as rf
+from engine.runs import folder as rf
 from engine.config import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, ConfigError
-from engine.predictions import SPEECH, make_record, save_predictions_file, write_evaluation
+from engine.runs.predictions import SPEECH, make_record, save_predictions_file, write_evaluation
 
-log = logging.getLogger("engine.scoring")
+log = logging.getLogger("engine.tasks.evaluate")
 CONTROLS = ("silence", "shuffle")
 
 
@@ -36,7 +36,7 @@ def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt
     """
     import torch
 
-    from engine import modeling as m
+    from engine.models.qwen2_audio import runtime as m
 
     plan = m.label_plan(loaded.processor.tokenizer, label_words)
     order = sorted(range(len(audios)), key=lambda i: -len(audios[i]))
@@ -92,7 +92,7 @@ def evaluate_clips(loaded, clips, report, run_dir: Path, name: str, system_promp
                    threshold: float = 0.5, threshold_source: str = "fixed", control: str | None = None,
                    padding_side: str = "left", save_to: Path | None = None) -> tuple[Path, list[dict]]:
     """Score clips and store the evaluation `name` in `run_dir`; returns (folder, records)."""
-    from engine.data import AudioCache
+    from engine.data.manifests import AudioCache
 
     audio = audio or AudioCache()
     started = time.time()
@@ -159,8 +159,8 @@ def find_run(spec: str, runs_dir: Path | None) -> Path:
 
 
 def optimised_prompt(opro_run: Path, label_words: Sequence[str]) -> str:
-    """The best prompt an OPRO run found (engine/opro.py), checked against the label words in use."""
-    from engine.opro import best_entry
+    """The best prompt an OPRO run found (engine/tasks/opro.py), checked against the label words in use."""
+    from engine.tasks.opro import best_entry
 
     config = rf.read_json(opro_run / rf.CONFIG)
     if config.get("kind") != rf.KIND_OPRO:
@@ -175,8 +175,8 @@ def optimised_prompt(opro_run: Path, label_words: Sequence[str]) -> str:
 
 
 def eval_main(args: argparse.Namespace) -> int:
-    from engine import modeling as m
-    from engine.data import load_clips
+    from engine.models.qwen2_audio import runtime as m
+    from engine.data.manifests import load_clips
 
     try:
         run_cfg: dict[str, Any] = {}
@@ -219,7 +219,7 @@ def eval_main(args: argparse.Namespace) -> int:
         if args.threshold is not None:
             threshold, source = args.threshold, "given"
         elif args.threshold_from:
-            from engine.predictions import read_predictions
+            from engine.runs.predictions import read_predictions
 
             threshold = choose_threshold(read_predictions(run_dir, args.threshold_from))
             source = f"chosen on evaluation {args.threshold_from!r} (max balanced accuracy)"

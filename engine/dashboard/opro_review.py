@@ -3,10 +3,10 @@
 Pure functions over run folders of kind "opro": the prompt history (tolerant of a search that
 is still running, was cancelled or crashed), the best prompt by the search's own rule, the
 optimisation curve, the dev-to-test drop, and the 2x2 design (base vs fine-tuned model x
-original vs optimised prompt) on the same test clips. Every statistic comes from engine.stats
-through engine.review; this module only picks the evaluations and arranges the numbers.
+original vs optimised prompt) on the same test clips. Every statistic comes from engine.stats.core
+through engine.dashboard.review; this module only picks the evaluations and arranges the numbers.
 
-Imports pandas, runfolder, review, stats, predictions and engine.opro's torch-free top level
+Imports pandas, runfolder, review, stats, predictions and engine.tasks.opro's torch-free top level
 (its ranking rule and names) only: no torch, no streamlit.
 
 Vocabulary:
@@ -28,11 +28,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from engine import review, stats
-from engine import runfolder as rf
-from engine.opro import ORIGINAL_SUFFIX, best_entry
-from engine.opro import TEST_NAME as DEFAULT_TEST_EVALUATION
-from engine.predictions import CLASSES, NONSPEECH, SPEECH
+from engine.dashboard import review
+from engine.stats import core as stats
+from engine.runs import folder as rf
+from engine.tasks.opro import ORIGINAL_SUFFIX, best_entry
+from engine.tasks.opro import TEST_NAME as DEFAULT_TEST_EVALUATION
+from engine.runs.predictions import CLASSES, NONSPEECH, SPEECH
 
 TARGET_RUN, TARGET_BASE = "run", "base"
 
@@ -380,7 +381,7 @@ def design(runs: Sequence[rf.RunInfo], fine_tuned_label: str, load: review.Loade
     Raises stats.PairingError when the cells are not on the same clips, review.SelectionError
     when no cell has an evaluation.
     """
-    from engine.predictions import read_predictions
+    from engine.runs.predictions import read_predictions
 
     load = load or read_predictions
     original = original_evaluation_name(test_name)

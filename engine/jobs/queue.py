@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from engine import runfolder as rf
+from engine.runs import folder as rf
 
 JOBS_DIR = ".jobs"
 JOB_FILE = "job.json"
@@ -48,7 +48,7 @@ WORKER_LOCK = "worker.lock"
 QUEUE_LOCK = "queue.lock"
 WORKER_LOG = "worker.log"
 RESOURCES = ("gpu", "cpu")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_POLL_S = 0.5
 DEFAULT_IDLE_GRACE_S = 10.0
@@ -855,7 +855,7 @@ def _sleep_job(seconds: float, run_dir: Path | None, ignore_sigterm: bool = Fals
 
 
 def _helper_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.jobs", description="internal test jobs")
+    parser = argparse.ArgumentParser(prog="python -m engine.jobs.queue", description="internal test jobs")
     sub = parser.add_subparsers(dest="command", required=True)
     sleep = sub.add_parser("sleep")
     sleep.add_argument("--seconds", type=float, required=True)

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from engine import runfolder as rf
+from engine.runs import folder as rf
 
 TINY_VERSION = 2  # bump when the recipe changes: cached folders are rebuilt
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]

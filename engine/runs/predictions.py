@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from engine import runfolder as rf
+from engine.runs import folder as rf
 
 SPEECH, NONSPEECH = "SPEECH", "NONSPEECH"
 CLASSES = (SPEECH, NONSPEECH)
@@ -39,7 +39,7 @@ def write_evaluation(run_dir: Path, name: str, records: list[dict], meta: dict[s
     predictions.jsonl is written first and evaluation.json last, both atomically: a folder
     without evaluation.json is an evaluation that did not finish and readers skip it.
     """
-    from engine import stats
+    from engine.stats import core as stats
 
     out = rf.evaluation_dir(run_dir, name)
     out.mkdir(parents=True, exist_ok=True)

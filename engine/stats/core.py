@@ -1,7 +1,7 @@
 """Statistics for small SPEECH / NONSPEECH test sets: intervals, paired tests, seeds, power.
 
 Pure numerics (numpy, scipy, statsmodels); no torch, no streamlit. Inputs are the prediction
-records of engine.predictions (clip_id, label, pred, p_speech, ...). Units, everywhere:
+records of engine.runs.predictions (clip_id, label, pred, p_speech, ...). Units, everywhere:
 - accuracy, acc_*, ci, ci_lo/ci_hi of one evaluation: fractions in [0, 1];
 - seed summaries (values, mean, sd, t_ci, bootstrap_ci): percent;
 - *_pts and power_* differences: percentage points.
@@ -21,7 +21,7 @@ from statsmodels.stats.contingency_tables import mcnemar as _sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from engine.predictions import CLASSES, NONSPEECH, SPEECH
+from engine.runs.predictions import CLASSES, NONSPEECH, SPEECH
 
 CI_METHODS = {"wilson": "wilson", "clopper-pearson": "beta", "clopper_pearson": "beta", "beta": "beta"}
 MCNEMAR_METHODS = ("auto", "exact", "chi2", "midp")

@@ -31,10 +31,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine import runfolder as rf
-from engine.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE, AudioError, load_audio
-from engine.data import DataError, load_clips
-from engine.predictions import make_record, write_evaluation
+from engine.runs import folder as rf
+from engine.data.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE, AudioError, load_audio
+from engine.data.manifests import DataError, load_clips
+from engine.runs.predictions import make_record, write_evaluation
 
 METHODS = ("silero", "webrtc")
 METHOD_LABELS = {"silero": "Silero VAD", "webrtc": "WebRTC VAD"}

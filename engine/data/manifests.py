@@ -13,7 +13,7 @@ Accepted sources (see `load_clips`):
 A clip's id is the id column, else its path relative to the manifest's folder (POSIX form), so
 ids stay the same when the manifest is reordered or moved with its audio; paired statistics
 match evaluations on it. Every problem raises `DataError` saying what and where (file, line,
-column). numpy/soundfile only (through engine.audio): no torch here.
+column). numpy/soundfile only (through engine.data.audio): no torch here.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from engine.audio import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS, AudioError, load_audio
+from engine.data.audio import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS, AudioError, load_audio
 from engine.config import parse_filter
 
 SPEECH, NONSPEECH = "SPEECH", "NONSPEECH"

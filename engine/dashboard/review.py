@@ -1,7 +1,7 @@
 """The tables behind the review side of the dashboard (Overview, Results, Compare) and the report.
 
 Pure functions over run folders and prediction records: every statistic comes from
-engine.stats (docs/STATISTICS.md) and is only arranged and formatted here. Imports pandas,
+engine.stats.core (docs/STATISTICS.md) and is only arranged and formatted here. Imports pandas,
 numpy, stats, runfolder, predictions and config only: no streamlit, no torch.
 
 Vocabulary:
@@ -24,9 +24,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from engine import runfolder as rf
-from engine import stats
-from engine.predictions import CLASSES, NONSPEECH, RECORD_FIELDS, SPEECH
+from engine.runs import folder as rf
+from engine.stats import core as stats
+from engine.runs.predictions import CLASSES, NONSPEECH, RECORD_FIELDS, SPEECH
 
 DEFAULT_EVALUATION = "test"
 OVERALL = "Overall"
@@ -937,7 +937,7 @@ def compare(runs: Sequence[rf.RunInfo], picks: Sequence[str], evaluation: str = 
             load: Loader | None = None, include_baselines: bool = True,
             n_boot: int = stats.DEFAULT_N_BOOT) -> Comparison:
     """resolve_picks + baseline_sides + build_comparison, reading predictions with `load`."""
-    from engine.predictions import read_predictions
+    from engine.runs.predictions import read_predictions
 
     load = load or read_predictions
     sides = resolve_picks(runs, picks, evaluation, load)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import runfolder as rf
+from engine.runs import folder as rf
 
 
 def build_random_7b(out_dir: Path) -> Path:
@@ -32,8 +32,8 @@ def build_random_7b(out_dir: Path) -> Path:
     import torch
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
-    from engine.modeling import QWEN2_AUDIO_7B
-    from engine.tiny import ensure_tiny_model
+    from engine.models.qwen2_audio.runtime import QWEN2_AUDIO_7B
+    from engine.models.qwen2_audio.tiny import ensure_tiny_model
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
@@ -94,7 +94,7 @@ def measure_training(model_dir: Path, path: str, targets: list[str], steps: int,
     """Optimizer steps/s of one training path; returns samples/s, peak memory and the loss curve."""
     import torch
 
-    from engine import modeling as m
+    from engine.models.qwen2_audio import runtime as m
 
     loaded = m.load_model(str(model_dir), "4bit", "auto", "auto")
     plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
@@ -163,7 +163,7 @@ def measure_scoring(model_dir: Path, n_clips: int, seconds: float, batch_sizes: 
     often their predictions agree."""
     import torch
 
-    from engine import modeling as m
+    from engine.models.qwen2_audio import runtime as m
 
     loaded = m.load_model(str(model_dir), "4bit", "auto", "auto")
     plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
@@ -202,7 +202,7 @@ def measure_scoring(model_dir: Path, n_clips: int, seconds: float, batch_sizes: 
 def measure_engine_training(model_dir: Path, steps: int, seconds: float, targets: str, work: Path) -> dict[str, Any]:
     """The engine's own default recipe (train(), 4-bit, effective batch 16, auto micro-batch)."""
     from engine.config import TrainConfig
-    from engine.train import train
+    from engine.tasks.train import train
 
     manifest = write_manifest(work / f"data-{seconds:g}s", 16 * steps, seconds)
     run_dir = work / f"engine-run-{seconds:g}s-{int(time.time())}"

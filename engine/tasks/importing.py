@@ -24,8 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from engine import runfolder as rf
-from engine.predictions import NONSPEECH, RECORD_FIELDS, SPEECH, write_evaluation
+from engine.runs import folder as rf
+from engine.runs.predictions import NONSPEECH, RECORD_FIELDS, SPEECH, write_evaluation
 
 EVALUATION_NAME = "test"
 THRESHOLD = 0.5  # pred from p_speech when the file has no prediction column

@@ -1,7 +1,7 @@
-"""Charts: pure functions from the review tables (engine.review) to plotly figures.
+"""Charts: pure functions from the review tables (engine.dashboard.review) to plotly figures.
 
 Used by the dashboard pages and by the report export alike. Numbers come in already computed
-(engine.stats through engine.review); the only arithmetic here is the ROC curve's points.
+(engine.stats.core through engine.dashboard.review); the only arithmetic here is the ROC curve's points.
 Each figure carries `layout.meta["chart"]`, so tests and the report can tell them apart.
 """
 
@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from engine.predictions import CLASSES, SPEECH
+from engine.runs.predictions import CLASSES, SPEECH
 
 PALETTE = qualitative.Plotly
 HEIGHT = 380

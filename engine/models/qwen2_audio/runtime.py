@@ -65,7 +65,7 @@ def resolve_model_path(model: str) -> Path:
     """
     model = MODEL_ALIASES.get(model.lower(), model) if isinstance(model, str) else model
     if model == TINY_MODEL:
-        from engine.tiny import ensure_tiny_model
+        from engine.models.qwen2_audio.tiny import ensure_tiny_model
 
         return ensure_tiny_model()
     path = Path(model).expanduser()

@@ -1,0 +1,1 @@
+"""What the dashboard's pages call: torch-free tables, charts, forms and the report."""

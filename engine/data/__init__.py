@@ -1,0 +1,1 @@
+"""Data and audio: decoding, manifests and folders, offline synthesis."""

@@ -1,0 +1,1 @@
+"""Jobs: the on-disk queue, sweep expansion, executors and the worker that runs them."""

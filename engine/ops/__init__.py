@@ -1,0 +1,1 @@
+"""Operations: disk usage and clean-up, the long-lived clip-scoring worker."""

@@ -1,0 +1,1 @@
+"""The run-folder contract: names, atomic files, status and liveness, prediction records."""

@@ -1,0 +1,1 @@
+"""Statistics for small paired test sets, and their command line."""

@@ -1,0 +1,1 @@
+"""The work a job does: train, evaluate, baselines, import, prompt optimisation, demo, benchmark."""
