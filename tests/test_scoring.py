@@ -87,6 +87,26 @@ def test_batched_scoring_equals_one_clip_at_a_time_with_either_padding(loaded, m
         assert (batched.argmax(1) == single.argmax(1)).all()
 
 
+def test_4bit_layers_compute_in_fp32_on_the_cpu():
+    """bitsandbytes' AVX512-BF16 CPU kernel (used where the CPU has it) multiplies in bf16, off
+    by up to ~2e-3 on these layers; the engine asks for fp32 and must get it, or scores depend on the batch."""
+    from bitsandbytes.functional import dequantize_4bit
+    from bitsandbytes.nn import Linear4bit
+
+    loaded = m.load_model("tiny", "4bit", "cpu")
+    loaded.model.eval()
+    layers = [mod for mod in loaded.hf.modules() if isinstance(mod, Linear4bit)]
+    assert layers
+    x = torch.randn(5, layers[0].in_features, generator=torch.Generator().manual_seed(0))
+    for layer in layers[:3]:
+        weight = dequantize_4bit(layer.weight.data, layer.weight.quant_state).double()  # before any repacking
+        with torch.inference_mode():
+            out = layer(x)
+        assert out.dtype == torch.float32
+        expected = x.double() @ weight.t() + (0 if layer.bias is None else layer.bias.detach().double())
+        np.testing.assert_allclose(out.double().numpy(), expected.numpy(), atol=1e-6)
+
+
 def test_label_words_sharing_a_prefix_are_decided_where_they_differ(loaded):
     plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "SPEECHLESS"])
     tok = loaded.processor.tokenizer
