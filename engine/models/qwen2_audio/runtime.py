@@ -6,7 +6,8 @@ The traps of ../shared/QWEN2AUDIO.md are handled here and nowhere else:
   `model.multi_modal_projector`); the audio encoder and projector stay in bf16.
 - gradient checkpointing is always non-reentrant (reentrant starves the encoder's LoRA of grads).
 - the processor is called with `audio=`, never the silently ignored `audios=`.
-- bf16 compute (fp16 gives NaN losses with Qwen2); fp32 on CPU.
+- bf16 compute (fp16 gives NaN losses with Qwen2); fp32 on CPU, where bitsandbytes' bf16-only
+  AVX512 4-bit kernel is switched off so that fp32 holds for the 4-bit layers too.
 - embeddings and lm_head are not upcast to fp32 unless asked (+2.6 GB on the 7B).
 
 The forward pass (`encode`, `hidden_states`) is the engine's fast path and is exact:
@@ -111,6 +112,23 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype):
     return None
 
 
+def keep_4bit_cpu_compute_in_fp32(hf) -> int:
+    """Keep bitsandbytes' 4-bit layers on the dequantize + fp32 matmul path on the CPU.
+
+    On a CPU with AVX512-BF16, bitsandbytes repacks each Linear4bit at its first inference call
+    and from then on multiplies in bf16 whatever the compute dtype. bf16 rounding turns the
+    ~1e-6 float noise between a clip scored alone and in a batch into class-score differences
+    of up to 2.5e-4 on the tiny model with an adapter (3.8e-4 in a margin; 5e-7 on this path),
+    and scores would depend on which CPU ran them. Returns how many layers were switched.
+    """
+    switched = 0
+    for module in hf.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
+
+
 @dataclass
 class LoadedModel:
     """A loaded model with its processor and what scoring/training need to know about it."""
@@ -155,6 +173,8 @@ def load_model(model: str, quantization: str = "4bit", device: str = "auto", dty
         raise ModelError(f"could not load {path}: {exc}") from exc
     if qconfig is None:
         hf.to(dev)
+    elif dev.type == "cpu" and torch_dtype == torch.float32:
+        keep_4bit_cpu_compute_in_fp32(hf)
     hf.config.use_cache = False
     return LoadedModel(hf, processor, dev, torch_dtype, path, quantization)
 
