@@ -3,6 +3,7 @@ launched from two sessions at once. Real processes, with the sleeping stand-in j
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -106,7 +107,6 @@ def write_broken_jobs(root: Path) -> dict[str, bytes]:
     """One folder per kind of damage; returns folder name -> the exact bytes written."""
     template = store.read_job_file(root, jobs.enqueue(root, ["summary"]))
     store.update_job(root, template["job_id"], lambda job: {"state": rf.CANCELLED})  # out of the way
-    import json
 
     def as_job(name: str, **changes) -> bytes:
         job = {**template, "job_id": name, **changes}
@@ -206,3 +206,25 @@ def test_two_sessions_launching_the_same_sweep_queue_it_once(tmp_path, attempt):
         assert rf.read_status(root / name)["state"] == rf.QUEUED
         assert rf.read_json(root / name / rf.CONFIG)["seed"] in range(1, 7)
     assert not (store.jobs_dir(root) / store.SWEEP_LOCK).exists()
+
+
+def test_the_sweep_lock_names_its_holder_and_is_taken_over_when_the_holder_died(tmp_path):
+    lock = tmp_path / "sweep.lock"
+    with store.exclusive_lock_file(lock):
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == os.getpid() and holder["host"]
+        with pytest.raises(jobs.LockBusyError, match=f"process {os.getpid()}"):
+            with store.exclusive_lock_file(lock, timeout_s=0.2):
+                pass
+    assert not lock.exists()
+
+    dead = multiprocessing.get_context("fork").Process(target=lambda: None)
+    dead.start()
+    dead.join()
+    lock.write_text(json.dumps({"host": holder["host"], "pid": dead.pid, "created": time.time()}))
+    with store.exclusive_lock_file(lock, timeout_s=1):  # its holder is gone: taken over at once
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    lock.write_text("")  # a holder that died between creating and writing it
+    os.utime(lock, (time.time() - 60, time.time() - 60))
+    with store.exclusive_lock_file(lock, timeout_s=1):
+        pass

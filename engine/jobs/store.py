@@ -32,6 +32,8 @@ SWEEP_LOCK = "sweep.lock"
 WORKER_LOG = "worker.log"
 SETTINGS_FILE = "settings.json"
 RESOURCES = ("gpu", "cpu")
+# A lock file still without its owner record after this long lost its holder while being made.
+EMPTY_LOCK_STALE_S = 5.0
 # The state of a job whose job.json cannot be used; never written, only reported.
 BROKEN = "broken"
 
@@ -122,7 +124,7 @@ def exclusive_lock_file(path: Path, timeout_s: float = 30.0, stale_s: float = 60
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             holder = _lock_holder(path)
-            if holder is not None and _lock_is_stale(holder, stale_s):
+            if _lock_is_stale(path, holder, stale_s):
                 _remove_if_unchanged(path, holder)
                 continue
             if time.monotonic() >= deadline:
@@ -150,7 +152,12 @@ def _lock_holder(path: Path) -> dict | None:
     return holder if isinstance(holder, dict) else None
 
 
-def _lock_is_stale(holder: dict, stale_s: float) -> bool:
+def _lock_is_stale(path: Path, holder: dict | None, stale_s: float) -> bool:
+    if holder is None:  # being written (microseconds), or its holder died before writing it
+        try:
+            return time.time() - path.stat().st_mtime > EMPTY_LOCK_STALE_S
+        except FileNotFoundError:
+            return False
     created = holder.get("created")
     if isinstance(created, (int, float)) and time.time() - created > stale_s:
         return True
@@ -175,7 +182,7 @@ def _remove_if_unchanged(path: Path, holder: dict) -> None:
 # ---------------------------------------------------------------- job.json
 
 _OPTIONAL_TEXT = ("run_dir", "sweep_id", "log", "created_at", "started_at", "ended_at", "cancel_requested_at",
-                  "cancel_outcome", "error", "cuda_visible_devices", "module")
+                  "cancel_outcome", "error", "cuda_visible_devices", "module", "executor")
 _OPTIONAL_INT = ("pid", "pgid", "returncode")
 
 
