@@ -228,3 +228,11 @@ def test_the_sweep_lock_names_its_holder_and_is_taken_over_when_the_holder_died(
     os.utime(lock, (time.time() - 60, time.time() - 60))
     with store.exclusive_lock_file(lock, timeout_s=1):
         pass
+
+
+def test_reading_a_workspace_without_a_queue_creates_nothing(tmp_path):
+    root = tmp_path / "fresh"
+    root.mkdir()
+    assert jobs.read_jobs(root) == [] and jobs.active_jobs(root) == [] and jobs.broken_jobs(root) == []
+    assert not jobs.worker_running(root) and jobs.ensure_worker_if_needed(root) is None
+    assert list(root.iterdir()) == []

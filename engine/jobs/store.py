@@ -97,11 +97,20 @@ def try_lock(path: Path) -> int | None:
 
 
 def worker_running(runs_root: Path) -> bool:
-    """True while some worker holds this workspace's worker lock (one flock probe)."""
-    fd = try_lock(jobs_dir(runs_root) / WORKER_LOCK)
-    if fd is None:
+    """True while some worker holds this workspace's worker lock (one flock probe).
+
+    Creates nothing: a workspace without a queue folder (or one that is read-only) has no worker.
+    """
+    try:
+        fd = os.open(jobs_dir(runs_root) / WORKER_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    os.close(fd)
+    finally:
+        os.close(fd)
     return False
 
 
