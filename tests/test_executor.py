@@ -108,7 +108,7 @@ class FakeRemote:
 
     def start(self, job: dict, env: dict) -> dict:
         self.started.append(job["job_id"])
-        return {"executor": self.name, "host": "gpu-node-7", "remote_id": f"r-{len(self.started)}"}
+        return {"executor": self.name, "host": "gpu-node-7", "remote_id": f"r-{len(self.started)}", "pid": "4242@node"}
 
     def poll(self, job: dict) -> dict | None:
         return self.ended.get(job["job_id"])
@@ -141,7 +141,7 @@ def test_the_worker_and_readers_trust_the_executor_not_local_pids(root, fake_rem
     job = jobs.read_job(root, job_id)
     assert fake_remote.started == [job_id]
     assert job["state"] == rf.RUNNING and job["executor"] == FakeRemote.name and job["pid"] is None
-    assert job["handle"] == {"executor": FakeRemote.name, "host": "gpu-node-7", "remote_id": "r-1"}
+    assert job["handle"] == {"executor": FakeRemote.name, "host": "gpu-node-7", "remote_id": "r-1", "pid": "4242@node"}
 
     # No local process, no worker alive: still running, because its executor says so.
     assert not jobs.worker_running(root)

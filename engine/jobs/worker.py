@@ -169,8 +169,7 @@ class Worker:
             except OSError as exc:
                 return _failed(job, f"could not start: {exc}")
             started = True
-            return {"state": rf.RUNNING, "executor": kind, "handle": handle, "pid": handle.get("pid"),
-                    "pgid": handle.get("pgid"), "process_start_time": handle.get("process_start_time"),
+            return {"state": rf.RUNNING, "executor": kind, "handle": handle, **_process_fields(handle),
                     "started_at": rf.now_iso(), "slot": slot, "cuda_visible_devices": cuda, "log": str(log_path)}
 
         job = store.update_job(self.runs_root, job_id, launch)
@@ -194,6 +193,16 @@ class Worker:
         if key not in self.reported:
             self.reported.add(key)
             _say(message)
+
+
+def _process_fields(handle: dict) -> dict:
+    """job.json's top-level pid, pgid and process_start_time (what a local handle records; readers
+    of older files use them), null when the handle has no such numbers (another kind of executor)."""
+    def number(value, kinds):
+        return value if isinstance(value, kinds) and not isinstance(value, bool) else None
+
+    return {"pid": number(handle.get("pid"), int), "pgid": number(handle.get("pgid"), int),
+            "process_start_time": number(handle.get("process_start_time"), (int, float))}
 
 
 def _failed(job: dict, error: str) -> dict:
