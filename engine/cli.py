@@ -23,9 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mcnemar": ("engine.stats.cli:mcnemar", "paired McNemar test of two evaluations"),
     "seeds": ("engine.stats.cli:seeds", "aggregate a configuration over seeds"),
     "demo": ("engine.tasks.demo:demo", "make the offline demo workspace (data, tiny runs, baseline)"),
-    "queue": ("engine.jobs.queue:queue", "add a job to the workspace queue"),
-    "worker": ("engine.jobs.queue:worker", "run queued jobs (started by the dashboard)"),
-    "cancel": ("engine.jobs.queue:cancel", "cancel a queued or running job"),
+    "queue": ("engine.jobs.worker:queue", "add a job to the workspace queue"),
+    "worker": ("engine.jobs.worker:worker", "run queued jobs (started by the dashboard)"),
+    "cancel": ("engine.jobs.worker:cancel", "cancel a queued or running job"),
     "disk": ("engine.ops.disk:disk", "disk usage of the workspace and model cache"),
     "bench": ("engine.tasks.bench:bench", "GPU benchmark: stock vs fast path (random-weight 7B)"),
 }

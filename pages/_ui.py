@@ -14,7 +14,7 @@ from typing import Callable
 
 import streamlit as st
 
-from engine.jobs import queue as jobs
+from engine import jobs
 from engine.dashboard import launch
 from engine.runs import folder as rf
 from engine.config import DEFAULT_MODEL, QUANTIZATIONS
@@ -75,6 +75,19 @@ def banner(root: Path) -> None:
         message = f"Cannot read free space for {root}: {exc}"
     if message:
         st.warning(message, icon="⚠️")
+
+
+def job_queue_health(root: Path) -> None:
+    """On the pages that show the queue: restart the worker when jobs wait and none runs (it died,
+    or the machine restarted), and list job files that cannot be read."""
+    try:
+        jobs.ensure_worker_if_needed(root)
+    except (jobs.JobError, OSError) as exc:
+        st.error(f"Jobs are queued but no worker could be started: {exc}")
+    broken = jobs.broken_jobs(root)
+    if broken:
+        st.warning(f"{len(broken)} job file(s) could not be read and are skipped (the other jobs run): "
+                   + "; ".join(job["error"] for job in broken))
 
 
 def cached_runs(root: Path, signature: str | None = None) -> list[rf.RunInfo]:

@@ -7,14 +7,14 @@ import pandas as pd
 import streamlit as st
 
 from engine.ops import disk
-from engine.jobs import queue as jobs
+from engine import jobs
 from engine.dashboard import launch
 from engine.dashboard import opro_review
 from engine.dashboard import review
 from engine.runs import folder as rf
 from engine.config import DEFAULT_LABELS
 from engine.dashboard.review import workspace_signature
-from pages._ui import BASE, banner, cached_runs, known_data_sets, pick_data, pick_target, workspace
+from pages._ui import BASE, banner, cached_runs, job_queue_health, known_data_sets, pick_data, pick_target, workspace
 
 AUDIO_CHOICES = {"real audio": None, "silence control": "silence", "shuffle control": "shuffle"}
 OWN_PROMPT, OPRO_PROMPT, CUSTOM_PROMPT = "The run's own prompt", "The best prompt of an OPRO run", "Custom text"
@@ -23,6 +23,7 @@ DEFAULT_NAME, OTHER_PROMPT_NAME = "test", "test-opro"
 root = workspace()
 st.title("Evaluate")
 banner(root)
+job_queue_health(root)
 
 signature = workspace_signature(root)
 runs = cached_runs(root, signature)
@@ -121,8 +122,7 @@ if st.button(f"Queue {len(planned)} evaluation{'s' if len(planned) != 1 else ''}
     needed = len(planned) * disk.estimate_job_bytes("eval", n_eval_clips=launch.count_clips(test_data))
     try:
         disk.preflight(root, needed)
-        job_ids = [jobs.enqueue(root, job.argv, resource="gpu", run_dir=job.run_dir) for job in planned]
-        jobs.ensure_worker(root)
+        job_ids = [jobs.submit(root, job.argv, resource="gpu", run_dir=job.run_dir) for job in planned]
     except (disk.DiskSpaceError, jobs.JobError, OSError) as exc:
         st.error(f"Nothing queued: {exc}")
     else:
@@ -130,7 +130,7 @@ if st.button(f"Queue {len(planned)} evaluation{'s' if len(planned) != 1 else ''}
 
 # ---------------------------------------------------------------- evaluation jobs
 st.header("Evaluation jobs")
-eval_jobs = [job for job in (jobs.read_jobs(root) if (root / jobs.JOBS_DIR).is_dir() else [])
+eval_jobs = [job for job in jobs.read_jobs(root)
              if (job.get("argv") or [None])[0] == "eval"]
 if eval_jobs:
     rows = launch.job_rows(eval_jobs)

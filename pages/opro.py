@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine.dashboard import charts
 from engine.ops import disk
-from engine.jobs import queue as jobs
+from engine import jobs
 from engine.dashboard import launch
 from engine.dashboard import opro_review
 from engine.dashboard import review
@@ -30,6 +30,7 @@ LIVE_EVERY = "5s"
 root = _ui.workspace()
 st.title("Prompt optimisation")
 _ui.banner(root)
+_ui.job_queue_health(root)
 
 signature = workspace_signature(root)
 runs = _ui.cached_runs(root, signature)
@@ -98,8 +99,7 @@ if st.button(f"Queue {len(planned)} search{'es' if len(planned) != 1 else ''}", 
              disabled=not planned):
     try:
         disk.preflight(root, launch.opro_bytes(planned))
-        job_ids = launch.queue_opro(root, planned)
-        jobs.ensure_worker(root)
+        job_ids = launch.queue_opro(root, planned, start_worker=True)
     except (disk.DiskSpaceError, jobs.JobError, rf.RunFolderError, OSError) as exc:
         st.error(f"Nothing queued: {exc}")
     else:
@@ -119,7 +119,7 @@ cancel_job = _ui.cancel_callback(root, "opro_cancel_message")
 if message := st.session_state.pop("opro_cancel_message", None):
     st.info(message)
 
-opro_jobs = [job for job in (jobs.read_jobs(root) if (root / jobs.JOBS_DIR).is_dir() else [])
+opro_jobs = [job for job in jobs.read_jobs(root)
              if (job.get("argv") or [None])[0] == "opro"]
 if not opro_jobs:
     st.info("No prompt-optimisation jobs yet: queued searches appear here.")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine.jobs import queue as jobs
+from engine import jobs
 from engine.dashboard import review
 from engine.ops.disk import run_usage
 from engine.dashboard.review import workspace_signature
@@ -14,6 +14,7 @@ from pages import _ui
 root = _ui.workspace()
 st.title("Runs")
 _ui.banner(root)
+_ui.job_queue_health(root)
 
 
 @st.cache_data(show_spinner="Reading the workspace ...", max_entries=4)
@@ -28,7 +29,7 @@ table = overview(str(root), signature)
 
 
 def queued_jobs() -> list[dict]:
-    return jobs.active_jobs(root) if (root / jobs.JOBS_DIR).is_dir() else []
+    return jobs.active_jobs(root)
 
 
 active_jobs = queued_jobs()
@@ -67,8 +68,7 @@ if table.empty:
     if demo_queued:
         st.success(f"The demo workspace is being made in {root}; runs appear here as they finish.")
     elif st.button("Make the demo workspace", key="make_demo", type="primary"):
-        jobs.enqueue(root, ["demo", "--runs-dir", str(root)], resource="cpu")
-        jobs.ensure_worker(root)
+        jobs.submit(root, ["demo", "--runs-dir", str(root)], resource="cpu")
         st.rerun()  # the queued job now shows under "Active"
     st.stop()
 

@@ -6,17 +6,18 @@ import pandas as pd
 import streamlit as st
 
 from engine.ops import disk
-from engine.jobs import queue as jobs
+from engine import jobs
 from engine.dashboard import launch
 from engine.runs import folder as rf
 from engine.config import PRESET_LABELS
-from pages._ui import active_jobs_panel, banner, cancel_callback, job_name, workspace
+from pages._ui import active_jobs_panel, banner, cancel_callback, job_name, job_queue_health, workspace
 
 MAX_PREVIEW_COMMANDS = 12
 
 root = workspace()
 st.title("Train")
 banner(root)
+job_queue_health(root)
 
 
 def field_widget(spec: launch.FormField, initial):
@@ -73,16 +74,13 @@ if st.button(f"Launch {len(to_launch)} run{'s' if len(to_launch) != 1 else ''}",
              disabled=not (plan.launchable and to_launch)):
     try:
         disk.preflight(root, needed)
-        result = jobs.enqueue_sweep(root, to_launch)
-        jobs.ensure_worker(root)
+        result = jobs.submit_sweep(root, to_launch)
     except disk.DiskSpaceError as exc:
         st.error(f"Nothing launched: {exc}")
     except (jobs.JobError, rf.RunFolderError, OSError) as exc:
         st.error(f"Nothing launched: {exc}")
     else:
-        skipped = "; ".join(f"{name} ({why})" for name, why in result["skipped"].items())
-        st.session_state["train_launched"] = (f"Queued {len(result['enqueued'])} run(s) as {result['sweep_id']}."
-                                              + (f" Skipped: {skipped}." if skipped else ""))
+        st.session_state["train_launched"] = launch.sweep_launch_message(result)
         st.rerun()  # the preview and the queue now show the queued runs
 if launched := st.session_state.pop("train_launched", None):
     st.success(launched)
@@ -98,8 +96,7 @@ def resume_sweep(sweep_id: str, names: list[str]) -> None:
     cells, lost = launch.sweep_cells(root, names)
     message = ""
     if cells:
-        result = jobs.enqueue_sweep(root, cells, sweep_id=sweep_id)
-        jobs.ensure_worker(root)
+        result = jobs.submit_sweep(root, cells, sweep_id=sweep_id)
         message = f"Sweep {sweep_id}: re-queued {len(result['enqueued'])} unfinished run(s)."
     if lost:
         message += f" Cannot resume {', '.join(lost)}: the run folder is gone."
@@ -109,7 +106,7 @@ def resume_sweep(sweep_id: str, names: list[str]) -> None:
 if message := st.session_state.pop("train_cancel_message", None):
     st.info(message)
 
-job_list = jobs.read_jobs(root) if (root / jobs.JOBS_DIR).is_dir() else []
+job_list = jobs.read_jobs(root)
 if not job_list:
     st.info("No jobs yet: launched runs appear here.")
 else:

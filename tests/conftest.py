@@ -63,12 +63,25 @@ def demo_workspace(tmp_path_factory, tiny_model, examples_dir) -> Path:
 
 @pytest.fixture()
 def no_worker(monkeypatch) -> list:
-    """Pages queue jobs but no worker starts; the list collects the workspaces it was asked for."""
-    from engine.jobs import queue as jobs
+    """Pages queue jobs but no worker runs them: the stand-in takes the worker lock, as a started
+    worker would (so pages see one running), and runs nothing. The list collects the workspaces
+    a worker was started for."""
+    from engine import jobs
+    from engine.jobs import store
 
-    started = []
-    monkeypatch.setattr(jobs, "ensure_worker", lambda runs_root, **kwargs: started.append(Path(runs_root)))
-    return started
+    started, locks = [], []
+
+    def start_none(runs_root, **kwargs):
+        if jobs.worker_running(runs_root):
+            return None
+        started.append(Path(runs_root))
+        locks.append(store.try_lock(store.jobs_dir(runs_root) / store.WORKER_LOCK))
+        return None
+
+    monkeypatch.setattr(jobs, "ensure_worker", start_none)
+    yield started
+    for fd in locks:
+        os.close(fd)
 
 
 @pytest.fixture()

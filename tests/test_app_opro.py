@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
-from engine.jobs import queue as jobs
+from engine import jobs
 from engine.dashboard import review
 from engine.runs import folder as rf
 from tests.test_app_ops import page, texts, trained_run

@@ -16,7 +16,7 @@ import soundfile as sf
 from streamlit.testing.v1 import AppTest
 
 from engine.ops import clip_worker
-from engine.jobs import queue as jobs
+from engine import jobs
 from engine.runs import folder as rf
 
 PAGES = Path(__file__).resolve().parents[1] / "pages"
@@ -115,7 +115,7 @@ def test_train_resume_sweep_requeues_unfinished_runs(workspace, no_worker, tmp_p
     for name, job_id in sweep["enqueued"].items():  # s1 succeeded, s2 failed
         state = rf.SUCCEEDED if name.endswith("s1") else rf.FAILED
         rf.write_status(workspace / name, state)
-        jobs._update_job(workspace, job_id, lambda job, s=state: {"state": s})
+        jobs.store.update_job(workspace, job_id, lambda job, s=state: {"state": s})
     at = page("train").run()
     button = at.button(key=f"resume_{sweep['sweep_id']}")
     assert button.label == f"Resume sweep {sweep['sweep_id']} (1 of 2 runs unfinished)"

@@ -109,13 +109,12 @@ def test_overview_shows_unreadable_runs_and_still_renders(copied_workspace):
     assert not compare.error
 
 
-def test_overview_of_an_empty_workspace_offers_the_demo(tmp_path, monkeypatch):
-    from engine.jobs import queue as jobs
+def test_overview_of_an_empty_workspace_offers_the_demo(tmp_path, monkeypatch, no_worker):
+    from engine import jobs
 
     root = tmp_path / "empty"
     monkeypatch.setenv(rf.RUNS_ROOT_ENV, str(root))
-    started = []
-    monkeypatch.setattr(jobs, "ensure_worker", lambda runs_root, **kw: started.append(runs_root))  # no real demo
+    started = no_worker  # no real demo
     at = page("pages/overview.py")
     assert_clean(at)
     assert "No runs in" in at.info[0].value

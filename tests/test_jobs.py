@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from engine import cli
-from engine.jobs import queue as jobs
+from engine import jobs
+from engine.jobs import local, store
 from engine.config import TrainConfig
 from engine.runs import folder as rf
 
@@ -27,12 +28,12 @@ FAST_WORKER = {"poll_s": 0.05, "idle_grace_s": 0.5}
 
 def enqueue_sleep(root: Path, seconds: float, run_dir: Path | None = None, ignore_sigterm: bool = False,
                   spawn_child: bool = False, **kwargs) -> str:
-    """Queue `python -m engine.jobs.queue sleep ...`, the stand-in for a training job."""
+    """Queue `python -m engine.jobs.sleep_job sleep ...`, the stand-in for a training job."""
     argv = ["sleep", "--seconds", str(seconds)]
     if run_dir is not None:
         argv += ["--run-dir", str(run_dir)]
     argv += ["--ignore-sigterm"] * ignore_sigterm + ["--spawn-child"] * spawn_child
-    return jobs.enqueue(root, argv, module="engine.jobs.queue", run_dir=run_dir, **kwargs)
+    return jobs.enqueue(root, argv, module="engine.jobs.sleep_job", run_dir=run_dir, **kwargs)
 
 
 def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition"):
@@ -75,7 +76,7 @@ def root(tmp_path):
     workspace.mkdir()
     yield workspace
     # Clean-up: kill what is left of every job's process group, then let the workers exit.
-    for job in jobs._raw_jobs(workspace):
+    for job in store.raw_jobs(workspace):
         if job.get("pgid") and group_members(job["pgid"], job["process_start_time"]):
             os.killpg(job["pgid"], signal.SIGKILL)
     deadline = time.monotonic() + 5
@@ -103,7 +104,7 @@ def test_worker_starts_queued_job_and_a_fresh_reader_sees_it_running(root):
     assert job["state"] == rf.CANCELLED and job["cancel_outcome"] == "graceful"
     assert job["returncode"] is not None and job["ended_at"]
     assert rf.read_status(run_dir)["state"] == rf.CANCELLED  # written by the job's own `finally`
-    wait_for(lambda: jobs._process_state(helper, None) != "alive", 5, "the job's helper process to die")
+    wait_for(lambda: local._process_state(helper, None) != "alive", 5, "the job's helper process to die")
     assert "sleep --seconds 30" in Path(job["log"]).read_text()
 
 
@@ -159,13 +160,13 @@ def test_a_dead_job_reads_as_crashed_at_once_and_the_next_worker_records_it(root
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     fields = {"state": rf.RUNNING, "pid": gone.pid, "pgid": gone.pid, "process_start_time": time.time() - 5}
-    jobs._update_job(root, job_id, lambda job: fields)
+    store.update_job(root, job_id, lambda job: fields)
     rf.write_status(run_dir, rf.RUNNING, pid=gone.pid, process_start_time=fields["process_start_time"])
 
     assert job_state(root, job_id) == rf.CRASHED
-    assert rf.read_json(jobs.job_dir(root, job_id) / jobs.JOB_FILE)["state"] == rf.RUNNING  # not written
+    assert rf.read_json(store.job_dir(root, job_id) / store.JOB_FILE)["state"] == rf.RUNNING  # not written
     assert jobs.run_worker(root, once=True, poll_s=0.05) == 0
-    assert rf.read_json(jobs.job_dir(root, job_id) / jobs.JOB_FILE)["state"] == rf.CRASHED
+    assert rf.read_json(store.job_dir(root, job_id) / store.JOB_FILE)["state"] == rf.CRASHED
     assert rf.read_json(run_dir / rf.STATUS)["state"] == rf.CRASHED
 
 
@@ -217,7 +218,7 @@ def test_each_gpu_slot_gets_its_own_visible_device(root, monkeypatch):
 
 
 def test_a_second_worker_returns_at_once_while_the_lock_is_held(root):
-    lock = jobs._try_lock(jobs.jobs_dir(root) / jobs.WORKER_LOCK)
+    lock = store.try_lock(store.jobs_dir(root) / store.WORKER_LOCK)
     try:
         started = time.monotonic()
         assert jobs.run_worker(root, idle_grace_s=30) == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.jobs import queue as jobs
+from engine import jobs
 from engine.dashboard import launch
 from engine.runs import folder as rf
 from engine.config import ConfigError, TrainConfig, config_fields
@@ -180,7 +180,7 @@ def test_sweep_resume_requeues_only_unfinished_cells(tmp_path, train_csv):
         state = {"attn-r16-a32-s1": rf.SUCCEEDED, "attn-r16-a32-s2": rf.FAILED}.get(name)
         if state:
             rf.write_status(root / name, state)
-            jobs._update_job(root, job_id, lambda job, s=state: {"state": s})
+            jobs.store.update_job(root, job_id, lambda job, s=state: {"state": s})
     assert jobs.cancel(root, result["enqueued"]["attn-r16-a32-s3"])["outcome"] == "dequeued"
     cells, lost = launch.sweep_cells(root, launch.sweep_runs(jobs.read_jobs(root))[result["sweep_id"]])
     assert [c["run_name"] for c in cells] == ["attn-r16-a32-s2", "attn-r16-a32-s3"] and lost == []

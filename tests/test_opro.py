@@ -346,7 +346,7 @@ def test_a_search_queued_from_the_page_runs_through_the_worker(demo_workspace, t
     """launch.plan_opro + queue_opro (what the page's Queue button does), then the real worker."""
     import shutil
 
-    from engine.jobs import queue as jobs
+    from engine import jobs
     from engine.dashboard import launch
 
     root = tmp_path / "ws"

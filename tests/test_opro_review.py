@@ -17,7 +17,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 from engine.dashboard import charts
-from engine.jobs import queue as jobs
+from engine import jobs
 from engine.dashboard import launch
 from engine.dashboard import opro_review
 from engine.dashboard import review

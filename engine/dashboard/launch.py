@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.ops import disk
-from engine.jobs import queue as jobs
+from engine import jobs
 from engine.runs import folder as rf
 from engine.data.audio import AUDIO_EXTENSIONS
 from engine.config import (CHECKPOINT_POLICIES, DEVICES, DTYPES, GRAD_CHECKPOINTING, PRESET_LABELS, QUANTIZATIONS,
@@ -684,20 +684,22 @@ def opro_bytes(planned: Iterable[OproJob]) -> int:
                                        if job.config.get("test_data") else 0) for job in planned)
 
 
-def queue_opro(runs_root: Path, planned: Iterable[OproJob]) -> list[str]:
+def queue_opro(runs_root: Path, planned: Iterable[OproJob], start_worker: bool = False) -> list[str]:
     """Create each job's run folder (rf.unique_run_dir: a name taken since planning gets -2, -3, ...),
     prepare it as a queued OPRO run and queue the job on the GPU; returns the job ids.
 
-    Does not start a worker (jobs.ensure_worker). A job that cannot be queued leaves no empty folder.
+    With `start_worker` each job is submitted (a worker is ensured), as the page does; without,
+    only queued. A job that cannot be queued leaves no empty folder.
     """
+    queue = jobs.submit if start_worker else jobs.enqueue
     job_ids = []
     for job in planned:
         run_dir = rf.unique_run_dir(Path(runs_root), job.name)
         argv = list(job.argv)
         argv[argv.index("--run-dir") + 1] = str(run_dir)
         try:
-            job_ids.append(jobs.enqueue(runs_root, argv, resource="gpu", run_dir=run_dir,
-                                        prepare_run=(run_dir, job.config)))
+            job_ids.append(queue(runs_root, argv, resource="gpu", run_dir=run_dir,
+                                 prepare_run=(run_dir, job.config)))
         except BaseException:
             if run_dir.is_dir() and not any(run_dir.iterdir()):
                 run_dir.rmdir()
@@ -706,6 +708,17 @@ def queue_opro(runs_root: Path, planned: Iterable[OproJob]) -> list[str]:
 
 
 # ---------------------------------------------------------------- the queue
+
+def sweep_launch_message(result: dict) -> str:
+    """What the Train page says after a launch (`jobs.submit_sweep`'s result). When another browser
+    session queued the same sweep first, every cell is skipped as already queued: say so."""
+    skipped = result["skipped"]
+    if not result["enqueued"] and jobs.ALREADY_QUEUED in skipped.values():
+        return (f"Nothing new queued: this sweep is already queued (by this or another session); its "
+                f"{len(skipped)} run(s) are queued, running or succeeded.")
+    listed = "; ".join(f"{name} ({why})" for name, why in skipped.items())
+    return f"Queued {len(result['enqueued'])} run(s) as {result['sweep_id']}." + (f" Skipped: {listed}." if listed else "")
+
 
 def job_rows(job_list: Iterable[dict]) -> list[dict]:
     """The queue table: newest first."""
