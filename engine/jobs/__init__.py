@@ -9,7 +9,7 @@ What the dashboard uses (it never needs the queue's folder names):
 
 Modules, one duty each: `store` (job folders, job.json, locks), `sweep` (lists, cells, resume),
 `executor` (the executor seam and its registry), `local` (the local process executor),
-`lifecycle` (state as a reader sees it, outcomes, cancel), `worker` (the scheduler and the CLI),
+`tracking` (state as a reader sees it, outcomes, cancel), `worker` (the scheduler and the CLI),
 `sleep_job` (a stand-in job for tests). See docs/JOBS.md.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.jobs.executor import Executor, register_executor  # noqa: F401 (the seam, for new kinds)
-from engine.jobs.lifecycle import active_jobs, broken_jobs, cancel, job_log_tail, read_job, read_jobs  # noqa: F401
+from engine.jobs.tracking import active_jobs, broken_jobs, cancel, job_log_tail, read_job, read_jobs  # noqa: F401
 from engine.jobs.store import (BROKEN, JOB_FILE, JobError, LockBusyError, enqueue,  # noqa: F401
                                has_queued_jobs, worker_running)
 from engine.jobs.sweep import (ALREADY_QUEUED, ALREADY_SUCCEEDED, enqueue_sweep, expand_sweep,  # noqa: F401

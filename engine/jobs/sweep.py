@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.jobs import store
-from engine.jobs.lifecycle import active_jobs
+from engine.jobs.tracking import active_jobs
 from engine.runs import folder as rf
 
 ALREADY_QUEUED = "already queued or running"

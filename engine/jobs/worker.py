@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.jobs import lifecycle, store
+from engine.jobs import store, tracking
 from engine.jobs.executor import Executor, executor_named, job_executor_name, available, workspace_executor_name
 from engine.jobs.store import _sync_run_status
 from engine.runs import folder as rf
@@ -138,7 +138,7 @@ class Worker:
         def finish(current: dict) -> dict | None:
             if current.get("state") != rf.RUNNING:
                 return None
-            return lifecycle.finish_fields(current, ended)
+            return tracking.finish_fields(current, ended)
 
         job = store.update_job(self.runs_root, job["job_id"], finish)
         _say(f"job {job['job_id']} {job['state']} (exit code {ended.get('returncode')})")
@@ -269,7 +269,7 @@ def queue_main(args: argparse.Namespace) -> int:
         return 2
     if not args.no_worker:
         ensure_worker(root)
-    print(json.dumps(lifecycle.read_job(root, job_id), indent=2) if args.json else job_id)
+    print(json.dumps(tracking.read_job(root, job_id), indent=2) if args.json else job_id)
     return 0
 
 
@@ -297,7 +297,7 @@ def cancel_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cancel_main(args: argparse.Namespace) -> int:
     try:
-        result = lifecycle.cancel(rf.runs_root(args.runs_dir), args.job_id, grace_s=args.grace)
+        result = tracking.cancel(rf.runs_root(args.runs_dir), args.job_id, grace_s=args.grace)
     except store.JobError as exc:
         print(f"cancel: {exc}", file=sys.stderr)
         return 2
