@@ -29,6 +29,10 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
+# "gloo" lets several ranks share one GPU (nccl refuses two ranks on one device): used to check the
+# data-parallel path on a machine with a single GPU. Unset: nccl on GPUs, gloo on the CPU.
+BACKEND_ENV = "ENGINE_DIST_BACKEND"
+
 
 def world_size() -> int:
     """Processes in the group (1 when not launched data-parallel)."""
@@ -46,6 +50,11 @@ def rank() -> int:
 
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def _gpu_index() -> int:
+    """This rank's GPU: its local rank, wrapping around when ranks outnumber the visible GPUs."""
+    return local_rank() % max(1, torch.cuda.device_count())
 
 
 def is_main() -> bool:
@@ -66,7 +75,7 @@ def init_from_env(device: str = "auto") -> bool:
     """Join the process group the launcher described; returns whether one is active.
 
     A no-op when WORLD_SIZE is unset or 1. `device` is the run's device setting: CUDA uses nccl
-    and binds this process to GPU LOCAL_RANK, the CPU uses gloo.
+    and binds this process to GPU LOCAL_RANK, the CPU uses gloo ($ENGINE_DIST_BACKEND overrides).
     """
     if world_size() <= 1 or _active():
         return _active()
@@ -76,15 +85,16 @@ def init_from_env(device: str = "auto") -> bool:
                            "data-parallel runs with `python -m engine train --num-gpus N` or torchrun")
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if cuda:
-        torch.cuda.set_device(local_rank())
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank(), world_size=world_size())
+        torch.cuda.set_device(_gpu_index())
+    backend = os.environ.get(BACKEND_ENV) or ("nccl" if cuda else "gloo")
+    dist.init_process_group(backend, rank=rank(), world_size=world_size())
     return True
 
 
 def device_for(device: str) -> str:
     """The device string this rank loads the model on: its own GPU when data-parallel."""
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return f"cuda:{local_rank()}" if cuda and _active() else device
+    return f"cuda:{_gpu_index()}" if cuda and _active() else device
 
 
 def _tensor_device() -> torch.device:
