@@ -12,6 +12,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "tests" / "data" / "seed_predictions"
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """A test that needs the demo workspace is `slow`: building it trains four tiny runs."""
+    for item in items:
+        if "demo_workspace" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

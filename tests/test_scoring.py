@@ -48,6 +48,7 @@ def mixed_audio(demo_data):
     return audios
 
 
+@pytest.mark.slow
 def test_prompt_ids_equal_the_processor(loaded, mixed_audio):
     plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
     text = m.prompt_text(SYSTEM, PROMPT)
@@ -57,6 +58,7 @@ def test_prompt_ids_equal_the_processor(loaded, mixed_audio):
         assert torch.equal(ours, theirs)
 
 
+@pytest.mark.slow
 def test_fast_path_scores_and_loss_equal_the_stock_path(loaded, mixed_audio):
     """Trimmed mel input + lm_head only where needed == the 3000-frame, full-logit HF forward."""
     plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
@@ -78,6 +80,7 @@ def test_fast_path_scores_and_loss_equal_the_stock_path(loaded, mixed_audio):
                                    m.stock_class_scores(loaded.model, stock, plan).numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_batched_scoring_equals_one_clip_at_a_time_with_either_padding(loaded, mixed_audio):
     single = score_audio(loaded, mixed_audio, SYSTEM, PROMPT, ["SPEECH", "NONSPEECH"], batch_size=1)
     for side in ("left", "right"):
@@ -87,6 +90,7 @@ def test_batched_scoring_equals_one_clip_at_a_time_with_either_padding(loaded, m
         assert (batched.argmax(1) == single.argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_label_words_sharing_a_prefix_are_decided_where_they_differ(loaded):
     plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "SPEECHLESS"])
     tok = loaded.processor.tokenizer
@@ -100,6 +104,7 @@ def run(capsys, *args) -> int:
     return main([str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_eval_cli_records_run_vs_checkpoint_and_batch_sizes(trained, demo_data, tmp_path, capsys):
     root = tmp_path / "ws"
     assert run(capsys, "eval", "--run", trained, "--test-csv", demo_data["test"], "--name", "b1", "--batch-size", 1,
@@ -121,6 +126,7 @@ def test_eval_cli_records_run_vs_checkpoint_and_batch_sizes(trained, demo_data, 
         assert len(list(csv.DictReader(fh))) == 32
 
 
+@pytest.mark.slow
 def test_clip_ids_survive_a_reordered_manifest(trained, demo_data, tmp_path, capsys):
     lines = Path(demo_data["test"]).read_text().splitlines()
     reordered = Path(demo_data["test"]).parent / "test_reversed.csv"
@@ -141,6 +147,7 @@ def test_base_model_evaluation_is_its_own_run(demo_data, tmp_path, capsys):
     assert info.kind == "eval" and info.state == "succeeded" and info.evaluations == ["test"]
 
 
+@pytest.mark.slow
 def test_a_corrupt_clip_is_reported_by_name_and_the_rest_still_score(trained, demo_data, tmp_path, capsys):
     folder = Path(demo_data["test"]).parent
     broken = folder / "broken.wav"
@@ -159,6 +166,7 @@ def test_a_corrupt_clip_is_reported_by_name_and_the_rest_still_score(trained, de
     broken.unlink()
 
 
+@pytest.mark.slow
 def test_audio_is_used_control_is_stored_as_its_own_evaluation(trained, demo_data, capsys):
     assert run(capsys, "eval", "--run", trained, "--test-csv", demo_data["test"], "--control", "silence") == 0
     records = read_predictions(trained, "test-silence")
@@ -166,6 +174,7 @@ def test_audio_is_used_control_is_stored_as_its_own_evaluation(trained, demo_dat
     assert rf.read_json(rf.evaluation_dir(trained, "test-silence") / rf.EVALUATION)["control"] == "silence"
 
 
+@pytest.mark.slow
 def test_an_unfinished_run_is_refused_for_evaluation(trained, demo_data, tmp_path, capsys):
     copy = tmp_path / "half"
     shutil.copytree(trained, copy)
