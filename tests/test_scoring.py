@@ -21,6 +21,13 @@ from engine.tasks.evaluate import score_audio
 from engine.tasks.train import train
 
 SYSTEM, PROMPT = "You are a helpful assistant.", "Is this speech?"
+# The exact file set of a finished evaluation run (eval --base or --checkpoint; README: "Run folder contract").
+FINISHED_EVAL_RUN_FILES = {"config.json", "status.json", "evaluations/test/evaluation.json",
+                           "evaluations/test/predictions.jsonl"}
+
+
+def files_of(run_dir: Path) -> set[str]:
+    return {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +122,7 @@ def test_eval_cli_records_run_vs_checkpoint_and_batch_sizes(trained, demo_data, 
                demo_data["test"], "--runs-dir", root, "--run-name", "ckpt") == 0
     b1, b8 = read_predictions(trained, "b1"), read_predictions(trained, "b8")
     ckpt = read_predictions(root / "ckpt", "test")
+    assert files_of(root / "ckpt") == FINISHED_EVAL_RUN_FILES
     assert len(b1) == 32 and set(RECORD_FIELDS) <= set(b1[0]) and "snr_db" in b1[0] and "condition" in b1[0]
     assert [r["pred"] for r in b1] == [r["pred"] for r in b8] == [r["pred"] for r in ckpt]
     np.testing.assert_allclose([r["p_speech"] for r in b1], [r["p_speech"] for r in b8], atol=1e-5)
@@ -145,6 +153,7 @@ def test_base_model_evaluation_is_its_own_run(demo_data, tmp_path, capsys):
                tmp_path, "--run-name", "base-tiny", "--json") == 0
     info = rf.read_run(tmp_path / "base-tiny")
     assert info.kind == "eval" and info.state == "succeeded" and info.evaluations == ["test"]
+    assert files_of(tmp_path / "base-tiny") == FINISHED_EVAL_RUN_FILES
 
 
 @pytest.mark.slow
