@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Two real exports of another tool (copied from the project's shared/examples; MIT, see their README).
+# Two real exports of another tool (MIT; see the README.md in that folder).
 EXAMPLES = REPO_ROOT / "tests" / "data" / "seed_predictions"
 
 

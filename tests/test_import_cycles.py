@@ -10,7 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = REPO / "engine"
-# Being removed elsewhere (StopRequested and attach_log move into engine.runs.lifecycle).
+# The one known loop; it ends when StopRequested and attach_log move into engine.runs.lifecycle.
 PENDING_CYCLE = frozenset({"engine.tasks.opro", "engine.tasks.evaluate", "engine.tasks.train"})
 
 
