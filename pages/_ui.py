@@ -8,6 +8,7 @@ modules are used here: the dashboard process never imports torch.
 from __future__ import annotations
 
 from collections import Counter
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,18 +28,63 @@ WORKSPACE_INPUT = "workspace_input"
 WORKSPACE_PARAM = "ws"
 
 
-def _use_app_navigation() -> None:
-    """Make a deep link on a freshly started server go through app.py's st.navigation.
+# (script, title, icon) per section; the file name is the URL (/compare), Overview is /.
+PAGES = {
+    "Review": [
+        ("overview.py", "Overview", ":material/table_view:"),
+        ("results.py", "Results", ":material/bar_chart:"),
+        ("compare.py", "Compare", ":material/compare_arrows:"),
+    ],
+    "Run": [
+        ("train.py", "Train", ":material/model_training:"),
+        ("evaluate.py", "Evaluate", ":material/fact_check:"),
+        ("opro.py", "Prompt optimisation", ":material/auto_fix_high:"),
+        ("try_clip.py", "Try a clip", ":material/graphic_eq:"),
+        ("disk.py", "Disk", ":material/hard_drive:"),
+    ],
+}
+DEFAULT_PAGE = "overview.py"
+PAGES_DIR = Path(__file__).resolve().parent
+_RUN_BY_APP: ContextVar[bool] = ContextVar("run_by_app", default=False)  # True while app.py runs a page
+_RERUN_THROUGH_APP = "_rerun_through_app"  # session: a page run alone asked for a rerun since app.py last ran
 
-    Streamlit treats a folder named pages/ as an old-style multipage app until the entry point
-    has called st.navigation once; so the first visit to /compare after a restart would run
-    the page alone, with an auto-generated menu (the "copied link" case). Flag that mode off
-    and rerun: app.py then runs and resolves the same page and query string.
+
+def navigation() -> st.Page:
+    """Declare the sidebar's sections and pages; returns the page the URL asks for."""
+    st.set_page_config(page_title="QLoRA audio dashboard", page_icon="🎧", layout="wide")
+    return st.navigation({
+        section: [st.Page(PAGES_DIR / script, title=title, icon=icon, default=script == DEFAULT_PAGE)
+                  for script, title, icon in pages]
+        for section, pages in PAGES.items()
+    })
+
+
+def run_app() -> None:
+    """app.py: declare the navigation and run the chosen page."""
+    page = navigation()
+    st.session_state[_RERUN_THROUGH_APP] = False
+    token = _RUN_BY_APP.set(True)
+    try:
+        page.run()
+    finally:
+        _RUN_BY_APP.reset(token)
+
+
+def _run_through_app() -> None:
+    """Make a page that Streamlit ran without app.py run again through app.py.
+
+    Streamlit runs a folder named pages/ as a classic multipage app until a script calls
+    st.navigation; so on a freshly started server the first visit to a deep link (/compare?...)
+    runs pages/compare.py alone, without app.py's sidebar. Declaring the navigation here ends
+    that mode, and the rerun then goes through app.py with the same page and query string.
+    A page that runs alone again before app.py has run (an AppTest of that one file) just renders,
+    so it cannot loop.
     """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
+    if _RUN_BY_APP.get():
+        return
+    navigation()
+    if not st.session_state.get(_RERUN_THROUGH_APP):
+        st.session_state[_RERUN_THROUGH_APP] = True
         st.rerun()
 
 
@@ -48,7 +94,7 @@ def workspace() -> Path:
     Defaults to $QLORA_DASH_RUNS (else ./runs); a different choice is kept in the session and
     in the URL (?ws=...), so a reload or a shared link opens the same workspace.
     """
-    _use_app_navigation()
+    _run_through_app()
     default = str(rf.runs_root())
     if _WORKSPACE_VALUE not in st.session_state:
         st.session_state[_WORKSPACE_VALUE] = st.query_params.get(WORKSPACE_PARAM) or default

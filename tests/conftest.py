@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Two real exports of another tool (copied from the project's shared/examples; MIT, see their README).
+# Two real exports of another tool (MIT; see the README.md in that folder).
 EXAMPLES = REPO_ROOT / "tests" / "data" / "seed_predictions"
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """A test that needs the demo workspace is `slow`: building it trains four tiny runs."""
+    for item in items:
+        if "demo_workspace" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

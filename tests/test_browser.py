@@ -109,6 +109,10 @@ def test_compare_two_configurations_in_the_browser(app_server, browser_page, dem
     # A deep link on a freshly started server: the URL alone must select the configurations.
     page.goto(f"{app_server}/compare?" + urlencode([("configs", ATTENTION), ("configs", MLP)]))
     page.get_by_text("Paired test (McNemar)").wait_for(timeout=RENDER_MS)
+    # ... and the page runs inside app.py's navigation, not as a classic pages/ script ("opro", "try clip")
+    navigation = page.get_by_test_id("stSidebarNav")
+    navigation.get_by_text("Prompt optimisation").wait_for(timeout=RENDER_MS)
+    assert "Try a clip" in navigation.inner_text()
 
     records = {run: read_predictions(demo_workspace / run, "test")
                for run in ("demo-attention-s42", "demo-attention-mlp-s42")}

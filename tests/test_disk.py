@@ -163,7 +163,7 @@ def test_delete_run_refuses_escaping_ids_links_and_active_runs(root, outside):
 # ---------------------------------------------------------------- preflight
 
 def test_adapter_estimates_match_the_peft_counts_for_the_7b():
-    # Reference values counted with peft on the meta device (shared/QWEN2AUDIO.md).
+    # Reference values counted with peft on the meta device.
     assert disk.lora_parameter_count("attention", 16) == 20_709_376
     assert disk.lora_parameter_count("attention+mlp", 16) == 43_909_120
     assert disk.lora_parameter_count("attention", 8) * 2 == 20_709_376

@@ -22,6 +22,7 @@ COMMON = ["--model", "tiny", "--quantization", "4bit", "--device", "cpu", "--see
           "--lora-dropout", "0", "--warmup-ratio", "0"]
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_take_the_same_steps_as_one(tmp_path, demo_data, tiny_model, repo_root):
     single = tmp_path / "single"
     train(quick_config(demo_data["train"], per_device_batch=8, grad_accum=1, max_steps=3), single)
@@ -135,6 +136,7 @@ def test_gradients_combine_as_the_mean_over_every_ranks_tokens(tmp_path, repo_ro
         assert loss == pytest.approx((0.5 * 1 + 0.1 * 4) / 5) and stop == 15
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_launching_process_stops_both_ranks_and_ends_cancelled(tmp_path, demo_data, repo_root):
     """Like the job runner's cancel: SIGTERM to the `python -m engine train` process only."""
     run_dir = tmp_path / "cancel-me"

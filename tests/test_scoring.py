@@ -21,6 +21,13 @@ from engine.tasks.evaluate import score_audio
 from engine.tasks.train import train
 
 SYSTEM, PROMPT = "You are a helpful assistant.", "Is this speech?"
+# The exact file set of a finished evaluation run (eval --base or --checkpoint; README: "Run folder contract").
+FINISHED_EVAL_RUN_FILES = {"config.json", "status.json", "evaluations/test/evaluation.json",
+                           "evaluations/test/predictions.jsonl"}
+
+
+def files_of(run_dir: Path) -> set[str]:
+    return {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +55,7 @@ def mixed_audio(demo_data):
     return audios
 
 
+@pytest.mark.slow
 def test_prompt_ids_equal_the_processor(loaded, mixed_audio):
     plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
     text = m.prompt_text(SYSTEM, PROMPT)
@@ -57,6 +65,7 @@ def test_prompt_ids_equal_the_processor(loaded, mixed_audio):
         assert torch.equal(ours, theirs)
 
 
+@pytest.mark.slow
 def test_fast_path_scores_and_loss_equal_the_stock_path(loaded, mixed_audio):
     """Trimmed mel input + lm_head only where needed == the 3000-frame, full-logit HF forward."""
     plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
@@ -87,6 +96,7 @@ def loaded_either_quantization(request, trained, loaded):
     return model
 
 
+@pytest.mark.slow
 def test_batched_scoring_equals_one_clip_at_a_time_with_either_padding(loaded_either_quantization, mixed_audio):
     # Measured on the tiny model in fp32, 4-bit or not, 1 or 2 threads: at most 5e-7 apart.
     loaded = loaded_either_quantization
@@ -118,6 +128,7 @@ def test_4bit_layers_compute_in_fp32_on_the_cpu():
         np.testing.assert_allclose(out.double().numpy(), expected.numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_label_words_sharing_a_prefix_are_decided_where_they_differ(loaded):
     plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "SPEECHLESS"])
     tok = loaded.processor.tokenizer
@@ -131,6 +142,7 @@ def run(capsys, *args) -> int:
     return main([str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_eval_cli_records_run_vs_checkpoint_and_batch_sizes(trained, demo_data, tmp_path, capsys):
     root = tmp_path / "ws"
     assert run(capsys, "eval", "--run", trained, "--test-csv", demo_data["test"], "--name", "b1", "--batch-size", 1,
@@ -141,6 +153,7 @@ def test_eval_cli_records_run_vs_checkpoint_and_batch_sizes(trained, demo_data, 
                demo_data["test"], "--runs-dir", root, "--run-name", "ckpt") == 0
     b1, b8 = read_predictions(trained, "b1"), read_predictions(trained, "b8")
     ckpt = read_predictions(root / "ckpt", "test")
+    assert files_of(root / "ckpt") == FINISHED_EVAL_RUN_FILES
     assert len(b1) == 32 and set(RECORD_FIELDS) <= set(b1[0]) and "snr_db" in b1[0] and "condition" in b1[0]
     assert [r["pred"] for r in b1] == [r["pred"] for r in b8] == [r["pred"] for r in ckpt]
     np.testing.assert_allclose([r["p_speech"] for r in b1], [r["p_speech"] for r in b8], atol=1e-5)
@@ -152,6 +165,7 @@ def test_eval_cli_records_run_vs_checkpoint_and_batch_sizes(trained, demo_data, 
         assert len(list(csv.DictReader(fh))) == 32
 
 
+@pytest.mark.slow
 def test_clip_ids_survive_a_reordered_manifest(trained, demo_data, tmp_path, capsys):
     lines = Path(demo_data["test"]).read_text().splitlines()
     reordered = Path(demo_data["test"]).parent / "test_reversed.csv"
@@ -170,8 +184,10 @@ def test_base_model_evaluation_is_its_own_run(demo_data, tmp_path, capsys):
                tmp_path, "--run-name", "base-tiny", "--json") == 0
     info = rf.read_run(tmp_path / "base-tiny")
     assert info.kind == "eval" and info.state == "succeeded" and info.evaluations == ["test"]
+    assert files_of(tmp_path / "base-tiny") == FINISHED_EVAL_RUN_FILES
 
 
+@pytest.mark.slow
 def test_a_corrupt_clip_is_reported_by_name_and_the_rest_still_score(trained, demo_data, tmp_path, capsys):
     folder = Path(demo_data["test"]).parent
     broken = folder / "broken.wav"
@@ -190,6 +206,7 @@ def test_a_corrupt_clip_is_reported_by_name_and_the_rest_still_score(trained, de
     broken.unlink()
 
 
+@pytest.mark.slow
 def test_audio_is_used_control_is_stored_as_its_own_evaluation(trained, demo_data, capsys):
     assert run(capsys, "eval", "--run", trained, "--test-csv", demo_data["test"], "--control", "silence") == 0
     records = read_predictions(trained, "test-silence")
@@ -197,6 +214,7 @@ def test_audio_is_used_control_is_stored_as_its_own_evaluation(trained, demo_dat
     assert rf.read_json(rf.evaluation_dir(trained, "test-silence") / rf.EVALUATION)["control"] == "silence"
 
 
+@pytest.mark.slow
 def test_an_unfinished_run_is_refused_for_evaluation(trained, demo_data, tmp_path, capsys):
     copy = tmp_path / "half"
     shutil.copytree(trained, copy)

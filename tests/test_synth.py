@@ -116,7 +116,7 @@ def test_make_dataset_is_balanced_reproducible_and_loadable(tmp_path):
             assert bool(row["voice"]) == (row["label"] == "SPEECH")
             assert (row["snr_db"] != "") == (row["condition"] == "noisy_speech")
         clips, report = load_clips(first[split])
-        assert report.n_clips == n and not report.bad_files
+        assert len(clips) == report.n_clips == n and not report.bad_files
 
 
 def test_default_dataset_size_balance_and_speed(tmp_path):

@@ -419,7 +419,7 @@ def delete_run(runs_root: Path, run_id: str) -> int:
 
 # ---------------------------------------------------------------- preflight
 
-# Qwen2-Audio-7B-Instruct, from its public config (see /work/shared/QWEN2AUDIO.md).
+# Qwen2-Audio-7B-Instruct, from its public config.json on the Hugging Face Hub.
 _QWEN2_AUDIO_7B = dict(lm_layers=32, hidden=4096, q_out=4096, kv_out=4096, intermediate=11008,
                        audio_layers=32, d_model=1280, audio_ffn=5120)
 _LORA_SAVE_BYTES = 4  # adapters are saved in fp32 whatever the base model's quantization

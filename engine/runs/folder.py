@@ -3,8 +3,8 @@
 Every run (a training run, a base-model evaluation, imported predictions, a baseline detector)
 is one folder under the workspace ("runs root"). This module owns the file names, the atomic
 writers and the tolerant readers. It imports nothing heavy (no torch, no streamlit), so both
-sides use it. The layout is documented in README.md ("Run folder contract") and pinned by
-tests/test_run_contract.py.
+sides use it. The layout is documented in README.md ("Run folder contract") and each kind's file
+set is pinned by its tests (test_train.py, test_scoring.py, test_importing.py, test_baselines.py, test_opro.py).
 
     <run>/config.json          resolved config; {"schema_version", "kind", ...}
     <run>/status.json          state machine, pid + process start time, timestamps, error

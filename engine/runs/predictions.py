@@ -22,10 +22,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from engine.classes import CLASSES, NONSPEECH, SPEECH  # noqa: F401 (re-exported for readers)
 from engine.runs import folder as rf
 
-SPEECH, NONSPEECH = "SPEECH", "NONSPEECH"
-CLASSES = (SPEECH, NONSPEECH)
 RECORD_FIELDS = ("clip_id", "path", "label", "pred", "p_speech", "margin", "correct", "duration_s")
 
 
@@ -39,7 +38,7 @@ def write_evaluation(run_dir: Path, name: str, records: list[dict], meta: dict[s
     predictions.jsonl is written first and evaluation.json last, both atomically: a folder
     without evaluation.json is an evaluation that did not finish and readers skip it.
     """
-    from engine.stats import core as stats
+    from engine.stats import core as stats  # here, so that reading records needs no scipy
 
     out = rf.evaluation_dir(run_dir, name)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Everything that knows the Qwen2-Audio model family: loading, quantization, LoRA, prompts,
 label tokens, and the forward passes used for training and scoring.
 
-The traps of ../shared/QWEN2AUDIO.md are handled here and nowhere else:
+Qwen2-Audio's traps are handled here and nowhere else:
 - transformers 5 matches quantization skip-modules against full names (`model.audio_tower`,
   `model.multi_modal_projector`); the audio encoder and projector stay in bf16.
 - gradient checkpointing is always non-reentrant (reentrant starves the encoder's LoRA of grads).
