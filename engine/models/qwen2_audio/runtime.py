@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import ConfigError
-from engine.models.family import ModelError  # noqa: F401 - raised here, caught by callers as runtime.ModelError
+from engine.models.family import ModelError, ModelFamily  # callers catch ModelError as runtime.ModelError
 from engine.models.qwen2_audio import QWEN2_AUDIO as FAMILY
 
 
@@ -104,7 +104,7 @@ class LoadedModel:
     dtype: torch.dtype
     model_path: Path
     quantization: str
-    family: Any = FAMILY  # the ModelFamily description: sample rate, chat template, runtime()
+    family: ModelFamily = FAMILY  # the description: sample rate, chat template, runtime()
 
     @property
     def hf(self):
