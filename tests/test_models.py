@@ -97,6 +97,28 @@ def test_a_folder_of_an_unknown_architecture_is_refused_with_its_model_type(tmp_
         family_for(str(other))
 
 
+def test_a_second_family_is_one_registry_entry(tmp_path, monkeypatch):
+    import dataclasses
+
+    import engine.models as models
+    from engine.ops import disk
+
+    omni = dataclasses.replace(QWEN2_AUDIO, name="qwen2_5_omni", display_name="Qwen2.5-Omni",
+                               default_model="Qwen/Qwen2.5-Omni-7B", model_types=("qwen2_5_omni",),
+                               hub_name_patterns=("qwen2.5-omni",), aliases={}, tiny_model=None)
+    monkeypatch.setattr(models, "FAMILIES", (QWEN2_AUDIO, omni))
+    folder = tmp_path / "omni"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "qwen2_5_omni",
+        "text_config": {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1, "intermediate_size": 96},
+        "audio_config": {"d_model": 32, "encoder_layers": 1, "encoder_ffn_dim": 64}}))
+    assert family_for(str(folder)) is omni and family_for("Qwen/Qwen2.5-Omni-7B") is omni
+    assert family_for("tiny") is QWEN2_AUDIO
+    # the disk estimate reads the folder through the family it belongs to: q 64+64 + encoder q 32+32
+    assert disk.lora_parameter_count("q_proj", 1, str(folder)) == 128 + 64
+
+
 def test_target_modules_from_presets_strings_and_lists():
     assert QWEN2_AUDIO.target_modules("attention") == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert QWEN2_AUDIO.target_modules(" q_proj, fc1,,q_proj ") == ["q_proj", "fc1"]
