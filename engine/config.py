@@ -14,19 +14,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODEL = "Qwen/Qwen2-Audio-7B-Instruct"
-TINY_MODEL = "tiny"
+from engine.models import DEFAULT_FAMILY
 
-ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
-TARGET_PRESETS = {
-    "attention": ATTENTION_TARGETS,
-    "attention+mlp": ATTENTION_TARGETS + MLP_TARGETS,
-}
-PRESET_LABELS = {"attention": "Attention-Only", "attention+mlp": "Attention+MLP"}
-# Linear layers of Qwen2-Audio a LoRA may target (LM, audio encoder, projector). A name outside
-# this set matches nothing in the model; peft would fail late, so we fail early.
-MODEL_LINEAR_NAMES = frozenset(ATTENTION_TARGETS + MLP_TARGETS + ("out_proj", "fc1", "fc2", "linear"))
+# The model family states these; they are re-exported for the form and the validator.
+DEFAULT_MODEL = DEFAULT_FAMILY.default_model
+TINY_MODEL = DEFAULT_FAMILY.tiny_model
+TARGET_PRESETS = DEFAULT_FAMILY.target_presets
+PRESET_LABELS = DEFAULT_FAMILY.preset_labels
+# Linear layers a LoRA may target (LM, audio encoder, projector). A name outside this set
+# matches nothing in the model; peft would fail late, so we fail early.
+MODEL_LINEAR_NAMES = DEFAULT_FAMILY.linear_names
+MAX_CLIP_SECONDS = DEFAULT_FAMILY.max_audio_seconds
 
 QUANTIZATIONS = ("4bit", "8bit", "none")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -36,7 +34,7 @@ DTYPES = ("auto", "bfloat16", "float32")
 GRAD_CHECKPOINTING = ("auto", "on", "off")
 
 DEFAULT_LABELS = ("SPEECH", "NONSPEECH")
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+DEFAULT_SYSTEM_PROMPT = DEFAULT_FAMILY.default_system_prompt
 DEFAULT_PROMPT = "Is this short clip speech or non-speech? Answer with one word: SPEECH or NONSPEECH."
 
 _FILTER_SPEC = re.compile(r"^\s*(?:(-?[\d.]+)?\s*:\s*(-?[\d.]+)?|-?[\d.]+(?:\s*,\s*-?[\d.]+)*)\s*$")
@@ -94,7 +92,7 @@ class TrainConfig:
     """Question asked after the audio in the user turn."""
     label_words: list[str] = field(default_factory=lambda: list(DEFAULT_LABELS))
     """Answer words, positive class first: [SPEECH word, NONSPEECH word]."""
-    max_clip_seconds: float = 30.0
+    max_clip_seconds: float = MAX_CLIP_SECONDS
     """Longer clips are truncated (and counted in the summary); 30 s is the encoder's limit."""
     train_data: str = ""
     """Training manifest (CSV/JSONL with path,label), class folders, or an audiofolder."""
@@ -181,8 +179,9 @@ class TrainConfig:
         self.max_grad_norm = _number(self, "max_grad_norm")
         _require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 disables clipping)")
         self.max_clip_seconds = _number(self, "max_clip_seconds")
-        _require(0 < self.max_clip_seconds <= 30, "max_clip_seconds",
-                 f"must be in (0, 30]: the audio encoder sees at most 30 s (got {self.max_clip_seconds:g})")
+        _require(0 < self.max_clip_seconds <= MAX_CLIP_SECONDS, "max_clip_seconds",
+                 f"must be in (0, {MAX_CLIP_SECONDS:g}]: the audio encoder sees at most {MAX_CLIP_SECONDS:g} s "
+                 f"(got {self.max_clip_seconds:g})")
 
         self._validate_targets()
         self._validate_labels()
@@ -210,7 +209,7 @@ class TrainConfig:
             _require(len(targets) > 0, "targets", "must name at least one module")
             unknown = sorted(set(targets) - MODEL_LINEAR_NAMES)
             _require(not unknown, "targets",
-                     f"Qwen2-Audio has no module named {', '.join(unknown)}; "
+                     f"{DEFAULT_FAMILY.display_name} has no module named {', '.join(unknown)}; "
                      f"known linear layers: {', '.join(sorted(MODEL_LINEAR_NAMES))}")
             targets = list(dict.fromkeys(targets))
         self.targets = targets

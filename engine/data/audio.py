@@ -1,6 +1,6 @@
 """Audio decoding: any file soundfile reads (wav, flac, ogg, mp3) -> float32 mono 16 kHz.
 
-Qwen2-Audio's feature extractor expects 16 kHz mono and its encoder sees at most 30 s, so
+The model family's feature extractor expects 16 kHz mono and its encoder sees at most 30 s, so
 every path into the model goes through `load_audio` (files) or `decode_bytes` (uploads).
 Longer clips are truncated and say so in `AudioInfo.truncated`; a file that cannot be used
 raises `AudioError` naming the file and the reason. numpy, soundfile and soxr only.
@@ -17,8 +17,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16000
-DEFAULT_MAX_SECONDS = 30.0
+from engine.models import DEFAULT_FAMILY
+
+SAMPLE_RATE = DEFAULT_FAMILY.sample_rate
+DEFAULT_MAX_SECONDS = DEFAULT_FAMILY.max_audio_seconds
 # Extensions treated as audio when a folder is scanned (soundfile decodes all of them).
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au"})
 

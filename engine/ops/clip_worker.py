@@ -1,7 +1,7 @@
 """The long-lived clip-scoring worker behind "Try a clip": the base model loads once per worker.
 
 Server (`python -m engine.ops.clip_worker serve --runs-dir DIR --model M --quantization Q`): loads
-the base model with modeling.load_model, listens on 127.0.0.1 (a free port) behind a fresh
+the base model with its family's runtime load_model, listens on 127.0.0.1 (a free port) behind a fresh
 32-byte secret, and announces itself in
 
     <runs_root>/.workers/clip-worker-<key>.json   {pid, process_start_time, port, authkey, model, ...}
@@ -48,10 +48,9 @@ import numpy as np
 
 from engine.runs import folder as rf
 from engine.config import DEFAULT_LABELS, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT
+from engine.data.audio import DEFAULT_MAX_SECONDS as MAX_SECONDS, SAMPLE_RATE  # the model family's
 
 WORKERS_DIR = ".workers"
-SAMPLE_RATE = 16000
-MAX_SECONDS = 30.0  # the audio encoder sees at most 30 s
 DEFAULT_IDLE_TIMEOUT_S = 15 * 60
 DEFAULT_START_TIMEOUT_S = 600.0  # loading a 7B from a cold disk takes minutes
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
@@ -327,10 +326,10 @@ class ClipScorer:
     """The model side of the worker: base model loaded once, adapters loaded once and switched."""
 
     def __init__(self, model: str, quantization: str, device: str = "auto", dtype: str = "auto"):
-        from engine.models.qwen2_audio import runtime as modeling
+        from engine.models import family_for
 
         self.model_name, self.quantization = model, quantization
-        self.loaded = modeling.load_model(model, quantization, device, dtype)
+        self.loaded = family_for(model).runtime().load_model(model, quantization, device, dtype)
         self.base_loads = 1
         self.peft = None  # the PeftModel wrapping the base once an adapter is used
         self.adapter_names: OrderedDict[tuple[str, int], str] = OrderedDict()  # (folder, mtime) -> name

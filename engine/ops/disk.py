@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from engine.models import DEFAULT_FAMILY, ModelError, family_for
+from engine.models.family import read_folder_config
 from engine.runs import folder as rf
 
 CATEGORIES = ("adapters", "checkpoints", "optimizer_state", "predictions", "logs", "other")
@@ -419,9 +421,6 @@ def delete_run(runs_root: Path, run_id: str) -> int:
 
 # ---------------------------------------------------------------- preflight
 
-# Qwen2-Audio-7B-Instruct, from its public config.json on the Hugging Face Hub.
-_QWEN2_AUDIO_7B = dict(lm_layers=32, hidden=4096, q_out=4096, kv_out=4096, intermediate=11008,
-                       audio_layers=32, d_model=1280, audio_ffn=5120)
 _LORA_SAVE_BYTES = 4  # adapters are saved in fp32 whatever the base model's quantization
 _PREDICTION_RECORD_BYTES = 1_000  # one JSONL record with manifest metadata, generously
 _LOG_MARGIN = 20 * MB  # engine.log, metrics.jsonl, summary, environment
@@ -429,49 +428,20 @@ _SAFETY_FACTOR = 1.5
 _KINDS = ("train", "eval", "baseline", "imported")
 
 
-def _architecture(model: str) -> dict:
-    """Layer sizes of a local model folder's config.json, else the 7B's (a safe overestimate)."""
-    config_path = Path(str(model)).expanduser() / "config.json"
-    if not config_path.is_file():
-        return _QWEN2_AUDIO_7B
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        text, audio = config["text_config"], config["audio_config"]
-        heads = text["num_attention_heads"]
-        head_dim = text.get("head_dim") or text["hidden_size"] // heads
-        return dict(lm_layers=text["num_hidden_layers"], hidden=text["hidden_size"], q_out=heads * head_dim,
-                    kv_out=text.get("num_key_value_heads", heads) * head_dim,
-                    intermediate=text["intermediate_size"], audio_layers=audio["encoder_layers"],
-                    d_model=audio["d_model"], audio_ffn=audio["encoder_ffn_dim"])
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return _QWEN2_AUDIO_7B
+def lora_parameter_count(targets: str | list[str], lora_r: int, model: str = DEFAULT_FAMILY.default_model) -> int:
+    """Trainable LoRA parameters of `model` without loading weights (the model family counts them).
 
-
-def lora_parameter_count(targets: str | list[str], lora_r: int, model: str = "Qwen/Qwen2-Audio-7B-Instruct") -> int:
-    """Trainable LoRA parameters, r * (in + out) per matched linear layer, without loading weights.
-
-    Names match as peft matches them: q/k/v_proj hit the language model and the audio encoder,
-    o_proj and the MLP names only the language model, out_proj/fc1/fc2 only the encoder.
+    A local model folder's config.json gives its real sizes; anything else, or a folder whose
+    config lacks them, counts as the family's default model (a safe overestimate).
     """
-    from engine.config import TARGET_PRESETS
-
-    a = _architecture(model)
-    modules = list(TARGET_PRESETS[targets]) if isinstance(targets, str) and targets in TARGET_PRESETS else (
-        [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets))
-    h, d = a["hidden"], a["d_model"]
-    lm = {"q_proj": h + a["q_out"], "k_proj": h + a["kv_out"], "v_proj": h + a["kv_out"], "o_proj": a["q_out"] + h,
-          "gate_proj": h + a["intermediate"], "up_proj": h + a["intermediate"], "down_proj": a["intermediate"] + h}
-    encoder = {"q_proj": 2 * d, "k_proj": 2 * d, "v_proj": 2 * d, "out_proj": 2 * d,
-               "fc1": d + a["audio_ffn"], "fc2": a["audio_ffn"] + d}
-    per_rank = 0
-    for name in dict.fromkeys(modules):
-        per_rank += a["lm_layers"] * lm.get(name, 0) + a["audio_layers"] * encoder.get(name, 0)
-        if name == "linear":  # the multi-modal projector, d_model -> hidden
-            per_rank += d + h
-    return int(lora_r) * per_rank
+    try:
+        family = family_for(model)
+    except ModelError:
+        family = DEFAULT_FAMILY  # an estimate only: loading the model reports the real problem
+    return family.lora_parameter_count(targets, lora_r, read_folder_config(model))
 
 
-def estimate_job_bytes(kind: str, model: str = "Qwen/Qwen2-Audio-7B-Instruct", lora_r: int = 16,
+def estimate_job_bytes(kind: str, model: str = DEFAULT_FAMILY.default_model, lora_r: int = 16,
                        targets: str | list[str] = "attention", quantization: str = "4bit",
                        n_eval_clips: int = 0, n_adapters: int = 1) -> int:
     """Bytes a job may write, with a safety factor: adapters (fp32 LoRA weights; the 7B with

@@ -17,6 +17,7 @@ Measures, in one process and on the same clips:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.data.audio import SAMPLE_RATE
 from engine.runs import folder as rf
 
 
@@ -32,7 +34,7 @@ def build_random_7b(out_dir: Path) -> Path:
     import torch
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
-    from engine.models.qwen2_audio.runtime import QWEN2_AUDIO_7B
+    from engine.models.qwen2_audio import QWEN2_AUDIO
     from engine.models.qwen2_audio.tiny import ensure_tiny_model
 
     out_dir = Path(out_dir)
@@ -40,8 +42,8 @@ def build_random_7b(out_dir: Path) -> Path:
         return out_dir
     tiny = ensure_tiny_model()
     processor = Qwen2AudioProcessor.from_pretrained(tiny)
-    config = Qwen2AudioConfig(**{**QWEN2_AUDIO_7B,
-                                 "audio_token_index": processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")})
+    config = Qwen2AudioConfig(**{**copy.deepcopy(dict(QWEN2_AUDIO.reference_config)),
+                                 "audio_token_index": processor.tokenizer.convert_tokens_to_ids(QWEN2_AUDIO.audio_token)})
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
@@ -57,7 +59,7 @@ def build_random_7b(out_dir: Path) -> Path:
 def make_clips(n: int, seconds: float, seed: int = 0) -> tuple[list[np.ndarray], list[int]]:
     """Random tones (class 0) and noise (class 1) of a fixed length; only speed matters here."""
     rng = np.random.default_rng(seed)
-    t = np.arange(int(16000 * seconds)) / 16000
+    t = np.arange(int(SAMPLE_RATE * seconds)) / SAMPLE_RATE
     audios, labels = [], []
     for i in range(n):
         if i % 2 == 0:
@@ -75,7 +77,7 @@ def write_manifest(folder: Path, n: int, seconds: float, seed: int = 0) -> Path:
     audios, labels = make_clips(n, seconds, seed)
     rows = ["path,label,duration_ms"]
     for i, (a, y) in enumerate(zip(audios, labels)):
-        sf.write(folder / f"clip{i:04d}.wav", a, 16000)
+        sf.write(folder / f"clip{i:04d}.wav", a, SAMPLE_RATE)
         rows.append(f"clip{i:04d}.wav,{'SPEECH' if y == 0 else 'NONSPEECH'},{int(seconds * 1000)}")
     (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
     return folder / "manifest.csv"

@@ -1,7 +1,7 @@
 """Logit-scoring evaluation: one forward pass per batch, no text generation.
 
 Each class's score is the log-probability, given the prompt, of the first token where the two
-answers differ (see modeling.LabelPlan); p(SPEECH) is the softmax over the two class scores and
+answers differ (see the runtime's LabelPlan); p(SPEECH) is the softmax over the two class scores and
 the prediction is SPEECH when p(SPEECH) >= threshold (0.5 = arg-max, or one chosen on a
 validation evaluation and recorded). Targets: a training run's adapter (`--run`), any PEFT
 adapter folder (`--checkpoint`), or the base model alone (`--base`).
@@ -36,8 +36,7 @@ def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt
     """
     import torch
 
-    from engine.models.qwen2_audio import runtime as m
-
+    m = loaded.family.runtime()
     plan = m.label_plan(loaded.processor.tokenizer, label_words)
     order = sorted(range(len(audios)), key=lambda i: -len(audios[i]))
     scores = np.zeros((len(audios), 2), dtype=np.float64)
@@ -100,7 +99,8 @@ def evaluate_clips(loaded, clips, report, run_dir: Path, name: str, system_promp
     scores = score_audio(loaded, audios, system_prompt, prompt, label_words, batch_size, padding_side)
     p_speech = p_speech_from_scores(scores)
     records = [make_record(c.clip_id, c.path, c.label, float(p), float(s[0] - s[1]),
-                           c.duration_s if c.duration_s is not None else len(a) / 16000, c.metadata, threshold)
+                           c.duration_s if c.duration_s is not None else len(a) / loaded.family.sample_rate,
+                           c.metadata, threshold)
                for c, p, s, a in zip(clips, p_speech, scores, audios)]
     elapsed = time.time() - started
     report_dict = report.to_dict() if report is not None else {}
@@ -175,8 +175,8 @@ def optimised_prompt(opro_run: Path, label_words: Sequence[str]) -> str:
 
 
 def eval_main(args: argparse.Namespace) -> int:
-    from engine.models.qwen2_audio import runtime as m
     from engine.data.manifests import load_clips
+    from engine.models import ModelError, family_for
 
     try:
         run_cfg: dict[str, Any] = {}
@@ -190,7 +190,7 @@ def eval_main(args: argparse.Namespace) -> int:
         elif args.checkpoint:
             adapter = Path(args.checkpoint)
             if not (adapter / "adapter_config.json").is_file():
-                raise m.ModelError(f"{adapter} has no adapter_config.json: not a PEFT adapter folder")
+                raise ModelError(f"{adapter} has no adapter_config.json: not a PEFT adapter folder")
             adapter_cfg = rf.read_json(adapter / "adapter_config.json")
             run_cfg = {"model": args.model or adapter_cfg.get("base_model_name_or_path")}
             producer = {"kind": "checkpoint", "adapter": str(adapter.resolve())}
@@ -228,6 +228,7 @@ def eval_main(args: argparse.Namespace) -> int:
             print(f"warning: skipped unreadable clip {bad['path']}: {bad['reason']}", file=sys.stderr)
         if not clips:
             raise ValueError(f"test data {args.test_data}: no readable clips")
+        m = family_for(model_id).runtime()
         loaded = m.load_model(model_id, quantization, args.device, args.dtype)
         if adapter is not None:
             m.load_adapter(loaded, adapter)
@@ -237,7 +238,7 @@ def eval_main(args: argparse.Namespace) -> int:
                                 control=args.control, padding_side=args.padding_side, save_to=args.save_predictions)
         if not args.run:
             rf.write_status(run_dir, rf.SUCCEEDED)
-    except (ConfigError, rf.RunFolderError, ValueError, OSError, m.ModelError) as exc:
+    except (ConfigError, rf.RunFolderError, ValueError, OSError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if not args.run and "run_dir" in locals():
             rf.write_status(run_dir, rf.FAILED, error=str(exc))

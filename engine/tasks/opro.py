@@ -342,10 +342,9 @@ class ModelProposer:
         return out
 
 
-def qwen_chat(system_prompt: str) -> Callable[[str], str]:
-    """Qwen's chat turn format (the audio model's own, used text-only)."""
-    return lambda user: (f"<|im_start|>system\n{system_prompt}<|im_end|>\n"
-                         f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+def family_chat(family) -> Callable[[str], str]:
+    """The scored model's own chat turn format, used text-only, with the family's system prompt."""
+    return lambda user: family.chat_text(family.default_system_prompt, user)
 
 
 def tokenizer_chat(tokenizer) -> Callable[[str], str]:
@@ -389,12 +388,11 @@ def make_proposer(spec: str | None, loaded, label_words: Sequence[str], seed: in
         adapter = isinstance(loaded.model, PeftModel)
         generate = sampler(loaded.model if adapter else loaded.hf, loaded.processor.tokenizer, loaded.device,
                            max_new_tokens, disable_adapter=adapter)
-        return ModelProposer(PROPOSER_SELF, str(loaded.model_path), generate, qwen_chat(DEFAULT_SYSTEM_PROMPT),
+        return ModelProposer(PROPOSER_SELF, str(loaded.model_path), generate, family_chat(loaded.family),
                              label_words, seed, max_chars, top_k)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.models.qwen2_audio import runtime as m
-
+    m = loaded.family.runtime()
     path = m.resolve_model_path(spec)
     kwargs: dict[str, Any] = {"dtype": loaded.dtype}
     qconfig = m.quantization_config(loaded.quantization, loaded.dtype) if loaded.device.type == "cuda" else None
@@ -431,7 +429,8 @@ def score_prompt(loaded, dev: DevSet, system_prompt: str, prompt: str, label_wor
 
     scores = score_audio(loaded, dev.audios, system_prompt, prompt, label_words, batch_size)
     p_speech = p_speech_from_scores(scores)
-    records = [make_record(c.clip_id, c.path, c.label, float(p), float(s[0] - s[1]), len(a) / 16000)
+    records = [make_record(c.clip_id, c.path, c.label, float(p), float(s[0] - s[1]),
+                           len(a) / loaded.family.sample_rate)
                for c, p, s, a in zip(dev.clips, p_speech, scores, dev.audios)]
     summary = stats.evaluation_summary(records)
     log_probs = scores - np.logaddexp(scores[:, 0], scores[:, 1])[:, None]
@@ -669,8 +668,8 @@ def optimise(settings: OproSettings, run_dir: Path, runs_root: Path,
 
     The terminal state (succeeded, cancelled, failed with the error) is always written.
     """
-    from engine.models.qwen2_audio import runtime as m
     from engine.data.manifests import AudioCache, load_clips
+    from engine.models import family_for
     from engine.tasks.train import StopRequested, attach_log
 
     settings.check()
@@ -700,6 +699,7 @@ def optimise(settings: OproSettings, run_dir: Path, runs_root: Path,
         log.info("OPRO on %s: %d dev clips, %d iterations x %d candidates, proposer %s, seed %d",
                  config["label"], len(dev.clips), settings.iterations, settings.candidates,
                  config["proposer"]["model"] or "edit search", search_seed)
+        m = family_for(resolved["model"]).runtime()
         loaded = m.load_model(resolved["model"], resolved["quantization"], settings.device, settings.dtype)
         if resolved["adapter"] is not None:
             m.load_adapter(loaded, resolved["adapter"])
@@ -752,7 +752,7 @@ def opro_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def opro_main(args: argparse.Namespace) -> int:
-    from engine.models.qwen2_audio import runtime as m
+    from engine.models import ModelError
 
     settings = OproSettings(
         dev_data=args.dev_data, test_data=args.test_data, run=args.run, base=args.base, model=args.model,
@@ -772,7 +772,7 @@ def opro_main(args: argparse.Namespace) -> int:
                                      else f"opro-base-{Path(str(args.model or 'tiny')).name}")
             run_dir = rf.unique_run_dir(root, rf.check_run_name(stem[:120]))
         result = optimise(settings, run_dir, root)
-    except (ConfigError, rf.RunFolderError, ValueError, OSError, m.ModelError) as exc:
+    except (ConfigError, rf.RunFolderError, ValueError, OSError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if result is None:

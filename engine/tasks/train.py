@@ -218,8 +218,9 @@ def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch) -> tuple[int,
     """
     import torch
 
-    from engine.models.qwen2_audio import runtime as m
+    from engine.models import family_for
 
+    m = family_for(cfg.model).runtime()
     effective = cfg.per_device_batch * cfg.grad_accum  # this process's share of the step
     sizes = [d for d in range(effective, 0, -1) if effective % d == 0] if cfg.auto_micro_batch else [cfg.per_device_batch]
     options = {"auto": [False, True], "on": [True], "off": [False]}[cfg.gradient_checkpointing]
@@ -309,13 +310,14 @@ def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None,
 def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: dict[str, str]) -> dict[str, Any]:
     import torch
 
-    from engine.tasks import distributed as dist
-    from engine.models.qwen2_audio import runtime as m
     from engine.data.manifests import AudioCache, load_clips
+    from engine.models import family_for
+    from engine.tasks import distributed as dist
 
     started = time.time()
     rank, world, main = dist.rank(), dist.world_size(), dist.is_main()
     # ---- setup: data (every clip checked before the model loads), model, LoRA
+    m = family_for(cfg.model).runtime()
     log.info("loading training data from %s", cfg.train_data)
     train_clips, train_report = load_clips(cfg.train_data, label_words=cfg.label_words, filters=cfg.filters,
                                            max_seconds=cfg.max_clip_seconds, skip_bad=cfg.skip_bad_audio)

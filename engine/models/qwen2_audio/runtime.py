@@ -1,5 +1,6 @@
-"""Everything that knows the Qwen2-Audio model family: loading, quantization, LoRA, prompts,
-label tokens, and the forward passes used for training and scoring.
+"""The torch side of the Qwen2-Audio family: loading, quantization, LoRA, prompts, label tokens,
+and the forward passes used for training and scoring. Every constant (chat template, audio
+front end, presets, the 7B's public config) comes from the family description, `QWEN2_AUDIO`.
 
 Qwen2-Audio's traps are handled here and nowhere else:
 - transformers 5 matches quantization skip-modules against full names (`model.audio_tower`,
@@ -21,6 +22,7 @@ The forward pass (`encode`, `hidden_states`) is the engine's fast path and is ex
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -32,29 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.config import DEFAULT_MODEL, TARGET_PRESETS, TINY_MODEL, ConfigError
-
-AUDIO_PLACEHOLDER = "<|audio_bos|><|AUDIO|><|audio_eos|>"
-FULL_MEL_FRAMES = 3000
-HOP_LENGTH = 160
-QUANT_SKIP_MODULES = ["model.audio_tower", "model.multi_modal_projector", "lm_head"]
-
-# Public configuration of Qwen/Qwen2-Audio-7B-Instruct (no weights needed to build it on meta).
-QWEN2_AUDIO_7B = dict(
-    audio_config=dict(model_type="qwen2_audio_encoder", d_model=1280, encoder_layers=32,
-                      encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128,
-                      max_source_positions=1500),
-    text_config=dict(model_type="qwen2", vocab_size=156032, hidden_size=4096, num_hidden_layers=32,
-                     num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008,
-                     rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=8192,
-                     tie_word_embeddings=False),
-    audio_token_index=151646,
-)
-MODEL_ALIASES = {"qwen2-audio-7b": DEFAULT_MODEL, "qwen2-audio-7b-instruct": DEFAULT_MODEL}
-
-
-class ModelError(RuntimeError):
-    """The model could not be found or loaded; the message says where we looked."""
+from engine.config import ConfigError
+from engine.models.family import ModelError, ModelFamily  # callers catch ModelError as runtime.ModelError
+from engine.models.qwen2_audio import QWEN2_AUDIO as FAMILY
 
 
 # ----------------------------------------------------------------------------- loading
@@ -64,8 +46,8 @@ def resolve_model_path(model: str) -> Path:
 
     Nothing is downloaded: a hub id must already be in the Hugging Face cache.
     """
-    model = MODEL_ALIASES.get(model.lower(), model) if isinstance(model, str) else model
-    if model == TINY_MODEL:
+    model = FAMILY.canonical_name(model) if isinstance(model, str) else model
+    if model == FAMILY.tiny_model:
         from engine.models.qwen2_audio.tiny import ensure_tiny_model
 
         return ensure_tiny_model()
@@ -106,9 +88,10 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype):
 
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=QUANT_SKIP_MODULES)
+                                  bnb_4bit_compute_dtype=compute_dtype,
+                                  llm_int8_skip_modules=list(FAMILY.quantization_skip_modules))
     if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=QUANT_SKIP_MODULES)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(FAMILY.quantization_skip_modules))
     return None
 
 
@@ -139,6 +122,7 @@ class LoadedModel:
     dtype: torch.dtype
     model_path: Path
     quantization: str
+    family: ModelFamily = FAMILY  # the description: sample rate, chat template, runtime()
 
     @property
     def hf(self):
@@ -246,9 +230,7 @@ def parameter_counts(model) -> dict[str, Any]:
 
 def prompt_text(system_prompt: str, prompt: str) -> str:
     """The chat text before the answer: Qwen2-Audio-Instruct's turn format with one audio."""
-    return (f"<|im_start|>system\n{system_prompt}<|im_end|>\n"
-            f"<|im_start|>user\nAudio 1: {AUDIO_PLACEHOLDER}\n{prompt}<|im_end|>\n"
-            f"<|im_start|>assistant\n")
+    return FAMILY.prompt_text(system_prompt, prompt)
 
 
 @dataclass
@@ -267,7 +249,7 @@ class LabelPlan:
 
 
 def label_plan(tokenizer, label_words: Sequence[str]) -> LabelPlan:
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end = tokenizer.convert_tokens_to_ids(FAMILY.turn_end_token)
     ids = [tokenizer(w, add_special_tokens=False).input_ids + [end] for w in label_words]
     k = 0
     while k < min(len(ids[0]), len(ids[1])) and ids[0][k] == ids[1][k]:
@@ -295,12 +277,6 @@ class Batch:
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
-def audio_token_count(n_samples: int) -> int:
-    """Audio tokens the processor inserts for a clip (about 25 per second)."""
-    frames = min(FULL_MEL_FRAMES, math.ceil(n_samples / HOP_LENGTH)) if n_samples else 1
-    return (((frames - 1) // 2 + 1) - 2) // 2 + 1
-
-
 def mel_features(feature_extractor, audios: Sequence[np.ndarray], full: bool = False, device: str = "cpu"):
     """Log-mel features and frame mask, as the processor computes them.
 
@@ -311,10 +287,10 @@ def mel_features(feature_extractor, audios: Sequence[np.ndarray], full: bool = F
     runs the STFT on the GPU.
     """
     longest = max(len(a) for a in audios)
-    samples = FULL_MEL_FRAMES * HOP_LENGTH
+    samples = FAMILY.full_mel_frames * FAMILY.hop_length
     if not full:
-        samples = min(samples, (math.ceil(longest / HOP_LENGTH) + 4) * HOP_LENGTH)
-    out = feature_extractor(list(audios), sampling_rate=16000, padding="max_length", max_length=samples,
+        samples = min(samples, (math.ceil(longest / FAMILY.hop_length) + 4) * FAMILY.hop_length)
+    out = feature_extractor(list(audios), sampling_rate=FAMILY.sample_rate, padding="max_length", max_length=samples,
                             truncation=True, return_attention_mask=True, return_tensors="pt", device=device)
     return out["input_features"], out["attention_mask"]
 
@@ -332,14 +308,14 @@ def make_batch(processor, audios: Sequence[np.ndarray], system_prompt: str, prom
     tok = processor.tokenizer
     input_features, frame_mask = mel_features(processor.feature_extractor, audios, full_features, feature_device)
     feats = {"input_features": input_features, "attention_mask": frame_mask}
-    before, after = prompt_text(system_prompt, prompt).split("<|AUDIO|>")
+    before, after = FAMILY.prompt_text(system_prompt, prompt).split(FAMILY.audio_token)
     ids_before = tok(before, add_special_tokens=False).input_ids
     ids_after = tok(after, add_special_tokens=False).input_ids
-    audio_id = tok.convert_tokens_to_ids("<|AUDIO|>")
+    audio_id = tok.convert_tokens_to_ids(FAMILY.audio_token)
     mel_lengths = feats["attention_mask"].sum(-1).tolist()
     rows, targets = [], []
     for i, mel_len in enumerate(mel_lengths):
-        n_audio = (((int(mel_len) - 1) // 2 + 1) - 2) // 2 + 1
+        n_audio = FAMILY.audio_tokens_for_frames(int(mel_len))
         seq = ids_before + [audio_id] * n_audio + ids_after
         if answers is None:
             seq = seq + plan.shared_prefix
@@ -387,11 +363,12 @@ def encode_audio(hf, input_features: torch.Tensor, feature_attention_mask: torch
     if trim:
         longest = int(lengths.max())
         frames = min(frames, longest + 2 + (longest % 2))
-    elif frames != FULL_MEL_FRAMES:
-        raise ValueError(f"the untrimmed encoder needs {FULL_MEL_FRAMES} mel frames (got {frames}): "
+    elif frames != FAMILY.full_mel_frames:
+        raise ValueError(f"the untrimmed encoder needs {FAMILY.full_mel_frames} mel frames (got {frames}): "
                          "make the batch with full_features=True")
     feats = input_features[:, :, :frames].to(dtype=tower.conv1.weight.dtype, device=tower.conv1.weight.device)
-    conv_lengths, out_lengths = tower._get_feat_extract_output_lengths(lengths.to(feats.device))
+    # The family's length arithmetic, equal to the tower's private _get_feat_extract_output_lengths.
+    conv_lengths, out_lengths = FAMILY.encoder_output_lengths(lengths.to(feats.device))
     x = F.gelu(tower.conv1(feats))
     x = F.gelu(tower.conv2(x)).permute(0, 2, 1)
     x = x + tower.embed_positions.weight[: x.shape[1]]
@@ -474,8 +451,8 @@ def meta_parameter_counts(model: str, targets: Sequence[str], lora_r: int = 16, 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
-    if MODEL_ALIASES.get(model.lower(), model) == DEFAULT_MODEL:
-        config = Qwen2AudioConfig(**QWEN2_AUDIO_7B)
+    if FAMILY.is_reference_model(model):
+        config = Qwen2AudioConfig(**copy.deepcopy(dict(FAMILY.reference_config)))
     else:
         config = AutoConfig.from_pretrained(resolve_model_path(model))
     with init_empty_weights():
@@ -501,7 +478,7 @@ def params_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def params_main(args: argparse.Namespace) -> int:
-    targets = TARGET_PRESETS.get(args.targets) or [t.strip() for t in args.targets.split(",") if t.strip()]
+    targets = FAMILY.target_modules(args.targets)
     counts = meta_parameter_counts(args.model, targets, args.lora_r, args.lora_alpha)
     if args.json:
         print(json.dumps({k: counts[k] for k in ("trainable", "total", "percent", "adapter_mb")}))

@@ -18,10 +18,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from engine.models.qwen2_audio import QWEN2_AUDIO as FAMILY, SPECIAL_TOKENS
 from engine.runs import folder as rf
 
 TINY_VERSION = 2  # bump when the recipe changes: cached folders are rebuilt
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
 
 TINY_SIZES = dict(
     text_hidden=64, text_layers=2, text_heads=4, text_intermediate=128,
@@ -74,13 +74,13 @@ def build_tokenizer():
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        vocab_size=600, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     tokenizer = Qwen2TokenizerFast(
-        tokenizer_object=bpe, unk_token=None, bos_token=None, eos_token="<|im_end|>",
-        pad_token="<|endoftext|>")
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+        tokenizer_object=bpe, unk_token=None, bos_token=None, eos_token=FAMILY.turn_end_token,
+        pad_token=SPECIAL_TOKENS[0])
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
     return tokenizer
 
 
@@ -92,13 +92,15 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
 
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
-    audio_token_id = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    audio_token_id = tokenizer.convert_tokens_to_ids(FAMILY.audio_token)
     s = TINY_SIZES
+    reference_audio = FAMILY.reference_config["audio_config"]
     config = Qwen2AudioConfig(
         audio_config=dict(
             model_type="qwen2_audio_encoder", d_model=s["audio_d_model"], encoder_layers=s["audio_layers"],
-            encoder_attention_heads=s["audio_heads"], encoder_ffn_dim=s["audio_ffn"], num_mel_bins=128,
-            max_source_positions=1500, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
+            encoder_attention_heads=s["audio_heads"], encoder_ffn_dim=s["audio_ffn"],
+            num_mel_bins=reference_audio["num_mel_bins"], max_source_positions=reference_audio["max_source_positions"],
+            dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
         text_config=dict(
             model_type="qwen2", vocab_size=len(tokenizer), hidden_size=s["text_hidden"],
             num_hidden_layers=s["text_layers"], num_attention_heads=s["text_heads"],
@@ -109,8 +111,9 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(config).to(torch.float32)
     model.save_pretrained(out_dir)
-    feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160,
-                                                chunk_length=30, n_fft=400, padding_value=0.0)
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=FAMILY.num_mel_bins, sampling_rate=FAMILY.sample_rate, hop_length=FAMILY.hop_length,
+        chunk_length=int(FAMILY.max_audio_seconds), n_fft=FAMILY.n_fft, padding_value=0.0)
     processor = Qwen2AudioProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
     processor.save_pretrained(out_dir)
     rf.atomic_write_json(out_dir / "tiny.json", {
