@@ -185,9 +185,13 @@ def config_to_argv(cfg: Any, always: Iterable[str] = (), every_field: bool = Fal
             elif flag_spec(f).group is None:
                 argv.append("--no-" + flag[2:])
             continue
-        text = format_value(value)
-        argv += [f"{flag}={text}"] if text.startswith("-") else [flag, text]
+        argv += flag_with_value(flag, format_value(value))
     return argv
+
+
+def flag_with_value(flag: str, text: str) -> list[str]:
+    """[flag, text], or [flag=text] when text starts with "-" (argparse would take it for a flag)."""
+    return [f"{flag}={text}"] if text.startswith("-") else [flag, text]
 
 
 def format_value(value: Any) -> str:

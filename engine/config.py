@@ -199,7 +199,7 @@ class TrainConfig:
     def _validate_targets(self) -> None:
         targets = self.targets
         if isinstance(targets, str):
-            if "," in targets:
+            if "," in targets or targets.strip() in MODEL_LINEAR_NAMES:  # "q_proj" is a list of one
                 targets = [t.strip() for t in targets.split(",") if t.strip()]
             elif targets not in TARGET_PRESETS:
                 raise ConfigError("targets", f"unknown preset {targets!r}; use one of "

@@ -184,3 +184,172 @@ def test_usage_errors_are_unchanged(command, argv, words_in_error, capsys):
     with pytest.raises(SystemExit):
         parse(command, argv)
     assert words_in_error in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- config -> argv -> config
+
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from engine import cliargs  # noqa: E402
+from engine.config import (CHECKPOINT_POLICIES, CONTROLS, DEVICES, DTYPES, GRAD_CHECKPOINTING,  # noqa: E402
+                           MODEL_LINEAR_NAMES, QUANTIZATIONS, SCHEDULERS, TARGET_PRESETS, EvalConfig, TrainConfig)
+from engine.tasks.opro import OproSettings  # noqa: E402
+from engine.tasks.train import config_from_args, rank_argv, train_argv  # noqa: E402
+
+EXISTING = str(Path(__file__).resolve())  # train_data must exist; any file will do
+# Text a user may type, including leading dashes, underscores, quotes, "=" and commas.
+# Not exactly "--": argparse (3.11) drops that one value even as --flag=--.
+TEXT = st.text(st.sampled_from("abcXYZ019 -_=,.:'\"?/é"), min_size=1, max_size=12).filter(lambda t: t != "--")
+NON_BLANK = TEXT.filter(lambda t: t.strip())
+WORD = st.text(st.sampled_from("ABCxyz09_-é"), min_size=1, max_size=8).filter(lambda w: w != "--")
+FRACTION = st.floats(0, 1, exclude_max=True, allow_nan=False)
+POSITIVE = st.floats(1e-6, 1e6, allow_nan=False) | st.integers(1, 10**6)
+SPEC = st.sampled_from(["500:3000", ":20", "0:", "1,2,3", "-5:5"])
+
+
+@st.composite
+def train_configs(draw) -> TrainConfig:
+    modules = st.lists(st.sampled_from(sorted(MODEL_LINEAR_NAMES)), min_size=1, max_size=4, unique=True)
+    cfg = TrainConfig(
+        label=draw(st.just("") | TEXT), model=draw(NON_BLANK), quantization=draw(st.sampled_from(QUANTIZATIONS)),
+        targets=draw(st.sampled_from(sorted(TARGET_PRESETS)) | modules), lora_r=draw(st.integers(1, 512)),
+        lora_alpha=draw(POSITIVE), lora_dropout=draw(FRACTION), seed=draw(st.integers(0, 2**31)),
+        epochs=draw(POSITIVE), max_steps=draw(st.none() | st.integers(1, 10**6)),
+        per_device_batch=draw(st.integers(1, 64)), grad_accum=draw(st.integers(1, 64)),
+        learning_rate=draw(st.floats(1e-9, 0.5, allow_nan=False)), warmup_ratio=draw(FRACTION),
+        scheduler=draw(st.sampled_from(SCHEDULERS)), prompt=draw(NON_BLANK),
+        label_words=draw(st.lists(WORD, min_size=2, max_size=2, unique=True)),
+        train_data=EXISTING, val_data=draw(st.sampled_from(["", EXISTING])),
+        filters=draw(st.dictionaries(st.sampled_from(["duration_ms", "snr_db"]), SPEC)),
+        skip_bad_audio=draw(st.booleans()), checkpoints=draw(st.sampled_from(CHECKPOINT_POLICIES)),
+        device=draw(st.sampled_from(DEVICES)), dtype=draw(st.sampled_from(DTYPES)),
+        gradient_checkpointing=draw(st.sampled_from(GRAD_CHECKPOINTING)), num_processes=draw(st.integers(1, 8)))
+    return cfg.validate()
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(train_configs(), st.booleans())
+def test_train_config_round_trips_through_its_flags(cfg, every_field):
+    flags, leftovers = train_argv(cfg, every_field=every_field)
+    assert leftovers == []  # only fields with a flag (and flagged filter columns) were drawn
+    assert config_from_args(parse("train", flags)) == cfg
+
+
+@st.composite
+def eval_configs(draw) -> EvalConfig:
+    target = draw(st.sampled_from(["run", "checkpoint", "base"]))
+    prompt_kind = draw(st.sampled_from([None, "prompt", "prompt_from"]))
+    optional_text = st.none() | TEXT
+    cfg = EvalConfig(
+        run=draw(TEXT) if target == "run" else None,
+        checkpoint=Path(draw(WORD)) if target == "checkpoint" else None, base=target == "base",
+        model=draw(optional_text), runs_dir=draw(st.none() | st.just(Path("ws/a b"))), run_name=draw(optional_text),
+        quantization=draw(st.none() | st.sampled_from(QUANTIZATIONS)), test_data=draw(NON_BLANK),
+        name=draw(WORD), batch_size=draw(st.integers(1, 256)), control=draw(st.none() | st.sampled_from(CONTROLS)),
+        threshold_from=draw(optional_text), prompt=draw(TEXT) if prompt_kind == "prompt" else None,
+        prompt_from=draw(TEXT) if prompt_kind == "prompt_from" else None,
+        label_words=draw(st.none() | st.lists(WORD, min_size=2, max_size=2, unique=True)),
+        threshold=draw(st.none() | st.floats(0, 1)), device=draw(st.sampled_from(DEVICES)),
+        dtype=draw(st.sampled_from(DTYPES)), padding_side=draw(st.sampled_from(["left", "right"])),
+        save_predictions=draw(st.none() | st.just(Path("out/p.jsonl"))))
+    return cfg.validate()
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(eval_configs())
+def test_eval_config_round_trips_through_its_flags(cfg):
+    argv = cliargs.config_to_argv(cfg)
+    assert cliargs.config_from_namespace(EvalConfig, parse("eval", argv)) == cfg
+
+
+@st.composite
+def opro_settings(draw) -> OproSettings:
+    on_run = draw(st.booleans())
+    optional_text = st.none() | TEXT
+    settings_ = OproSettings(
+        run=draw(TEXT) if on_run else None, base=not on_run, model=draw(optional_text), dev_data=draw(NON_BLANK),
+        test_data=draw(optional_text), iterations=draw(st.integers(1, 20)), candidates=draw(st.integers(1, 20)),
+        proposer=draw(optional_text), seed=draw(st.none() | st.integers(0, 2**31)),
+        run_dir=draw(st.none() | st.just(Path("ws/opro-x"))), batch_size=draw(st.integers(1, 64)),
+        quantization=draw(st.none() | st.sampled_from(QUANTIZATIONS)), prompt=draw(optional_text),
+        label_words=draw(st.none() | st.lists(WORD, min_size=2, max_size=2, unique=True)),
+        max_prompt_chars=draw(st.integers(40, 2000)), top_k=draw(st.integers(1, 50)),
+        device=draw(st.sampled_from(DEVICES)), dtype=draw(st.sampled_from(DTYPES)), run_name=draw(optional_text),
+        runs_dir=draw(st.none() | st.just(Path("ws"))))
+    settings_.check()
+    return settings_
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(opro_settings())
+def test_opro_settings_round_trip_through_their_flags(settings_):
+    argv = cliargs.config_to_argv(settings_)
+    assert cliargs.config_from_namespace(OproSettings, parse("opro", argv)) == settings_
+
+
+def test_a_value_starting_with_a_dash_is_not_read_as_a_flag():
+    cfg = EvalConfig(base=True, test_data="t.csv", prompt="-- speech or not? --").validate()
+    argv = cliargs.config_to_argv(cfg)
+    assert "--prompt=-- speech or not? --" in argv
+    assert parse("eval", argv).prompt == "-- speech or not? --"
+
+
+def test_ranks_resolve_the_same_config_as_the_launching_process(tmp_path):
+    """--config sets what no flag can; flags given override it; the ranks' argv keeps both."""
+    import yaml
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"lora_r": 8, "system_prompt": "Be brief.", "skip_bad_audio": True,
+                                      "filters": {"duration_ms": "100:200", "condition": "1,2"},
+                                      "train_data": EXISTING}), encoding="utf-8")
+    args = parse("train", ["--config", str(config), "--lora-r", "16", "--no-skip-bad-audio", "--num-gpus", "2",
+                           "--filter-duration", "300:400", "--add-mlp-targets", "--json"])
+    cfg = config_from_args(args)
+    assert (cfg.lora_r, cfg.system_prompt, cfg.skip_bad_audio, cfg.targets) == (16, "Be brief.", False,
+                                                                               "attention+mlp")
+    assert cfg.filters == {"duration_ms": "300:400", "condition": "1,2"}
+    argv = rank_argv(args, cfg, tmp_path / "run")
+    assert argv[0] == "train" and argv[-2:] == ["--run-dir", str(tmp_path / "run")] and "--json" in argv
+    rank_args = parse("train", argv[1:])
+    assert config_from_args(rank_args) == cfg and rank_args.json
+
+
+@pytest.mark.parametrize("cfg, field, words", [
+    (EvalConfig(test_data="t.csv"), "target", "exactly one of --run RUN, --checkpoint FOLDER and --base"),
+    (EvalConfig(run="r", base=True, test_data="t.csv"), "target", "exactly one"),
+    (EvalConfig(base=True), "test_data", "is required"),
+    (EvalConfig(base=True, test_data="t.csv", batch_size=0), "batch_size", ">= 1"),
+    (EvalConfig(base=True, test_data="t.csv", threshold=1.5), "threshold", "[0, 1]"),
+    (EvalConfig(base=True, test_data="t.csv", control="noise"), "control", "silence, shuffle"),
+    (EvalConfig(base=True, test_data="t.csv", label_words=["YES", "YES"]), "label_words", "differ"),
+])
+def test_eval_config_names_the_bad_field(cfg, field, words):
+    from engine.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        cfg.validate()
+    assert err.value.field == field and str(err.value).startswith(f"{field}: ") and words in str(err.value)
+
+
+@pytest.mark.parametrize("changes, field, words", [
+    ({"base": False}, "target", "give exactly one of --run RUN and --base"),
+    ({"dev_data": " "}, "dev_data", "is required"),
+    ({"iterations": 0}, "iterations", "at least 1"),
+    ({"max_prompt_chars": 39}, "max_prompt_chars", "at least 40"),
+    ({"quantization": "3bit"}, "quantization", "4bit, 8bit, none"),
+])
+def test_opro_settings_name_the_bad_field(changes, field, words):
+    from engine.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        replace(OproSettings(base=True, dev_data="d.csv"), **changes).check()
+    assert err.value.field == field and words in str(err.value)
+
+
+def test_every_config_field_with_a_flag_has_help():
+    for cls in (TrainConfig, EvalConfig, OproSettings):
+        docs = cliargs.field_docs(cls)
+        assert [f.name for f in cliargs.flag_fields(cls) if not docs.get(f.name)] == [], cls.__name__

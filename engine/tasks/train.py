@@ -522,7 +522,7 @@ def train_argv(cfg: TrainConfig, every_field: bool = False) -> tuple[list[str], 
     leftovers = []
     for column, spec in cfg.filters.items():
         if column in FILTER_FLAGS:
-            argv += [FILTER_FLAGS[column], str(spec)]
+            argv += cliargs.flag_with_value(FILTER_FLAGS[column], str(spec))
         else:
             leftovers.append(f"filters.{column}={spec}")
     defaults = TrainConfig()
