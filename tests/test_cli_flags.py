@@ -353,3 +353,17 @@ def test_every_config_field_with_a_flag_has_help():
     for cls in (TrainConfig, EvalConfig, OproSettings):
         docs = cliargs.field_docs(cls)
         assert [f.name for f in cliargs.flag_fields(cls) if not docs.get(f.name)] == [], cls.__name__
+
+
+def test_a_default_written_in_a_help_text_is_the_fields_default():
+    import re
+
+    checked = 0
+    for cls in (TrainConfig, EvalConfig, OproSettings):
+        docs = cliargs.field_docs(cls)
+        for f in cliargs.flag_fields(cls):
+            stated = re.search(r"\(default:? ([\w.]+)\)", docs.get(f.name, ""))
+            if stated:
+                assert stated.group(1) == cliargs.format_value(cliargs.field_default(f)), (cls.__name__, f.name)
+                checked += 1
+    assert checked >= 8  # name, batch sizes, padding side, iterations, candidates, max_prompt_chars, top_k
