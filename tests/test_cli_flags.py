@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from engine import cli
+from engine import cli, cliargs
+from engine.config import (CHECKPOINT_POLICIES, CONTROLS, DEVICES, DTYPES, GRAD_CHECKPOINTING, MODEL_LINEAR_NAMES,
+                           QUANTIZATIONS, SCHEDULERS, TARGET_PRESETS, ConfigError, EvalConfig, TrainConfig)
+from engine.tasks.opro import OproSettings
+from engine.tasks.train import config_from_args, rank_argv, train_argv
 
 
 def parser_for(command: str) -> argparse.ArgumentParser:
@@ -188,17 +195,6 @@ def test_usage_errors_are_unchanged(command, argv, words_in_error, capsys):
 
 # ---------------------------------------------------------------------------- config -> argv -> config
 
-from dataclasses import replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-from engine import cliargs  # noqa: E402
-from engine.config import (CHECKPOINT_POLICIES, CONTROLS, DEVICES, DTYPES, GRAD_CHECKPOINTING,  # noqa: E402
-                           MODEL_LINEAR_NAMES, QUANTIZATIONS, SCHEDULERS, TARGET_PRESETS, EvalConfig, TrainConfig)
-from engine.tasks.opro import OproSettings  # noqa: E402
-from engine.tasks.train import config_from_args, rank_argv, train_argv  # noqa: E402
-
 EXISTING = str(Path(__file__).resolve())  # train_data must exist; any file will do
 # Text a user may type, including leading dashes, underscores, quotes, "=" and commas.
 # Not exactly "--": argparse (3.11) drops that one value even as --flag=--.
@@ -327,8 +323,6 @@ def test_ranks_resolve_the_same_config_as_the_launching_process(tmp_path):
     (EvalConfig(base=True, test_data="t.csv", label_words=["YES", "YES"]), "label_words", "differ"),
 ])
 def test_eval_config_names_the_bad_field(cfg, field, words):
-    from engine.config import ConfigError
-
     with pytest.raises(ConfigError) as err:
         cfg.validate()
     assert err.value.field == field and str(err.value).startswith(f"{field}: ") and words in str(err.value)
@@ -342,8 +336,6 @@ def test_eval_config_names_the_bad_field(cfg, field, words):
     ({"quantization": "3bit"}, "quantization", "4bit, 8bit, none"),
 ])
 def test_opro_settings_name_the_bad_field(changes, field, words):
-    from engine.config import ConfigError
-
     with pytest.raises(ConfigError) as err:
         replace(OproSettings(base=True, dev_data="d.csv"), **changes).check()
     assert err.value.field == field and words in str(err.value)
