@@ -1,8 +1,10 @@
-"""Typed, validated configuration of a training run.
+"""Typed, validated configuration of a training run and of an evaluation.
 
 `TrainConfig` is the single source of truth for training: the CLI, the YAML loader and the
 dashboard's Train form all build one and call `validate()`, so every front end shows the same
-messages. Every problem raises `ConfigError` naming the field. No heavy imports here.
+messages. `EvalConfig` is the same for `python -m engine eval`. Both declare their command-line
+flags on their fields (engine/cliargs.py generates the parsers and argument lists from them).
+Every problem raises `ConfigError` naming the field. No heavy imports here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.cliargs import cli_field, field_choices, field_docs
 from engine.models import DEFAULT_FAMILY
 
 # The model family states these; they are re-exported for the form and the validator.
@@ -56,67 +59,67 @@ class TrainConfig:
     """Human name of the configuration, e.g. "Attention-Only" (default: from the target preset)."""
     model: str = DEFAULT_MODEL
     """Hub id (loaded from the local hub cache only), a local model folder, or "tiny"."""
-    quantization: str = "4bit"
+    quantization: str = cli_field("4bit", choices=QUANTIZATIONS)
     """"4bit" (NF4, double quantization, bf16 compute), "8bit", or "none"."""
+    targets: str | list[str] = "attention"
+    """Preset "attention" (q,k,v,o_proj), "attention+mlp" (adds gate,up,down_proj), or a list."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: float = 32
     """LoRA alpha (scaling = alpha / r)."""
     lora_dropout: float = 0.05
     """Dropout on the LoRA input."""
-    targets: str | list[str] = "attention"
-    """Preset "attention" (q,k,v,o_proj), "attention+mlp" (adds gate,up,down_proj), or a list."""
     seed: int = 42
     """Seed for initialisation, data order and dropout."""
-    epochs: float = 3
+    epochs: float = cli_field(3, "--num-epochs", "--epochs")
     """Passes over the training set."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides epochs when smaller)."""
-    per_device_batch: int = 2
+    per_device_batch: int = cli_field(2, "--per-device-train-batch-size")
     """Clips per micro-batch."""
-    grad_accum: int = 8
+    grad_accum: int = cli_field(8, "--gradient-accumulation-steps")
     """Micro-batches per optimizer step (effective batch = per_device_batch * grad_accum)."""
     learning_rate: float = 2e-4
     """Peak learning rate of AdamW."""
-    weight_decay: float = 0.0
+    weight_decay: float = cli_field(0.0, cli=False)
     """AdamW weight decay."""
     warmup_ratio: float = 0.03
     """Fraction of optimizer steps spent warming up linearly."""
-    scheduler: str = "linear"
+    scheduler: str = cli_field("linear", choices=SCHEDULERS)
     """Learning-rate schedule after warm-up: linear, cosine, constant, constant_with_warmup."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = cli_field(1.0, cli=False)
     """Gradient clipping norm (0 disables)."""
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    system_prompt: str = cli_field(DEFAULT_SYSTEM_PROMPT, cli=False)
     """System turn of the chat."""
     prompt: str = DEFAULT_PROMPT
     """Question asked after the audio in the user turn."""
     label_words: list[str] = field(default_factory=lambda: list(DEFAULT_LABELS))
     """Answer words, positive class first: [SPEECH word, NONSPEECH word]."""
-    max_clip_seconds: float = MAX_CLIP_SECONDS
+    max_clip_seconds: float = cli_field(MAX_CLIP_SECONDS, cli=False)
     """Longer clips are truncated (and counted in the summary); 30 s is the encoder's limit."""
-    train_data: str = ""
+    train_data: str = cli_field("", "--train-data", "--train-csv")
     """Training manifest (CSV/JSONL with path,label), class folders, or an audiofolder."""
-    val_data: str = ""
+    val_data: str = cli_field("", "--val-data", "--val-csv")
     """Optional validation data, same formats; scored at the end of training."""
-    filters: dict[str, str] = field(default_factory=dict)
+    filters: dict[str, str] = cli_field(default_factory=dict, cli=False)
     """Manifest filters, column -> "min:max" range or "v1,v2" values (e.g. duration_ms, snr_db)."""
     skip_bad_audio: bool = False
     """Skip unreadable clips (listed in the summary) instead of refusing to start."""
-    checkpoints: str = "final"
+    checkpoints: str = cli_field("final", choices=CHECKPOINT_POLICIES)
     """"final": only the final adapter; "epoch": also one adapter per epoch. Never optimizer state."""
-    device: str = "auto"
+    device: str = cli_field("auto", choices=DEVICES)
     """"auto" (cuda when available), "cpu" or "cuda"."""
-    dtype: str = "auto"
+    dtype: str = cli_field("auto", choices=DTYPES)
     """Compute dtype: auto (bf16 on GPU, fp32 on CPU), bfloat16 or float32."""
-    gradient_checkpointing: str = "auto"
+    gradient_checkpointing: str = cli_field("auto", choices=GRAD_CHECKPOINTING)
     """"auto" (only when memory requires it, GPU), "on" or "off". Always non-reentrant."""
-    offload_embeddings: str = "auto"
+    offload_embeddings: str = cli_field("auto", choices=GRAD_CHECKPOINTING, cli=False)
     """Keep the input embedding table (1.3 GB on the 7B) on the CPU: "auto" (GPUs under 12 GB), "on", "off".
     Exact: only the rows of the batch's tokens are looked up and moved."""
-    auto_micro_batch: bool = True
+    auto_micro_batch: bool = cli_field(True, cli=False)
     """On a GPU, pick the largest micro-batch that fits (a divisor of the effective batch) and
     accumulate the rest, so per_device_batch x grad_accum and the optimisation stay the same."""
-    num_processes: int = 1
+    num_processes: int = cli_field(1, "--num-gpus", "--num-processes")
     """Data-parallel processes (one per GPU); effective batch = per_device_batch x grad_accum x processes."""
 
     # ------------------------------------------------------------------ derived
@@ -149,13 +152,8 @@ class TrainConfig:
     def validate(self, check_paths: bool = True) -> "TrainConfig":
         """Normalise and check every field; raises ConfigError naming the first bad one."""
         _require(isinstance(self.model, str) and self.model.strip(), "model", "must not be empty")
-        _choice(self, "quantization", QUANTIZATIONS)
-        _choice(self, "scheduler", SCHEDULERS)
-        _choice(self, "checkpoints", CHECKPOINT_POLICIES)
-        _choice(self, "device", DEVICES)
-        _choice(self, "dtype", DTYPES)
-        _choice(self, "gradient_checkpointing", GRAD_CHECKPOINTING)
-        _choice(self, "offload_embeddings", GRAD_CHECKPOINTING)
+        for name, options in field_choices(TrainConfig).items():  # the choices the CLI offers
+            _choice(self, name, options)
 
         self.lora_r = _int(self, "lora_r", minimum=1)
         self.lora_alpha = _number(self, "lora_alpha")
@@ -199,7 +197,7 @@ class TrainConfig:
     def _validate_targets(self) -> None:
         targets = self.targets
         if isinstance(targets, str):
-            if "," in targets:
+            if "," in targets or targets.strip() in MODEL_LINEAR_NAMES:  # "q_proj" is a list of one
                 targets = [t.strip() for t in targets.split(",") if t.strip()]
             elif targets not in TARGET_PRESETS:
                 raise ConfigError("targets", f"unknown preset {targets!r}; use one of "
@@ -215,11 +213,7 @@ class TrainConfig:
         self.targets = targets
 
     def _validate_labels(self) -> None:
-        words = [str(w).strip() for w in (self.label_words or [])]
-        _require(len(words) == 2, "label_words", f"needs exactly two words, SPEECH first (got {words})")
-        _require(all(words), "label_words", "must not be empty")
-        _require(words[0] != words[1], "label_words", "the two words must differ")
-        self.label_words = words
+        self.label_words = _label_words(self.label_words)
 
     def _validate_filters(self) -> None:
         _require(isinstance(self.filters, dict), "filters", "must map column -> spec")
@@ -260,18 +254,75 @@ class TrainConfig:
         return cls.from_dict(data)
 
 
-def config_fields() -> list[tuple[str, Any, str]]:
-    """(name, default, docstring) of every field, for forms and docs."""
-    import ast
-    import inspect
+CONTROLS = ("silence", "shuffle")  # audio-is-used controls: every clip silenced, or clips shuffled
+PADDING_SIDES = ("left", "right")
 
-    source = inspect.getsource(TrainConfig)
-    docs: dict[str, str] = {}
-    tree = ast.parse(source)
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]
+
+@dataclass
+class EvalConfig:
+    """What `python -m engine eval` scores: a run's adapter, any PEFT adapter folder or the base model."""
+
+    run: str | None = cli_field(None, group="target", required=True)
+    """a training run (folder, or its name in the workspace)"""
+    checkpoint: Path | None = cli_field(None, group="target", required=True)
+    """any PEFT adapter folder"""
+    base: bool = cli_field(False, group="target", required=True)
+    """the base model without adapter"""
+    model: str | None = None
+    """base model (default: the run's model, or the adapter's base)"""
+    runs_dir: Path | None = None
+    """workspace (default: ./runs or $QLORA_DASH_RUNS)"""
+    run_name: str | None = None
+    """for --base/--checkpoint: name of the evaluation run to create"""
+    quantization: str | None = cli_field(None, choices=QUANTIZATIONS)
+    """4bit, 8bit or none (default: the run's, else 4bit)"""
+    test_data: str = cli_field("", "--test-data", "--test-csv", required=True)
+    """test manifest (CSV/JSONL) or folder"""
+    name: str = "test"
+    """evaluation name inside the run (default: test)"""
+    batch_size: int = 8
+    """clips per forward pass (default 8)"""
+    control: str | None = cli_field(None, choices=CONTROLS)
+    """audio-is-used control: replace clips with silence or shuffle"""
+    threshold_from: str | None = None
+    """choose the threshold on this evaluation of the run (e.g. val)"""
+    prompt: str | None = cli_field(None, group="prompt")
+    """question (default: the run's prompt)"""
+    prompt_from: str | None = cli_field(None, group="prompt")
+    """use the best prompt of this OPRO run (folder or name; its best so far when the search did not finish)"""
+    label_words: list[str] | None = None
+    """SPEECH,NONSPEECH answer words (default: the run's)"""
+    threshold: float | None = None
+    """p(SPEECH) cut (default 0.5 = arg-max)"""
+    device: str = cli_field("auto", choices=DEVICES)
+    """auto (cuda when available), cpu or cuda"""
+    dtype: str = cli_field("auto", choices=DTYPES)
+    """compute dtype: auto (bf16 on GPU, fp32 on CPU), bfloat16 or float32"""
+    padding_side: str = cli_field("left", choices=PADDING_SIDES)
+    """side the batch's shorter prompts are padded on (default left)"""
+    save_predictions: Path | None = None
+    """also write the records to FILE (.jsonl or .csv)"""
+
+    def validate(self) -> "EvalConfig":
+        """Check every field; raises ConfigError naming the first bad one."""
+        targets = [self.run is not None, self.checkpoint is not None, bool(self.base)]
+        _require(sum(targets) == 1, "target", "give exactly one of --run RUN, --checkpoint FOLDER and --base")
+        _require(bool(str(self.test_data or "").strip()), "test_data", "is required (a manifest CSV/JSONL or a folder)")
+        for name, options in field_choices(EvalConfig).items():
+            if getattr(self, name) is not None:
+                _choice(self, name, options)
+        self.batch_size = _int(self, "batch_size", minimum=1)
+        if self.threshold is not None:
+            self.threshold = _number(self, "threshold")
+            _require(0 <= self.threshold <= 1, "threshold", f"must be in [0, 1] (got {self.threshold:g})")
+        if self.label_words is not None:
+            self.label_words = _label_words(self.label_words)
+        return self
+
+
+def config_fields() -> list[tuple[str, Any, str]]:
+    """(name, default, docstring) of every TrainConfig field, for forms and docs."""
+    docs = field_docs(TrainConfig)
     out = []
     defaults = TrainConfig()
     for f in fields(TrainConfig):
@@ -298,12 +349,20 @@ def _require(ok: Any, field_name: str, message: str) -> None:
         raise ConfigError(field_name, message)
 
 
-def _choice(cfg: TrainConfig, name: str, options: tuple[str, ...]) -> None:
+def _label_words(words: Any) -> list[str]:
+    words = [str(w).strip() for w in (words or [])]
+    _require(len(words) == 2, "label_words", f"needs exactly two words, SPEECH first (got {words})")
+    _require(all(words), "label_words", "must not be empty")
+    _require(words[0] != words[1], "label_words", "the two words must differ")
+    return words
+
+
+def _choice(cfg: Any, name: str, options: tuple[str, ...]) -> None:
     value = getattr(cfg, name)
     _require(value in options, name, f"{value!r} is not one of {', '.join(options)}")
 
 
-def _number(cfg: TrainConfig, name: str) -> float:
+def _number(cfg: Any, name: str) -> float:
     value = getattr(cfg, name)
     try:
         number = float(value)
@@ -313,7 +372,7 @@ def _number(cfg: TrainConfig, name: str) -> float:
     return int(number) if isinstance(value, int) and not isinstance(value, bool) else number
 
 
-def _int(cfg: TrainConfig, name: str, minimum: int) -> int:
+def _int(cfg: Any, name: str, minimum: int) -> int:
     value = getattr(cfg, name)
     try:
         number = int(value)

@@ -28,6 +28,8 @@ def cfg(tmp_path, **overrides) -> TrainConfig:
     ({"max_clip_seconds": 45}, "max_clip_seconds", "30"),
     ({"filters": {"snr_db": "loud"}}, "filters.snr_db", "min:max"),
     ({"epochs": "three"}, "epochs", "number"),
+    ({"offload_embeddings": "maybe"}, "offload_embeddings", "auto, on, off"),  # choices without a flag
+    ({"scheduler": "step"}, "scheduler", "linear, cosine"),
 ])
 def test_invalid_values_name_the_field(tmp_path, overrides, field, words):
     with pytest.raises(ConfigError) as err:
@@ -50,6 +52,7 @@ def test_presets_defaults_and_labels(tmp_path):
     mlp = cfg(tmp_path, targets="attention+mlp").validate()
     assert mlp.target_modules[-3:] == ["gate_proj", "up_proj", "down_proj"] and mlp.display_label() == "Attention+MLP"
     assert cfg(tmp_path, targets="q_proj, v_proj").validate().targets == ["q_proj", "v_proj"]
+    assert cfg(tmp_path, targets="q_proj").validate().targets == ["q_proj"]  # one module, as --targets q_proj
 
 
 def test_yaml_round_trip_and_unknown_field(tmp_path):

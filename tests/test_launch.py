@@ -269,3 +269,52 @@ def test_base_model_evaluation_and_problems(tmp_path):
                         "audio: choose the real audio, a control, or both"]
     with pytest.raises(ValueError):
         launch.eval_argv("t.csv")
+
+
+def test_queued_argument_lists_parse_back_to_the_config_they_came_from(tmp_path):
+    """eval_argv and opro_argv go through the configs' generated flags, so the engine's parsers read
+    back exactly the configuration the form planned."""
+    from engine.cliargs import config_from_namespace
+    from engine.config import EvalConfig
+    from engine.tasks.evaluate import eval_arguments
+    from engine.tasks.opro import OproSettings, opro_arguments
+
+    argv = launch.eval_argv("t.csv", name="held-out", batch_size=4, control="shuffle", base_model="tiny",
+                            quantization="none", runs_root=tmp_path, run_name="base-x", prompt="-- speech? --")
+    parser = argparse.ArgumentParser()
+    eval_arguments(parser)
+    assert config_from_namespace(EvalConfig, parser.parse_args(argv[1:])) == EvalConfig(
+        base=True, model="tiny", runs_dir=tmp_path, run_name="base-x", quantization="none", test_data="t.csv",
+        name="held-out", batch_size=4, control="shuffle", prompt="-- speech? --")
+    with pytest.raises(ConfigError, match="batch_size: must be >= 1"):
+        launch.eval_argv("t.csv", batch_size=0, run_dir=tmp_path / "run")
+
+    argv = launch.opro_argv("d.csv", tmp_path / "opro-x", run="cfg-s1", iterations=2, candidates=3,
+                            proposer="self", seed=5, batch_size=2)
+    parser = argparse.ArgumentParser()
+    opro_arguments(parser)
+    assert config_from_namespace(OproSettings, parser.parse_args(argv[1:])) == OproSettings(
+        run="cfg-s1", dev_data="d.csv", iterations=2, candidates=3, proposer="self", seed=5,
+        run_dir=tmp_path / "opro-x", batch_size=2)
+
+
+def test_form_choices_are_the_configs_choices():
+    """The form offers what TrainConfig.validate() accepts, so no typed-in value fails later."""
+    from engine.cliargs import field_choices
+
+    specs = {spec.name: spec for _title, section in launch.form_sections() for spec in section}
+    for name, options in field_choices(TrainConfig).items():
+        assert (specs[name].kind, specs[name].options) == ("choice", options), name
+    assert specs["offload_embeddings"].options == ("auto", "on", "off")
+
+
+def test_command_preview_of_a_single_module_target_runs(train_csv):
+    """A target list of one module is written as `--targets q_proj`, which the CLI reads as that list."""
+    from engine.tasks.train import config_from_args, train_arguments
+
+    config = TrainConfig(train_data=str(train_csv), targets=["q_proj"]).validate().to_dict()
+    command = launch.train_command(config)
+    assert "--targets q_proj" in command
+    parser = argparse.ArgumentParser()
+    train_arguments(parser)
+    assert config_from_args(parser.parse_args(shlex.split(command)[4:])).targets == ["q_proj"]

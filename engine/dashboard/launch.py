@@ -29,18 +29,19 @@ from engine.ops import disk
 from engine import jobs
 from engine.runs import folder as rf
 from engine.data.audio import AUDIO_EXTENSIONS
-from engine.config import (CHECKPOINT_POLICIES, DEVICES, DTYPES, GRAD_CHECKPOINTING, PRESET_LABELS, QUANTIZATIONS,
-                           SCHEDULERS, TARGET_PRESETS, TINY_MODEL, ConfigError, TrainConfig, config_fields)
+from engine import cliargs
+from engine.config import (PRESET_LABELS, QUANTIZATIONS, TARGET_PRESETS, TINY_MODEL, ConfigError, EvalConfig,
+                           TrainConfig, config_fields)
 from engine.tasks.opro import PROPOSER_EDIT, PROPOSER_MODEL, PROPOSER_SELF, PROPOSERS  # noqa: F401 (pages use them)
 from engine.tasks.opro import TEST_NAME as OPRO_TEST_NAME
+from engine.tasks.opro import OproSettings
+from engine.tasks.train import train_argv
 from engine.dashboard.review import run_seed
 from engine.tasks.evaluate import CONTROLS
 
 # Fields a sweep may list several values of, with the type of one value.
 LIST_FIELDS: dict[str, type] = {"seed": int, "lora_r": int, "lora_alpha": float}
-CHOICE_FIELDS: dict[str, tuple[str, ...]] = {
-    "quantization": QUANTIZATIONS, "scheduler": SCHEDULERS, "checkpoints": CHECKPOINT_POLICIES,
-    "device": DEVICES, "dtype": DTYPES, "gradient_checkpointing": GRAD_CHECKPOINTING}
+CHOICE_FIELDS: dict[str, tuple[str, ...]] = cliargs.field_choices(TrainConfig)  # the CLI's and validate()'s choices
 LONG_TEXT_FIELDS = frozenset({"system_prompt", "prompt"})
 DERIVED_KEYS = ("target_modules", "effective_batch")
 
@@ -55,19 +56,6 @@ FORM_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                  "auto_micro_batch", "num_processes")),
 )
 OTHER_SECTION = "Other"  # fields added to TrainConfig but not yet placed above
-
-# `python -m engine train` flags, in the order the command preview lists them.
-TRAIN_FLAGS: tuple[tuple[str, str], ...] = (
-    ("label", "--label"), ("model", "--model"), ("quantization", "--quantization"), ("targets", "--targets"),
-    ("lora_r", "--lora-r"), ("lora_alpha", "--lora-alpha"), ("lora_dropout", "--lora-dropout"), ("seed", "--seed"),
-    ("epochs", "--num-epochs"), ("max_steps", "--max-steps"), ("per_device_batch", "--per-device-train-batch-size"),
-    ("grad_accum", "--gradient-accumulation-steps"), ("learning_rate", "--learning-rate"),
-    ("warmup_ratio", "--warmup-ratio"), ("scheduler", "--scheduler"), ("train_data", "--train-data"),
-    ("val_data", "--val-data"), ("prompt", "--prompt"), ("label_words", "--label-words"),
-    ("checkpoints", "--checkpoints"), ("device", "--device"), ("dtype", "--dtype"),
-    ("gradient_checkpointing", "--gradient-checkpointing"), ("num_processes", "--num-gpus"))
-FILTER_FLAGS = {"duration_ms": "--filter-duration", "snr_db": "--filter-snr"}
-
 
 # ---------------------------------------------------------------- the Train form
 
@@ -285,34 +273,16 @@ def _run_state(run_dir: Path) -> str | None:
 def train_command(config: dict[str, Any], run_dir: str | Path | None = None) -> str:
     """`python -m engine train ...` giving the same run as `config` (fields left at defaults omitted).
 
-    Fields the CLI has no flag for are listed on a comment line: the queued job reads them from
-    the run's config.json.
+    The flags are the CLI's own (engine.tasks.train.train_argv). Fields the CLI has no flag for
+    are listed on a comment line: the queued job reads them from the run's config.json.
     """
     cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k not in DERIVED_KEYS})
-    defaults = TrainConfig()
-    argv = ["python", "-m", "engine", "train"]
-    flagged = {name for name, _flag in TRAIN_FLAGS} | {"skip_bad_audio", "filters"}
-    for name, flag in TRAIN_FLAGS:
-        value = getattr(cfg, name)
-        if name == "label":
-            if value and value != PRESET_LABELS.get(cfg.target_preset or ""):
-                argv += [flag, value]
-            continue
-        if value != getattr(defaults, name) and value is not None:
-            argv += [flag, _format_value(value)]
-    if cfg.skip_bad_audio:
-        argv.append("--skip-bad-audio")
-    leftovers = []
-    for column, spec in cfg.filters.items():
-        if column in FILTER_FLAGS:
-            argv += [FILTER_FLAGS[column], str(spec)]
-        else:
-            leftovers.append(f"filters.{column}={spec}")
+    if cfg.label and cfg.label == PRESET_LABELS.get(cfg.target_preset or ""):
+        cfg.label = ""  # the preset's own label is what the run derives anyway
+    flags, leftovers = train_argv(cfg)
+    argv = ["python", "-m", "engine", "train", *flags]
     if run_dir is not None:
         argv += ["--run-dir", str(run_dir)]
-    for name, _default, _doc in config_fields():
-        if name not in flagged and getattr(cfg, name) != getattr(defaults, name):
-            leftovers.append(f"{name}={getattr(cfg, name)!r}")
     command = shlex.join(argv)
     if leftovers:
         command += "\n# no flag for " + ", ".join(leftovers) + " (the queued job reads them from config.json)"
@@ -365,28 +335,17 @@ def eval_argv(test_data: str, name: str = "test", batch_size: int = 8, control: 
     """The argument list of `python -m engine eval` (after "engine") for a run or the base model.
 
     `prompt` replaces the run's own question (e.g. an OPRO run's best prompt); None keeps it.
+    runs_root and run_name apply to the base model only (a run's evaluation goes into the run).
     """
     if (run_dir is None) == (base_model is None):
         raise ValueError("give exactly one of run_dir and base_model")
-    argv = ["eval"]
-    if run_dir is not None:
-        argv += ["--run", str(run_dir)]
-    else:
-        argv += ["--base", "--model", str(base_model)]
-        if runs_root is not None:
-            argv += ["--runs-dir", str(runs_root)]
-        if run_name:
-            argv += ["--run-name", run_name]
-    if quantization:
-        argv += ["--quantization", quantization]
-    argv += ["--test-data", str(test_data), "--name", name, "--batch-size", str(int(batch_size))]
-    if control:
-        argv += ["--control", control]
-    if threshold_from:
-        argv += ["--threshold-from", threshold_from]
-    if prompt is not None:
-        argv += ["--prompt", prompt]
-    return argv
+    base = base_model is not None
+    cfg = EvalConfig(run=None if base else str(run_dir), base=base, model=str(base_model) if base else None,
+                     runs_dir=Path(runs_root) if base and runs_root is not None else None,
+                     run_name=(run_name or None) if base else None, quantization=quantization or None,
+                     test_data=str(test_data), name=name, batch_size=int(batch_size), control=control or None,
+                     threshold_from=threshold_from or None, prompt=prompt).validate()
+    return ["eval", *cliargs.config_to_argv(cfg, always=("name", "batch_size"))]
 
 
 def scorable_runs(runs: Iterable[rf.RunInfo]) -> list[rf.RunInfo]:
@@ -553,23 +512,21 @@ def opro_argv(dev_data: str | Path, run_dir: str | Path, run: str | Path | None 
         raise ValueError("give exactly one of run and base_model")
     if proposer not in PROPOSERS:
         raise ValueError(f"proposer must be one of {', '.join(PROPOSERS)} (got {proposer!r})")
-    argv = ["opro", *(["--run", str(run)] if run is not None else ["--base", "--model", str(base_model)])]
-    argv += ["--dev-csv", str(dev_data)]
-    if test_data:
-        argv += ["--test-csv", str(test_data)]
-    argv += ["--iterations", str(int(iterations)), "--candidates", str(int(candidates))]
+    proposer_flag = None
     if proposer == PROPOSER_SELF:
-        argv += ["--proposer", "self"]
+        proposer_flag = "self"
     elif proposer == PROPOSER_MODEL:
         if not proposer_model or not str(proposer_model).strip():
             raise ValueError("the proposer 'model' needs proposer_model (a folder or a hub id)")
-        argv += ["--proposer", str(proposer_model).strip()]
-    if seed is not None:
-        argv += ["--seed", str(int(seed))]
-    argv += ["--run-dir", str(run_dir), "--batch-size", str(int(batch_size))]
-    if quantization:
-        argv += ["--quantization", quantization]
-    return argv
+        proposer_flag = str(proposer_model).strip()
+    settings = OproSettings(run=str(run) if run is not None else None, base=run is None,
+                            model=str(base_model) if base_model is not None else None, dev_data=str(dev_data),
+                            test_data=str(test_data) if test_data else None, iterations=int(iterations),
+                            candidates=int(candidates), proposer=proposer_flag,
+                            seed=int(seed) if seed is not None else None, run_dir=Path(run_dir),
+                            batch_size=int(batch_size), quantization=quantization or None)
+    settings.check()
+    return ["opro", *cliargs.config_to_argv(settings, always=("iterations", "candidates", "batch_size"))]
 
 
 def _free_run_dir(runs_root: Path, name: str, taken: set[Path]) -> Path:

@@ -20,11 +20,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from engine.runs import folder as rf
-from engine.config import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, ConfigError
+from engine import cliargs
+from engine.config import CONTROLS, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, ConfigError, EvalConfig
 from engine.runs.predictions import SPEECH, make_record, save_predictions_file, write_evaluation
 
 log = logging.getLogger("engine.tasks.evaluate")
-CONTROLS = ("silence", "shuffle")
 
 
 def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt: str, label_words: Sequence[str],
@@ -123,30 +123,7 @@ def evaluate_clips(loaded, clips, report, run_dir: Path, name: str, system_promp
 # ----------------------------------------------------------------------------- CLI
 
 def eval_arguments(p: argparse.ArgumentParser) -> None:
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--run", help="a training run (folder, or its name in the workspace)")
-    target.add_argument("--checkpoint", type=Path, help="any PEFT adapter folder")
-    target.add_argument("--base", action="store_true", help="the base model without adapter")
-    p.add_argument("--test-csv", "--test-data", dest="test_data", required=True,
-                   help="test manifest (CSV/JSONL) or folder")
-    p.add_argument("--name", default="test", help="evaluation name inside the run (default: test)")
-    p.add_argument("--run-name", help="for --base/--checkpoint: name of the evaluation run to create")
-    p.add_argument("--runs-dir", type=Path, default=None)
-    p.add_argument("--model", help="base model (default: the run's model, or the adapter's base)")
-    p.add_argument("--quantization", choices=("4bit", "8bit", "none"))
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--padding-side", choices=("left", "right"), default="left")
-    prompt = p.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", help="question (default: the run's prompt)")
-    prompt.add_argument("--prompt-from", help="use the best prompt of this OPRO run (folder or name; its best so "
-                                              "far when the search did not finish)")
-    p.add_argument("--label-words", help="SPEECH,NONSPEECH answer words (default: the run's)")
-    p.add_argument("--threshold", type=float, help="p(SPEECH) cut (default 0.5 = arg-max)")
-    p.add_argument("--threshold-from", help="choose the threshold on this evaluation of the run (e.g. val)")
-    p.add_argument("--control", choices=CONTROLS, help="audio-is-used control: replace clips with silence or shuffle")
-    p.add_argument("--save-predictions", type=Path, help="also write the records to FILE (.jsonl or .csv)")
+    cliargs.add_config_arguments(p, EvalConfig)
     p.add_argument("--json", action="store_true", help="print the evaluation summary as one JSON object")
 
 
@@ -179,6 +156,7 @@ def eval_main(args: argparse.Namespace) -> int:
     from engine.models import ModelError, family_for
 
     try:
+        cliargs.config_from_namespace(EvalConfig, args).validate()
         run_cfg: dict[str, Any] = {}
         if args.run:
             run_dir = find_run(args.run, args.runs_dir)
@@ -201,8 +179,7 @@ def eval_main(args: argparse.Namespace) -> int:
         quantization = args.quantization or run_cfg.get("quantization", "4bit")
         prompt = args.prompt or run_cfg.get("prompt") or DEFAULT_PROMPT
         system_prompt = run_cfg.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
-        words = [w.strip() for w in args.label_words.split(",")] if args.label_words else \
-            run_cfg.get("label_words") or ["SPEECH", "NONSPEECH"]
+        words = list(args.label_words or run_cfg.get("label_words") or ["SPEECH", "NONSPEECH"])
         if args.prompt_from:
             prompt = optimised_prompt(find_run(args.prompt_from, args.runs_dir), words)
         if not args.run:

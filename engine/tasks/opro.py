@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import numpy as np
 
 from engine.runs import folder as rf
-from engine.config import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, ConfigError
+from engine.cliargs import add_config_arguments, cli_field, config_from_namespace, field_choices
+from engine.config import DEVICES, DTYPES, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, QUANTIZATIONS, ConfigError
 
 if TYPE_CHECKING:
     from engine.tasks.train import StopRequested
@@ -446,29 +447,59 @@ def score_prompt(loaded, dev: DevSet, system_prompt: str, prompt: str, label_wor
 
 @dataclass
 class OproSettings:
-    """What `python -m engine opro` was asked for (see opro_arguments for each field's meaning)."""
+    """What `python -m engine opro` searches: prompts for a frozen model (a run's adapter or the
+    base model), scored on dev data. Each field is one flag of the command."""
 
-    dev_data: str
-    test_data: str | None = None
-    run: str | None = None
-    base: bool = False
+    run: str | None = cli_field(None, group="target", required=True)
+    """optimise for this training run's adapter (folder, or its name)"""
+    base: bool = cli_field(False, group="target", required=True)
+    """optimise for the base model without adapter"""
     model: str | None = None
-    quantization: str | None = None
+    """base model (default: the run's model; with --base: tiny)"""
+    dev_data: str = cli_field("", "--dev-csv", "--dev-data", required=True)
+    """development manifest (CSV/JSONL) or folder: every candidate is scored on it"""
+    test_data: str | None = cli_field(None, "--test-csv", "--test-data")
+    """held-out test data: the best dev prompt and the original are evaluated on it once"""
     iterations: int = 3
+    """optimisation rounds (default 3)"""
     candidates: int = 4
+    """new prompts scored per round (default 4)"""
     proposer: str | None = None
+    """'self' (the audio model's own LM, text only), a causal LM folder or a cached hub id; default: the
+    deterministic edit-based search"""
     seed: int | None = None
-    prompt: str | None = None
-    label_words: list[str] | None = None
+    """proposer sampling / edit search seed (default: the run's seed, else 0)"""
+    run_dir: Path | None = None
+    """exact run folder (used by the job queue)"""
     batch_size: int = 8
+    """clips per forward pass (default 8)"""
+    quantization: str | None = cli_field(None, choices=QUANTIZATIONS)
+    """4bit, 8bit or none (default: the run's, else 4bit)"""
+    prompt: str | None = None
+    """the prompt to start from (default: the run's prompt)"""
+    label_words: list[str] | None = None
+    """SPEECH,NONSPEECH answer words (default: the run's)"""
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    """longest candidate accepted (default 300)"""
     top_k: int = DEFAULT_TOP_K
-    device: str = "auto"
-    dtype: str = "auto"
+    """prompts shown to the proposer (default 10)"""
+    device: str = cli_field("auto", choices=DEVICES)
+    """auto (cuda when available), cpu or cuda"""
+    dtype: str = cli_field("auto", choices=DTYPES)
+    """compute dtype: auto (bf16 on GPU, fp32 on CPU), bfloat16 or float32"""
+    run_name: str | None = None
+    """name of the OPRO run folder (default: opro-<run> or opro-base-<model>)"""
+    runs_dir: Path | None = None
+    """workspace (default: $QLORA_DASH_RUNS or ./runs)"""
 
     def check(self) -> None:
         if (self.run is None) == (not self.base):
             raise ConfigError("target", "give exactly one of --run RUN and --base")
+        if not str(self.dev_data or "").strip():
+            raise ConfigError("dev_data", "is required (a manifest CSV/JSONL or a folder)")
+        for name, options in field_choices(OproSettings).items():
+            if getattr(self, name) is not None and getattr(self, name) not in options:
+                raise ConfigError(name, f"{getattr(self, name)!r} is not one of {', '.join(options)}")
         for name in ("iterations", "candidates", "batch_size", "top_k"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(name, f"must be at least 1 (got {getattr(self, name)})")
@@ -723,44 +754,14 @@ def optimise(settings: OproSettings, run_dir: Path, runs_root: Path,
 # ----------------------------------------------------------------------------- CLI
 
 def opro_arguments(p: argparse.ArgumentParser) -> None:
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--run", help="optimise for this training run's adapter (folder, or its name)")
-    target.add_argument("--base", action="store_true", help="optimise for the base model without adapter")
-    p.add_argument("--dev-csv", "--dev-data", dest="dev_data", required=True,
-                   help="development manifest (CSV/JSONL) or folder: every candidate is scored on it")
-    p.add_argument("--test-csv", "--test-data", dest="test_data",
-                   help="held-out test data: the best dev prompt and the original are evaluated on it once")
-    p.add_argument("--iterations", type=int, default=3, help="optimisation rounds (default 3)")
-    p.add_argument("--candidates", type=int, default=4, help="new prompts scored per round (default 4)")
-    p.add_argument("--proposer", help="'self' (the audio model's own LM, text only), a causal LM folder or a "
-                                      "cached hub id; default: the deterministic edit-based search")
-    p.add_argument("--seed", type=int, help="proposer sampling / edit search seed (default: the run's seed, else 0)")
-    p.add_argument("--model", help="base model (default: the run's model; with --base: tiny)")
-    p.add_argument("--quantization", choices=("4bit", "8bit", "none"))
-    p.add_argument("--prompt", help="the prompt to start from (default: the run's prompt)")
-    p.add_argument("--label-words", help="SPEECH,NONSPEECH answer words (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-prompt-chars", type=int, default=DEFAULT_MAX_PROMPT_CHARS,
-                   help=f"longest candidate accepted (default {DEFAULT_MAX_PROMPT_CHARS})")
-    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="prompts shown to the proposer (default 10)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
-    p.add_argument("--run-name", help="name of the OPRO run folder (default: opro-<run> or opro-base-<model>)")
-    p.add_argument("--run-dir", type=Path, help="exact run folder (used by the job queue)")
-    p.add_argument("--runs-dir", type=Path, default=None, help="workspace (default: $QLORA_DASH_RUNS or ./runs)")
+    add_config_arguments(p, OproSettings)
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
 
 
 def opro_main(args: argparse.Namespace) -> int:
     from engine.models import ModelError
 
-    settings = OproSettings(
-        dev_data=args.dev_data, test_data=args.test_data, run=args.run, base=args.base, model=args.model,
-        quantization=args.quantization, iterations=args.iterations, candidates=args.candidates,
-        proposer=args.proposer, seed=args.seed, prompt=args.prompt,
-        label_words=[w.strip() for w in args.label_words.split(",")] if args.label_words else None,
-        batch_size=args.batch_size, max_prompt_chars=args.max_prompt_chars, top_k=args.top_k,
-        device=args.device, dtype=args.dtype)
+    settings = config_from_namespace(OproSettings, args)
     root = rf.runs_root(args.run_dir.parent if args.run_dir and not args.runs_dir else args.runs_dir)
     try:
         settings.check()

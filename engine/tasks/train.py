@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from engine import cliargs
 from engine.runs import folder as rf
 from engine.config import ConfigError, TrainConfig
 
@@ -469,52 +470,28 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
 
 # ----------------------------------------------------------------------------- CLI
 
+# Manifest filters with a flag of their own; other columns are filtered through --config or the form.
+FILTER_FLAGS = {"duration_ms": "--filter-duration", "snr_db": "--filter-snr"}
+
+
 def train_arguments(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
+    """Where the run goes, then one flag per TrainConfig field that has one (engine/cliargs.py);
+    a flag not given leaves the value of --config, of a queued run's config.json, or the default."""
     p.add_argument("--config", type=Path, help="YAML file of TrainConfig fields; flags override it")
     p.add_argument("--run-dir", "--output-dir", dest="run_dir", type=Path,
                    help="run folder to create (default: <runs-dir>/<label>-s<seed>-<time>)")
     p.add_argument("--runs-dir", type=Path, default=None, help="workspace (default: ./runs or $QLORA_DASH_RUNS)")
     p.add_argument("--name", help="run name inside the workspace")
-    p.add_argument("--label", help="configuration label, e.g. Attention-Only")
-    p.add_argument("--model", help=f"hub id (local cache only), folder, or tiny (default {d.model})")
-    p.add_argument("--quantization", choices=("4bit", "8bit", "none"))
-    p.add_argument("--lora-r", type=int)
-    p.add_argument("--lora-alpha", type=float)
-    p.add_argument("--lora-dropout", type=float)
-    p.add_argument("--targets", help="attention | attention+mlp | q_proj,v_proj,...")
+    cliargs.add_config_arguments(p, TrainConfig, overlay=True)
     p.add_argument("--add-mlp-targets", action="store_true", help="same as --targets attention+mlp")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--num-epochs", "--epochs", dest="epochs", type=float)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--per-device-train-batch-size", dest="per_device_batch", type=int)
-    p.add_argument("--gradient-accumulation-steps", dest="grad_accum", type=int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--warmup-ratio", type=float)
-    p.add_argument("--scheduler", choices=("linear", "cosine", "constant", "constant_with_warmup"))
-    p.add_argument("--train-csv", "--train-data", dest="train_data")
-    p.add_argument("--val-csv", "--val-data", dest="val_data")
-    p.add_argument("--filter-duration", help="keep clips whose duration_ms is in 'min:max' or 'v1,v2'")
-    p.add_argument("--filter-snr", help="keep clips whose snr_db is in 'min:max' or 'v1,v2'")
-    p.add_argument("--prompt")
-    p.add_argument("--label-words", help="SPEECH,NONSPEECH answer words")
-    p.add_argument("--skip-bad-audio", action="store_true", default=None)
-    p.add_argument("--checkpoints", choices=("final", "epoch"))
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"))
-    p.add_argument("--gradient-checkpointing", choices=("auto", "on", "off"))
-    p.add_argument("--num-gpus", "--num-processes", dest="num_processes", type=int,
-                   help="data-parallel processes, one per GPU (relaunches through accelerate launch)")
+    for column, flag in FILTER_FLAGS.items():
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"),
+                       help=f"keep clips whose {column} is in 'min:max' or 'v1,v2'")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
-_FLAG_FIELDS = ("label", "model", "quantization", "lora_r", "lora_alpha", "lora_dropout", "targets", "seed", "epochs",
-                "max_steps", "per_device_batch", "grad_accum", "learning_rate", "warmup_ratio", "scheduler",
-                "train_data", "val_data", "prompt", "skip_bad_audio", "checkpoints", "device", "dtype",
-                "gradient_checkpointing", "num_processes")
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The validated TrainConfig: --config (or the queued run's config.json), then the flags given."""
     queued_config = Path(args.run_dir) / rf.CONFIG if args.run_dir else None
     if args.config:
         cfg = TrainConfig.from_yaml(args.config)
@@ -522,23 +499,38 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg = TrainConfig.from_dict(rf.read_json(queued_config))  # a run queued by the dashboard
     else:
         cfg = TrainConfig()
-    for name in _FLAG_FIELDS:
-        value = getattr(args, name, None)
-        if value is not None:
-            setattr(cfg, name, value)
+    cfg = cliargs.config_from_namespace(TrainConfig, args, base=cfg)
     if args.add_mlp_targets:
         if args.targets and args.targets != "attention+mlp":
             raise ConfigError("targets", "--add-mlp-targets and --targets disagree; use one")
         cfg.targets = "attention+mlp"
-    if args.label_words:
-        cfg.label_words = [w.strip() for w in args.label_words.split(",")]
     filters = dict(cfg.filters)
-    if args.filter_duration:
-        filters["duration_ms"] = args.filter_duration
-    if args.filter_snr:
-        filters["snr_db"] = args.filter_snr
+    for column, flag in FILTER_FLAGS.items():
+        spec = getattr(args, flag[2:].replace("-", "_"))
+        if spec:
+            filters[column] = spec
     cfg.filters = filters
     return cfg.validate()
+
+
+def train_argv(cfg: TrainConfig, every_field: bool = False) -> tuple[list[str], list[str]]:
+    """The `train` flags giving `cfg` (after "train", run folder left out), and "name=value" of what
+    no flag can say (those values reach a run through --config or its config.json).
+
+    Only values off their defaults are written, unless every_field (a relaunch must override
+    whatever --config says). Filters on duration_ms and snr_db have flags; other columns do not.
+    """
+    argv = cliargs.config_to_argv(cfg, every_field=every_field)
+    leftovers = []
+    for column, spec in cfg.filters.items():
+        if column in FILTER_FLAGS:
+            argv += cliargs.flag_with_value(FILTER_FLAGS[column], str(spec))
+        else:
+            leftovers.append(f"filters.{column}={spec}")
+    defaults = TrainConfig()
+    leftovers += [f"{name}={getattr(cfg, name)!r}" for name in cliargs.flagless_fields(TrainConfig)
+                  if name != "filters" and getattr(cfg, name) != getattr(defaults, name)]
+    return argv, leftovers
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -548,20 +540,12 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{base}-r{cfg.lora_r}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _argv_of(args: argparse.Namespace) -> list[str]:
-    """The `train` flags that produced `args` (run folder left out), to hand to the launched ranks."""
-    parser = argparse.ArgumentParser(add_help=False)
-    train_arguments(parser)
-    argv: list[str] = []
-    for action in parser._actions:
-        value = getattr(args, action.dest, None)
-        if action.dest == "run_dir" or value is None or value is False:
-            continue
-        if isinstance(action, argparse._StoreTrueAction):
-            argv.append(action.option_strings[0])
-        else:
-            argv += [action.option_strings[0], str(value)]
-    return argv
+def rank_argv(args: argparse.Namespace, cfg: TrainConfig, run_dir: Path) -> list[str]:
+    """The `train` command each data-parallel rank runs: every field with a flag as resolved here
+    (so the ranks agree whatever --config says), --config again for the fields without a flag,
+    and the run folder chosen here, so every rank writes the same one."""
+    return ["train", *train_argv(cfg, every_field=True)[0], *(["--config", str(args.config)] if args.config else []),
+            *(["--json"] if args.json else []), "--run-dir", str(run_dir)]
 
 
 def _run_launcher(command: list[str]) -> int:
@@ -598,8 +582,7 @@ def train_main(args: argparse.Namespace) -> int:
 
     if cfg.num_processes > 1 and not dist.launched():
         # every rank must resolve the same run folder, so pass the one chosen here
-        argv = ["train", *_argv_of(args), "--run-dir", str(run_dir)]
-        return _run_launcher(dist.launch_command(cfg.num_processes, argv))
+        return _run_launcher(dist.launch_command(cfg.num_processes, rank_argv(args, cfg, run_dir)))
     try:
         summary = train(cfg, run_dir)
     except (ConfigError, rf.RunFolderError, ValueError, OSError) as exc:
