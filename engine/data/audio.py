@@ -19,6 +19,9 @@ import soxr
 
 SAMPLE_RATE = 16000
 DEFAULT_MAX_SECONDS = 30.0
+# The fewest 16 kHz samples the encoder turns into an audio token: 3 mel frames (one per started
+# 160-sample hop); its two stride-2 stages map 1 or 2 frames to no token, and scoring then fails.
+MIN_SAMPLES = 2 * 160 + 1
 # Extensions treated as audio when a folder is scanned (soundfile decodes all of them).
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au"})
 
@@ -85,6 +88,10 @@ def _decode(fileobj: BinaryIO, source: str | Path, max_seconds: float | None) ->
     mono = samples.mean(axis=1) if channels > 1 else samples[:, 0]
     if original_sr != SAMPLE_RATE:
         mono = soxr.resample(mono, original_sr, SAMPLE_RATE, quality="HQ")
+    if mono.size < MIN_SAMPLES:  # checked after resampling: 1 sample at 44.1 kHz becomes none at 16 kHz
+        raise AudioError(source, f"too short: {frames} sample(s) at {original_sr} Hz give {mono.size} at "
+                                 f"{SAMPLE_RATE} Hz; the model needs at least {MIN_SAMPLES} "
+                                 f"({1000 * MIN_SAMPLES / SAMPLE_RATE:g} ms)")
     original_seconds = frames / original_sr
     truncated = max_seconds is not None and original_seconds > max_seconds
     if max_seconds is not None:

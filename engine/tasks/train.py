@@ -311,7 +311,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
 
     from engine.tasks import distributed as dist
     from engine.models.qwen2_audio import runtime as m
-    from engine.data.manifests import AudioCache, load_clips
+    from engine.data.manifests import AudioCache, load_clips, require_both_classes
 
     started = time.time()
     rank, world, main = dist.rank(), dist.world_size(), dist.is_main()
@@ -325,6 +325,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
                                            max_seconds=cfg.max_clip_seconds, skip_bad=cfg.skip_bad_audio)
     if not train_clips:
         raise ValueError(f"train_data: no clips left in {cfg.train_data} after filters {cfg.filters or '{}'}")
+    require_both_classes(train_report)
     log.info("%d training clips (%s)", len(train_clips), train_report.per_class)
 
     m.seed_everything(cfg.seed)
