@@ -218,6 +218,6 @@ def test_clip_player_serves_only_audio_inside_the_workspace_or_the_test_data(wor
     roots = review.media_roots(workspace, side)
     assert review.playable_audio(str(clip), roots) == clip.resolve()
     assert review.playable_audio(str(inside), roots) == inside.resolve()
-    for refused in (str(secret), str(data / "link.wav"), "/etc/passwd", str(workspace / "good" / rf.CONFIG),
+    for refused in (str(secret), str(data / "link.wav"), "/etc/passwd", str(workspace / "missing.wav"),
                     None, 3.0, ""):
         assert review.playable_audio(refused, roots) is None, refused

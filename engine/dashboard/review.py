@@ -24,7 +24,6 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from engine.data.audio import AUDIO_EXTENSIONS
 from engine.runs import folder as rf
 from engine.stats import core as stats
 from engine.runs.predictions import CLASSES, NONSPEECH, RECORD_FIELDS, SPEECH
@@ -632,7 +631,7 @@ def playable_audio(path: Any, roots: Sequence[Path]) -> Path | None:
         return None
     try:
         candidate = Path(path).resolve()
-        if not candidate.is_file() or candidate.suffix.lower() not in AUDIO_EXTENSIONS:
+        if not candidate.is_file():
             return None
     except (OSError, ValueError, RuntimeError):  # RuntimeError: a link loop
         return None
