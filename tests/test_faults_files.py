@@ -191,6 +191,7 @@ def test_workspace_must_look_like_one(tmp_path, workspace):
     assert rf.check_workspace(workspace) == workspace
     assert rf.check_workspace(tmp_path / "new") == tmp_path / "new"  # not made yet: a new workspace
     (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.md").write_text("runs go here")  # loose files are never runs
     assert rf.check_workspace(tmp_path / "empty") == tmp_path / "empty"
     (junk / ".jobs").mkdir()
     assert rf.check_workspace(junk) == junk  # the queue alone makes a workspace

@@ -399,9 +399,9 @@ def iter_run_dirs(root: Path) -> Iterator[Path]:
 def check_workspace(root: Path) -> Path:
     """`root` when it can be a workspace; RunFolderError saying why not.
 
-    A workspace is a folder that does not exist yet, an empty one, or one holding a run folder
-    (config.json, status.json or engine.log inside) or the job queue (.jobs). Anything else,
-    the filesystem root first of all, would be walked as if each sub-folder were a broken run.
+    A workspace is a folder that does not exist yet, one without sub-folders, or one holding a
+    run folder (config.json, status.json or engine.log inside) or the job queue (.jobs). Anything
+    else, the filesystem root first of all, would be walked as if each sub-folder were a broken run.
     """
     root = Path(root).expanduser()
     resolved = root.resolve()
@@ -418,16 +418,15 @@ def check_workspace(root: Path) -> Path:
             for entry in entries:
                 if entry.name == ".jobs":
                     return root
-                if entry.name.startswith((".", "_")):
-                    continue
+                if entry.name.startswith((".", "_")) or not entry.is_dir(follow_symlinks=False):
+                    continue  # loose files are never listed as runs, so they do no harm
                 seen += 1
-                if entry.is_dir(follow_symlinks=False) and any(
-                        os.path.exists(os.path.join(entry.path, name)) for name in (CONFIG, STATUS, LOG)):
+                if any(os.path.exists(os.path.join(entry.path, name)) for name in (CONFIG, STATUS, LOG)):
                     return root
     except OSError as exc:
         raise RunFolderError(f"{root}: cannot list the folder ({exc.strerror})") from None
     if seen:
-        raise RunFolderError(f"{root} does not look like a workspace: none of its {seen} entries is a run "
+        raise RunFolderError(f"{root} does not look like a workspace: none of its {seen} folders is a run "
                              f"folder (with {CONFIG} or {STATUS}) and it has no .jobs queue; pick the folder "
                              "that holds the run folders")
     return root
