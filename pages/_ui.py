@@ -106,6 +106,11 @@ def workspace() -> Path:
                           key=WORKSPACE_INPUT, on_change=remember,
                           help="Folder holding one sub-folder per run. Default: $QLORA_DASH_RUNS or ./runs.")
     root = rf.runs_root(st.session_state[_WORKSPACE_VALUE])
+    try:
+        rf.check_workspace(root)
+    except rf.RunFolderError as exc:
+        st.error(f"Not a workspace: {exc}")
+        st.stop()
     if str(root) != default:
         st.query_params[WORKSPACE_PARAM] = str(root)
     elif WORKSPACE_PARAM in st.query_params:

@@ -167,7 +167,11 @@ with clips_tab:
         choices = list(dict.fromkeys(shown["clip_id"].head(500)))
         clip_id = st.selectbox("Play a clip", choices, key="clip_play")
         path = shown.loc[shown["clip_id"] == clip_id, "path"].iloc[0]
-        if isinstance(path, str) and Path(path).is_file():
-            st.audio(path)
+        playable = review.playable_audio(path, review.media_roots(root, side))
+        if playable is not None:
+            st.audio(str(playable))
+        elif isinstance(path, str) and Path(path).is_file():
+            st.caption(f"Not played: `{path}` lies outside the workspace and the test data folders this "
+                       "evaluation recorded.")
         else:
             st.caption(f"Audio not found at `{path}` (imported predictions often point at another machine).")

@@ -328,3 +328,55 @@ def test_audio_cache_decodes_each_clip_once_within_budget(small_set, monkeypatch
     small.load(clips[2])
     assert len(calls) == 3  # the last one stayed cached
     assert isinstance(clips[0], Clip)
+
+
+# ---------------------------------------------------------------------- clips too short for the encoder
+
+@pytest.mark.parametrize("sr", [44100, 48000, 96000])
+def test_one_sample_clip_is_refused_after_resampling(tmp_path, sr):
+    path = tmp_path / f"one-{sr}.wav"
+    sf.write(path, np.array([0.25], dtype=np.float32), sr)
+    with pytest.raises(AudioError) as caught:
+        load_audio(path)
+    assert caught.value.source == str(path) and "too short" in caught.value.reason
+
+
+def test_shortest_clip_the_encoder_accepts(tmp_path):
+    from engine.data.audio import MIN_SAMPLES
+
+    # Independently of the engine: mel frames = ceil(samples / 160); the encoder's two stride-2
+    # stages give ((frames - 1) // 2 + 1 - 2) // 2 + 1 audio tokens, which must be >= 1.
+    def tokens(samples):
+        frames = -(-samples // 160)
+        return ((frames - 1) // 2 + 1 - 2) // 2 + 1
+
+    assert tokens(MIN_SAMPLES) >= 1 and tokens(MIN_SAMPLES - 1) < 1
+    write_wav(tmp_path / "ok.wav", sine(MIN_SAMPLES / SAMPLE_RATE))
+    assert load_audio(tmp_path / "ok.wav")[0].size == MIN_SAMPLES
+    write_wav(tmp_path / "short.wav", sine((MIN_SAMPLES - 1) / SAMPLE_RATE))
+    with pytest.raises(AudioError, match="too short"):
+        load_audio(tmp_path / "short.wav")
+
+
+def test_all_bad_files_skipped_still_lists_every_reason(tmp_path):
+    sf.write(tmp_path / "one.wav", np.array([0.1], dtype=np.float32), 44100)
+    (tmp_path / "text.wav").write_text("not audio")
+    manifest = write_manifest(tmp_path / "m.csv", [{"path": "one.wav", "label": "SPEECH"},
+                                                    {"path": "text.wav", "label": "NONSPEECH"}])
+    with pytest.raises(DataError) as caught:
+        load_clips(manifest, skip_bad=True)
+    message = str(caught.value)
+    assert "none of the 2 audio files can be used" in message
+    assert "one.wav: too short" in message and "text.wav: not an audio file soundfile can decode" in message
+
+
+def test_one_class_training_data_is_refused_naming_the_file(small_set, tmp_path):
+    from engine.data.manifests import require_both_classes
+
+    with open(small_set, newline="") as fh:
+        speech_only = [r for r in csv.DictReader(fh) if r["label"].lower() == "speech"]
+    manifest = write_manifest(tmp_path / "speech_only.csv", speech_only)
+    _, report = load_clips(manifest)
+    with pytest.raises(DataError, match=r"speech_only\.csv.*no NONSPEECH clips"):
+        require_both_classes(report)
+    require_both_classes(load_clips(small_set)[1])  # both classes: no complaint

@@ -460,3 +460,73 @@ def test_shuffle_helper_really_shuffles():
     evals = {s: [rec(f"c{i}", "SPEECH", "SPEECH") for i in range(20)] for s in range(5)}
     again = shuffled(evals, random.Random(1))
     assert list(again) != list(evals) or [r["clip_id"] for r in again[0]] != [r["clip_id"] for r in evals[0]]
+
+
+# ---------------------------------------------------------------- guards on exact counts
+
+def seeds_with_correct_counts(n_clips, correct_by_seed):
+    """{seed: records} where seed s gets exactly correct_by_seed[s] clips right."""
+    labels = ["SPEECH" if i % 2 else "NONSPEECH" for i in range(n_clips)]
+    wrong = {"SPEECH": "NONSPEECH", "NONSPEECH": "SPEECH"}
+    return {seed: [rec(f"clip{i:04d}", lab, lab if i < k else wrong[lab]) for i, lab in enumerate(labels)]
+            for seed, k in correct_by_seed.items()}
+
+
+def test_a_constant_gap_in_counts_leaves_the_t_test_undefined():
+    # A is 12 clips of 1152 ahead on every seed; as percentages the gaps differ in the last bit.
+    base = {1: 900, 2: 950, 3: 1000, 4: 1100}
+    gaps = {100 * (k + 12) / 1152 - 100 * k / 1152 for k in base.values()}
+    assert len(gaps) > 1  # the float trap this test is about
+    a = seeds_with_correct_counts(1152, {s: k + 12 for s, k in base.items()})
+    b = seeds_with_correct_counts(1152, base)
+    paired = stats.compare_configs(a, b, n_boot=50)["paired"]
+    assert paired["t_test"] is None
+    assert "same difference" in paired["note"]
+    assert paired["mean_diff_pts"] == pytest.approx(100 * 12 / 1152, rel=1e-12)
+
+
+def test_zero_gaps_in_counts_leave_wilcoxon_undefined():
+    base = {s: 700 + 37 * s for s in range(1, 6)}
+    a = seeds_with_correct_counts(1152, base)
+    b = seeds_with_correct_counts(1152, base)
+    paired = stats.compare_configs(a, b, n_boot=50)["paired"]
+    assert paired["t_test"] is None and paired["wilcoxon"] is None
+    assert "all per-seed differences are zero" in paired["note"]
+
+
+# ---------------------------------------------------------------- exact power of the test used
+
+def best_case_power_by_enumeration(n, delta, alpha, p_value):
+    """Best case: every discordant clip favours A, so d ~ Binomial(n, delta) and the split is (d, 0)."""
+    return sum(sps.binom.pmf(d, n, delta) for d in range(1, n + 1) if p_value(d) <= alpha)
+
+
+def test_mid_p_power_sentence_matches_a_direct_enumeration():
+    def mid_p(d):  # two-sided mid-p with the split (d, 0): 2 * 0.5^d - 0.5^d
+        return 0.5 ** d
+
+    threshold = brentq_threshold(lambda x: best_case_power_by_enumeration(32, x, 0.05, mid_p) - 0.8)
+    assert threshold == pytest.approx(0.2011, abs=1e-4)  # mid-p reaches 80% at 20.1 points, not Connor's 22
+    assert stats.mcnemar_power(32, 100 * threshold, method="midp") == pytest.approx(0.8, abs=1e-9)
+    text = stats.power_caveat(32, method="midp")
+    assert text.startswith("With 32 clips, differences under 20 points are not detectable at 80% power")
+    assert "mid-p" in text
+    assert "under 22 points" in stats.power_caveat(32)  # Connor's planning figure, unchanged without a method
+
+
+def test_exact_power_with_a_discordant_rate_matches_a_direct_enumeration():
+    n, psi, delta = 60, 0.3, 0.2
+    p_a, p_b = (psi + delta) / 2, (psi - delta) / 2
+    by_hand = 0.0
+    for a in range(n + 1):
+        for b in range(n + 1 - a):
+            prob = sps.multinomial.pmf([a, b, n - a - b], n, [p_a, p_b, 1 - p_a - p_b])
+            exact_p = min(1.0, 2 * sps.binom.cdf(min(a, b), a + b, 0.5)) if a + b else 1.0
+            by_hand += prob * (exact_p <= 0.05)
+    assert stats.mcnemar_power(n, 100 * delta, discordant_rate=psi, method="exact") == pytest.approx(by_hand, rel=1e-9)
+
+
+def brentq_threshold(f):
+    from scipy.optimize import brentq
+
+    return brentq(f, 0.01, 0.9, xtol=1e-12)

@@ -158,7 +158,10 @@ def preferred_evaluation(names: Sequence[str]) -> str | None:
 
 
 def _evaluation_document(run_dir: Path, name: str) -> dict:
-    return rf.read_json(rf.evaluation_dir(run_dir, name) / rf.EVALUATION)
+    document = rf.read_json(rf.evaluation_dir(run_dir, name) / rf.EVALUATION)
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object")
+    return document
 
 
 def run_seed(info: rf.RunInfo) -> int | None:
@@ -186,11 +189,11 @@ def overview_row(info: rf.RunInfo, size_bytes: int | None = None) -> dict[str, A
         row["evaluation"] = name
         try:
             summary = _evaluation_document(info.path, name)["summary"]
-            row["clips"] = summary["n"]
-            row["overall"] = _as_pct(summary["accuracy"])
+            row["clips"] = _whole(summary["n"], "n")
+            row["overall"] = _as_pct(_fraction_field(summary["accuracy"], "accuracy"))
             for cls in CLASSES:
-                row[cls] = _as_pct(summary["per_class"][cls]["accuracy"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+                row[cls] = _as_pct(_fraction_field(summary["per_class"][cls]["accuracy"], f"{cls} accuracy"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             row["status"] = f"unreadable: evaluations/{name}/{rf.EVALUATION}: {_reason(exc)}"
     return row
 
@@ -202,7 +205,23 @@ def _reason(exc: Exception) -> str:
         return f"corrupt JSON ({exc.msg}, line {exc.lineno})"
     if isinstance(exc, KeyError):
         return f"no field {exc.args[0]!r}"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, (TypeError, AttributeError)):
+        return f"a field has the wrong type ({exc})"
     return str(exc)
+
+
+def _whole(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"summary field {name!r} is {value!r}, not a whole number")
+    return value
+
+
+def _fraction_field(value: Any, name: str) -> float | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"summary field {name!r} is {value!r}, not a number")
+    return value
 
 
 def _as_pct(fraction: float | None) -> float | None:
@@ -583,6 +602,42 @@ def filter_clips(frame: pd.DataFrame, outcomes: Iterable[str] = (), seeds_disagr
                            na_position="last", ignore_index=True)
 
 
+def media_roots(root: Path, side: Side) -> list[Path]:
+    """Folders whose audio the clip player may serve: the workspace, and the folder of each test
+    manifest (or the test folder itself) that the side's evaluations recorded."""
+    roots = [Path(root).resolve()]
+    for info in side.runs.values():
+        try:
+            document = _evaluation_document(info.path, side.evaluation)
+        except (OSError, ValueError):
+            continue
+        data = document.get("data")
+        source = document.get("test_data") or (data.get("source") if isinstance(data, dict) else None)
+        if isinstance(source, str) and source:
+            folder = Path(source).resolve()
+            folder = folder if folder.is_dir() else folder.parent
+            if folder != Path(folder.anchor) and folder not in roots:  # never the whole filesystem
+                roots.append(folder)
+    return roots
+
+
+def playable_audio(path: Any, roots: Sequence[Path]) -> Path | None:
+    """The audio file a record names when it lies inside one of `roots` (links resolved), else None.
+
+    A predictions file is data, not a permission: without this check any file the dashboard's
+    user can read (say /etc/shadow) would be served through the player.
+    """
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        candidate = Path(path).resolve()
+        if not candidate.is_file():
+            return None
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: a link loop
+        return None
+    return candidate if any(root in candidate.parents for root in roots) else None
+
+
 # ---------------------------------------------------------------- loss curves
 
 def loss_frame(named_runs: Iterable[tuple[str, Any, rf.RunInfo]]) -> pd.DataFrame:
@@ -594,10 +649,17 @@ def loss_frame(named_runs: Iterable[tuple[str, Any, rf.RunInfo]]) -> pd.DataFram
         except (OSError, rf.RunFolderError):
             continue
         for m in metrics:
-            if m.get("loss") is not None and m.get("step") is not None:
-                rows.append({"name": name, "run": info.run_id, "seed": seed_text(key), "step": int(m["step"]),
-                             "epoch": m.get("epoch"), "loss": float(m["loss"])})
+            step, loss = m.get("step"), m.get("loss")
+            # Lines of another shape (text where numbers belong) are not points of the curve.
+            if _is_number(step) and math.isfinite(step) and _is_number(loss):
+                epoch = m.get("epoch") if _is_number(m.get("epoch")) else None
+                rows.append({"name": name, "run": info.run_id, "seed": seed_text(key), "step": int(step),
+                             "epoch": epoch, "loss": float(loss)})
     return pd.DataFrame(rows, columns=["name", "run", "seed", "step", "epoch", "loss"])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def side_runs(sides: Sequence[Side]) -> list[tuple[str, Any, rf.RunInfo]]:

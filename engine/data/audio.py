@@ -21,6 +21,9 @@ from engine.models import DEFAULT_FAMILY
 
 SAMPLE_RATE = DEFAULT_FAMILY.sample_rate
 DEFAULT_MAX_SECONDS = DEFAULT_FAMILY.max_audio_seconds
+# The fewest samples the encoder turns into one audio token (321 at 16 kHz: 3 mel frames); shorter
+# clips give no token and scoring then fails, so they are refused after resampling.
+MIN_SAMPLES = next(n for n in range(1, DEFAULT_FAMILY.max_audio_samples) if DEFAULT_FAMILY.audio_tokens(n) >= 1)
 # Extensions treated as audio when a folder is scanned (soundfile decodes all of them).
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au"})
 
@@ -87,6 +90,10 @@ def _decode(fileobj: BinaryIO, source: str | Path, max_seconds: float | None) ->
     mono = samples.mean(axis=1) if channels > 1 else samples[:, 0]
     if original_sr != SAMPLE_RATE:
         mono = soxr.resample(mono, original_sr, SAMPLE_RATE, quality="HQ")
+    if mono.size < MIN_SAMPLES:  # checked after resampling: 1 sample at 44.1 kHz becomes none at 16 kHz
+        raise AudioError(source, f"too short: {frames} sample(s) at {original_sr} Hz give {mono.size} at "
+                                 f"{SAMPLE_RATE} Hz; the model needs at least {MIN_SAMPLES} "
+                                 f"({1000 * MIN_SAMPLES / SAMPLE_RATE:g} ms)")
     original_seconds = frames / original_sr
     truncated = max_seconds is not None and original_seconds > max_seconds
     if max_seconds is not None:

@@ -145,7 +145,8 @@ def load_clips(source: str | Path, label_words: Iterable[str] | None = None,
         raise DataError(f"{source}: {len(bad_files)} of {len(kept)} audio files cannot be used "
                         f"(fix them or skip them with skip_bad):\n{listing}")
     if not usable:
-        raise DataError(f"{source}: none of the {len(kept)} audio files can be used")
+        listing = "\n".join(f"  {b['path']}: {b['reason']}" for b in bad_files)
+        raise DataError(f"{source}: none of the {len(kept)} audio files can be used:\n{listing}")
 
     report = DataReport(
         source=str(source), layout=layout, n_clips=len(usable),
@@ -154,6 +155,14 @@ def load_clips(source: str | Path, label_words: Iterable[str] | None = None,
         n_filtered_out=n_filtered_out, max_seconds=max_seconds, audio_checked=check_audio,
         manifest_sha256=manifest_sha256(source))
     return usable, report
+
+
+def require_both_classes(report: DataReport, role: str = "train_data") -> None:
+    """Refuse data with clips of one class only: a classifier trained on it learns one answer."""
+    missing = [c for c in CLASSES if not report.per_class.get(c)]
+    if missing:
+        raise DataError(f"{role} {report.source}: no {' or '.join(missing)} clips among its {report.n_clips} "
+                        f"usable clips ({report.per_class}); training needs clips of both classes")
 
 
 def canonical_label(value: Any, label_words: dict[str, str] | None = None) -> str | None:

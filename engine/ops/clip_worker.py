@@ -17,8 +17,9 @@ Requests are dicts sent over multiprocessing.connection (pickled, hence the secr
     {"op": "score", "clips": [{"name", "audio": float32 16 kHz samples as a list or bytes}],
      "adapters": [adapter folder or None for the base model], "prompt", "system_prompt",
      "label_words", "threshold"}
-and answered with {"ok": True, ...} or {"ok": False, "error": "..."}. ({"op": "idle"} comes from the
-worker's own idle watchdog and only stops a worker that has really been idle.)
+and answered with {"ok": True, ...} or {"ok": False, "error": "..."}. Each connection is handled in
+its own thread (handshake and request under timeouts) while requests are answered one at a time,
+so a client that connects and stays silent delays neither other clients nor the idle exit.
 
 Client (`ClipWorkerClient`, `score_clips`, `adapter_choices`): no torch import anywhere on this
 side, so the dashboard can use it; torch, transformers and peft are imported by the server only.
@@ -32,15 +33,18 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import secrets
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from multiprocessing.connection import AuthenticationError, Client, Listener
+from multiprocessing.connection import AuthenticationError, Client, Connection, answer_challenge, deliver_challenge
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -54,7 +58,8 @@ WORKERS_DIR = ".workers"
 DEFAULT_IDLE_TIMEOUT_S = 15 * 60
 DEFAULT_START_TIMEOUT_S = 600.0  # loading a 7B from a cold disk takes minutes
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
-IDLE_POLL_S = 1.0  # how often the idle watchdog looks at the clock
+IDLE_POLL_S = 1.0  # how often the serving loop looks at the idle clock
+AUTH_TIMEOUT_S = 5.0  # an accepted connection must complete the key handshake within this time
 RECEIVE_TIMEOUT_S = 30.0  # an accepted connection must send its request within this time
 MAX_ADAPTERS = 16  # loaded adapters kept in memory; the least recently used goes first
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -433,28 +438,33 @@ def _decode_clip(audio: Any) -> np.ndarray:
 
 
 class _IdleClock:
-    """When the last request ended; a watchdog thread wakes the blocked accept() once it is old.
+    """When the last request ended and how many are being answered now.
 
-    Listener.accept() has no timeout, so the watchdog connects like any client (it knows the key)
-    and sends {"op": "idle"}; the serving loop exits only if it is still idle when that arrives.
+    The serving loop looks at it between accepts (the listening socket wakes every poll), so
+    no connection, however stalled, can keep the worker (and its GPU memory) alive.
     """
 
     def __init__(self, idle_timeout_s: float):
         self.idle_timeout_s = idle_timeout_s
         self.last = time.monotonic()
-        self.stopped = threading.Event()
+        self.busy = 0
+        self._lock = threading.Lock()
 
     @property
     def idle(self) -> bool:
-        return time.monotonic() - self.last >= self.idle_timeout_s
+        with self._lock:
+            return self.busy == 0 and time.monotonic() - self.last >= self.idle_timeout_s
 
-    def watch(self, address: tuple[str, int], authkey: bytes) -> None:
-        while not self.stopped.wait(min(IDLE_POLL_S, self.idle_timeout_s / 4)):
-            if self.idle:
-                with contextlib.suppress(OSError, EOFError, AuthenticationError):
-                    with Client(address, authkey=authkey) as conn:
-                        conn.send({"op": "idle"})
-                        conn.poll(RECEIVE_TIMEOUT_S)
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        with self._lock:
+            self.busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.busy -= 1
+                self.last = time.monotonic()
 
 
 def _answer(request: Any, scorer: Any) -> tuple[dict, bool]:
@@ -472,36 +482,73 @@ def _answer(request: Any, scorer: Any) -> tuple[dict, bool]:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}, False
 
 
-def _serve_connections(listener: Listener, scorer: Any, clock: _IdleClock) -> None:
-    """Answer requests one at a time until a shutdown request or the idle timeout."""
-    while True:
+def _set_socket_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Kernel timeouts on a blocking socket: a read or write that waits longer fails with OSError.
+
+    multiprocessing's Connection has no timeouts of its own; these bound the key handshake and
+    the transfer of a request, while the socket stays blocking as Connection needs.
+    """
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _handle_connection(sock: socket.socket, authkey: bytes, scorer: Any, clock: _IdleClock,
+                       answer_lock: threading.Lock, stop: threading.Event) -> None:
+    """One connection, in its own thread: key handshake, one request, one answer.
+
+    Requests are answered one at a time (answer_lock: the model is not shared between threads);
+    the handshake and the wait for the request are not, so a silent client delays nobody.
+    """
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(sock)
+        _set_socket_timeouts(sock, AUTH_TIMEOUT_S)
+        conn = stack.enter_context(Connection(os.dup(sock.fileno())))
         try:
-            conn = listener.accept()
+            deliver_challenge(conn, authkey)
+            answer_challenge(conn, authkey)
         except AuthenticationError:
             _say("refused a connection that did not know the key")
-            continue
+            return
         except (OSError, EOFError) as exc:
-            _say(f"a connection failed before its request: {exc}")
-            continue
-        with conn:
-            try:
-                request = conn.recv() if conn.poll(RECEIVE_TIMEOUT_S) else None
-            except (OSError, EOFError):
-                request = None
-            if isinstance(request, dict) and request.get("op") == "idle":
-                if clock.idle:
-                    _say(f"idle for {clock.idle_timeout_s:g} s, exiting")
-                    return
-                continue
-            if request is None:
-                continue
-            answer, stop = _answer(request, scorer)
+            _say(f"a connection failed before its request: {exc or type(exc).__name__}")
+            return
+        _set_socket_timeouts(sock, RECEIVE_TIMEOUT_S)
+        try:
+            request = conn.recv() if conn.poll(RECEIVE_TIMEOUT_S) else None
+        except (OSError, EOFError, pickle.UnpicklingError):
+            request = None
+        if request is None:
+            return
+        with answer_lock, clock.answering():
+            answer, stop_requested = _answer(request, scorer)
             with contextlib.suppress(OSError, EOFError):
                 conn.send(answer)
-        clock.last = time.monotonic()
-        if stop:
+        if stop_requested:
             _say("shutdown requested, exiting")
+            stop.set()
+
+
+def _serve_connections(server: socket.socket, authkey: bytes, scorer: Any, clock: _IdleClock) -> None:
+    """Accept connections until a shutdown request or the idle timeout; each is handled in a thread."""
+    stop = threading.Event()
+    answer_lock = threading.Lock()
+    server.settimeout(min(IDLE_POLL_S, clock.idle_timeout_s / 4))
+    while not stop.is_set():
+        if clock.idle:
+            _say(f"idle for {clock.idle_timeout_s:g} s, exiting")
             return
+        try:
+            sock, _ = server.accept()
+        except TimeoutError:
+            continue
+        except OSError as exc:
+            _say(f"a connection failed before its request: {exc}")
+            continue
+        sock.setblocking(True)
+        threading.Thread(target=_handle_connection, args=(sock, authkey, scorer, clock, answer_lock, stop),
+                         daemon=True).start()
 
 
 def _say(message: str) -> None:
@@ -526,8 +573,8 @@ def serve(runs_root: Path, model: str, quantization: str = "4bit", device: str =
         _say(f"clip worker {os.getpid()}: loading {model} ({quantization}, device {device})")
         scorer = make_scorer(model, quantization, device, dtype)
         authkey = secrets.token_bytes(32)
-        with Listener(("127.0.0.1", 0), family="AF_INET", backlog=8, authkey=authkey) as listener:
-            port = listener.address[1]
+        with socket.create_server(("127.0.0.1", 0), backlog=8) as server:
+            port = server.getsockname()[1]
             # mkstemp inside atomic_write_json creates the file 0600: only this user reads the key.
             rf.atomic_write_json(info_file, {
                 "pid": os.getpid(), "process_start_time": rf.process_start_time(os.getpid()), "port": port,
@@ -535,13 +582,7 @@ def serve(runs_root: Path, model: str, quantization: str = "4bit", device: str =
                 "loaded_device": scorer.status().get("device"), "started_at": rf.now_iso(),
                 "idle_timeout_s": idle_timeout_s})
             _say(f"clip worker {os.getpid()} ready on 127.0.0.1:{port} (idle timeout {idle_timeout_s:g} s)")
-            clock = _IdleClock(idle_timeout_s)
-            watchdog = threading.Thread(target=clock.watch, args=(listener.address, authkey), daemon=True)
-            watchdog.start()
-            try:
-                _serve_connections(listener, scorer, clock)
-            finally:
-                clock.stopped.set()
+            _serve_connections(server, authkey, scorer, _IdleClock(idle_timeout_s))
     finally:
         with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
             if rf.read_json(info_file).get("pid") == os.getpid():

@@ -130,6 +130,10 @@ def run_usage(run_dir: Path) -> dict:
     """
     run_dir = Path(run_dir)
     sizes = dict.fromkeys(CATEGORIES, 0)
+    if run_dir.is_symlink():  # os.walk follows a link given as the top: count the link, not its target
+        sizes["other"] = run_dir.lstat().st_size
+        sizes["total"] = sizes["other"]
+        return sizes
     for folder, _dirs, files in os.walk(run_dir, followlinks=False):
         for name in files:
             path = Path(folder) / name

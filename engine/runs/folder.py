@@ -62,7 +62,7 @@ ACTIVE_STATES = frozenset({QUEUED, RUNNING})
 DEFAULT_RUNS_ROOT = Path(__file__).resolve().parents[2] / "runs"
 RUNS_ROOT_ENV = "QLORA_DASH_RUNS"
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")  # used with fullmatch: no "\n" after "$"
 
 
 class RunFolderError(Exception):
@@ -83,7 +83,7 @@ def now_iso() -> str:
 
 def check_run_name(name: str) -> str:
     """A run name is one path component of safe characters: it can never leave the workspace."""
-    if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in {".", ".."}:
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or name in {".", ".."}:
         raise RunFolderError(
             f"invalid run name {name!r}: use 1-128 letters, digits, '.', '_', '+' or '-', "
             "starting with a letter or digit (no '/', no '..')")
@@ -173,23 +173,53 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Every complete line; a partial last line (a writer mid-append) is ignored."""
+    """Every complete line; a partial last line (a writer mid-append) is ignored.
+
+    A line that is not a JSON object, or a file that is not UTF-8 text, raises RunFolderError
+    naming the file and the line.
+    """
     out: list[dict] = []
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return out
+    except UnicodeDecodeError as exc:
+        raise RunFolderError(f"{path}: not UTF-8 text (byte {exc.start}): not a JSON-lines file") from None
     lines = text.split("\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1:  # unterminated last line: being written
                 break
-            raise RunFolderError(f"{path}: line {i + 1} is not valid JSON")
+            raise RunFolderError(f"{path}: line {i + 1} is not valid JSON") from None
+        if not isinstance(record, dict):
+            raise RunFolderError(f"{path}: line {i + 1} is a JSON {_json_type(record)}, not an object")
+        out.append(record)
     return out
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file that must hold one object; RunFolderError names the file and what is wrong.
+
+    FileNotFoundError passes through, so callers can tell a missing file from a broken one.
+    """
+    try:
+        obj = read_json(path)
+    except UnicodeDecodeError as exc:
+        raise RunFolderError(f"{path}: not UTF-8 text (byte {exc.start}): not a JSON file") from None
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(obj, dict):
+        raise RunFolderError(f"{path}: holds a JSON {_json_type(obj)}, not an object")
+    return obj
+
+
+def _json_type(obj: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(obj), type(obj).__name__)
 
 
 # ---------------------------------------------------------------- locks
@@ -310,34 +340,96 @@ class RunInfo:
         return int(seed) if seed is not None else None
 
 
+def _run_file_object(path: Path) -> dict:
+    """A run folder's JSON file, which must hold an object (JSON errors pass through)."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise RunFolderError(f"{path.name} holds a JSON {_json_type(obj)}, not an object")
+    return obj
+
+
 def read_run(run_dir: Path) -> RunInfo:
     """Read one run folder; never raises for a broken folder (the reason goes in `error`)."""
     run_dir = Path(run_dir)
     info = RunInfo(run_id=run_dir.name, path=run_dir)
+    reading = CONFIG  # the file the error message names
     try:
-        info.config = read_json(run_dir / CONFIG)
-        info.kind = info.config.get("kind", "?")
+        info.config = _run_file_object(run_dir / CONFIG)
+        info.kind = str(info.config.get("kind", "?"))
+        reading = STATUS
+        _run_file_object(run_dir / STATUS)  # read_status would fail on a non-object without naming the file
         info.status = read_status(run_dir)
-        info.state = info.status.get("state", "?")
+        info.state = str(info.status.get("state", "?"))
         if (run_dir / SUMMARY).exists():
-            info.summary = read_json(run_dir / SUMMARY)
+            reading = SUMMARY
+            info.summary = _run_file_object(run_dir / SUMMARY)
+        reading = EVALUATIONS_DIR
         info.evaluations = list_evaluations(run_dir)
     except FileNotFoundError as exc:
         info.error = f"missing {Path(exc.filename).name}"
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        info.error = f"corrupt JSON: {exc}"
-    except (OSError, RunFolderError, AttributeError, TypeError) as exc:
+    except json.JSONDecodeError as exc:
+        info.error = f"corrupt JSON in {reading}: {exc}"
+    except UnicodeDecodeError:
+        info.error = f"{reading} is not UTF-8 text"
+    except RunFolderError as exc:
         info.error = str(exc)
+    except (OSError, AttributeError, TypeError, ValueError) as exc:
+        info.error = f"{reading}: {exc}"
     return info
 
 
 def iter_run_dirs(root: Path) -> Iterator[Path]:
+    """Run folders of `root`, sorted; hidden folders and links that lead outside `root` are left out.
+
+    A link to a folder elsewhere is not a run of this workspace: listing it would let every
+    reader (and the disk walk) follow it out.
+    """
     root = Path(root)
     if not root.is_dir():
         return
     for child in sorted(root.iterdir()):
-        if child.is_dir() and not child.name.startswith((".", "_")):
+        if child.name.startswith((".", "_")):
+            continue
+        if child.is_symlink() and not is_inside(child, root):
+            continue
+        if child.is_dir():
             yield child
+
+
+def check_workspace(root: Path) -> Path:
+    """`root` when it can be a workspace; RunFolderError saying why not.
+
+    A workspace is a folder that does not exist yet, one without sub-folders, or one holding a
+    run folder (config.json, status.json or engine.log inside) or the job queue (.jobs). Anything
+    else, the filesystem root first of all, would be walked as if each sub-folder were a broken run.
+    """
+    root = Path(root).expanduser()
+    resolved = root.resolve()
+    if resolved == Path(resolved.anchor):
+        raise RunFolderError(f"{root} is the filesystem root, not a workspace: pick the folder that holds "
+                             "the run folders (default: ./runs or $QLORA_DASH_RUNS)")
+    if not resolved.exists():
+        return root
+    if not resolved.is_dir():
+        raise RunFolderError(f"{root} is a file, not a workspace folder")
+    seen = 0
+    try:
+        with os.scandir(resolved) as entries:
+            for entry in entries:
+                if entry.name == ".jobs":
+                    return root
+                if entry.name.startswith((".", "_")) or not entry.is_dir(follow_symlinks=False):
+                    continue  # loose files are never listed as runs, so they do no harm
+                seen += 1
+                if any(os.path.exists(os.path.join(entry.path, name)) for name in (CONFIG, STATUS, LOG)):
+                    return root
+    except OSError as exc:
+        raise RunFolderError(f"{root}: cannot list the folder ({exc.strerror})") from None
+    if seen:
+        raise RunFolderError(f"{root} does not look like a workspace: none of its {seen} folders is a run "
+                             f"folder (with {CONFIG} or {STATUS}) and it has no .jobs queue; pick the folder "
+                             "that holds the run folders")
+    return root
 
 
 def list_runs(root: Path) -> list[RunInfo]:

@@ -96,25 +96,66 @@ def resolve_predictions(target: Path, evaluation: str | None = None) -> Path:
 
 
 def read_predictions(target: Path, evaluation: str | None = None) -> list[dict]:
-    """Records from a .jsonl/.csv predictions file, an evaluation folder or a run folder."""
+    """Records from a .jsonl/.csv predictions file, an evaluation folder or a run folder.
+
+    Every record is checked (an object with a clip id, label and pred among CLASSES, numbers
+    where numbers belong); PredictionsError names the file, the record's line and the reason.
+    """
     path = resolve_predictions(target, evaluation)
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as fh:
-            records = [_coerce(dict(row)) for row in csv.DictReader(fh)]
-    else:
-        records = rf.read_jsonl(path)
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="", encoding="utf-8") as fh:
+                # Line 1 is the header, so record i sits on line i + 2 (without quoted newlines).
+                records = [_coerce(dict(row), path, i + 2) for i, row in enumerate(csv.DictReader(fh))]
+        else:
+            records = rf.read_jsonl(path)
+    except UnicodeDecodeError as exc:
+        raise PredictionsError(f"{path}: not UTF-8 text (byte {exc.start}): not a predictions file") from None
+    except (rf.RunFolderError, csv.Error) as exc:
+        raise PredictionsError(str(exc) if isinstance(exc, rf.RunFolderError) else f"{path}: {exc}") from None
+    if not records:
+        raise PredictionsError(f"{path}: holds no prediction records (an empty file)")
     for i, rec in enumerate(records):
-        missing = [k for k in ("clip_id", "label", "pred") if k not in rec]
-        if missing:
-            raise PredictionsError(f"{path}: record {i + 1} lacks {', '.join(missing)}")
+        _check_record(rec, path, i + 1)
     return records
 
 
-def _coerce(row: dict[str, str]) -> dict[str, Any]:
+_NUMBER_FIELDS = ("p_speech", "margin", "duration_s")
+
+
+def _check_record(rec: dict, path: Path, number: int) -> None:
+    where = f"{path}: record {number}"
+    missing = [k for k in ("clip_id", "label", "pred") if k not in rec]
+    if missing:
+        raise PredictionsError(f"{where} lacks {', '.join(missing)}")
+    if isinstance(rec["clip_id"], bool) or not isinstance(rec["clip_id"], (str, int)) or rec["clip_id"] == "":
+        raise PredictionsError(f"{where}: clip_id must be a non-empty text or whole number, got {rec['clip_id']!r}")
+    for key in ("label", "pred"):
+        if rec[key] not in CLASSES:
+            raise PredictionsError(f"{where}: {key} {rec[key]!r} is not one of {', '.join(CLASSES)}")
+    for key in _NUMBER_FIELDS:
+        value = rec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise PredictionsError(f"{where}: {key} must be a number or null, got {value!r}")
+    p = rec.get("p_speech")
+    if p is not None and math.isfinite(p) and not 0.0 <= p <= 1.0:
+        raise PredictionsError(f"{where}: p_speech {p!r} is not a probability in [0, 1]")
+    if "correct" in rec and not isinstance(rec["correct"], bool):
+        raise PredictionsError(f"{where}: correct must be true or false, got {rec['correct']!r}")
+    if "path" in rec and rec["path"] is not None and not isinstance(rec["path"], str):
+        raise PredictionsError(f"{where}: path must be text, got {rec['path']!r}")
+
+
+def _coerce(row: dict[str, str], path: Path, line: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in row.items():
-        if key in ("p_speech", "margin", "duration_s"):
-            out[key] = float(value) if value not in ("", None) else math.nan
+        if key is None:  # DictReader puts extra cells of a row under None
+            raise PredictionsError(f"{path}: line {line} has more cells than the header")
+        if key in _NUMBER_FIELDS:
+            try:
+                out[key] = float(value) if value not in ("", None) else math.nan
+            except ValueError:
+                raise PredictionsError(f"{path}: line {line}: {key} {value!r} is not a number") from None
         elif key == "correct":
             out[key] = str(value).strip().lower() in ("true", "1", "yes")
         else:

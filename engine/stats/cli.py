@@ -193,7 +193,8 @@ def mcnemar_main(args: argparse.Namespace) -> int:
         "source_a": str(resolve_predictions(args.model_a, args.evaluation)),
         "source_b": str(resolve_predictions(args.model_b, args.evaluation)),
         **result,
-        "power_caveat": stats.power_caveat(result["n"], discordant_rate=rate or None) if result["n"] else None,
+        "power_caveat": (stats.power_caveat(result["n"], discordant_rate=rate or None, method=args.method)
+                         if result["n"] else None),
     }
     if args.json:
         _print_json(result)

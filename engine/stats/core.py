@@ -12,6 +12,7 @@ and of seeds. Methods and keys are described in docs/STATISTICS.md.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -520,23 +521,30 @@ def probability_of_improvement(values_a: Sequence[float], values_b: Sequence[flo
     return float(((a > b) + 0.5 * (a == b)).mean())
 
 
-def _paired_tests(acc_a: list[float], acc_b: list[float]) -> dict[str, Any]:
-    """Paired t-test (and Wilcoxon signed-rank from 5 seeds) on matched per-seed accuracies."""
-    k = len(acc_a)
-    diffs = np.asarray(acc_a) - np.asarray(acc_b)
+def _paired_tests(counts_a: Sequence[tuple[int, int]], counts_b: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """Paired t-test (and Wilcoxon signed-rank from 5 seeds) on matched per-seed accuracies.
+
+    counts_*: (correct, n) per matched seed. The "every difference equal" and "all zero" guards
+    compare exact fractions of the integer counts: percentages as floats differ in the last bit
+    for one constant gap and would turn an undefined t into t = 1e14.
+    """
+    k = len(counts_a)
+    exact = [Fraction(ca, na) - Fraction(cb, nb) for (ca, na), (cb, nb) in zip(counts_a, counts_b)]
+    # Equal fractions give equal floats here, so ties stay ties for both tests.
+    diffs = np.asarray([100.0 * float(d) for d in exact])
     out: dict[str, Any] = {"n_seeds": k, "mean_diff_pts": float(diffs.mean()), "t_test": None,
                            "wilcoxon": None, "note": None}
     notes = []
-    if np.all(diffs == diffs[0]):
+    if all(d == exact[0] for d in exact):
         notes.append("every seed shows the same difference: the t-test is undefined")
     else:
-        res = sps.ttest_rel(acc_a, acc_b)
+        res = sps.ttest_1samp(diffs, 0.0)
         out["t_test"] = {"statistic": float(res.statistic), "df": k - 1, "p_value": float(res.pvalue)}
     if k >= 5:
-        if np.all(diffs == 0):
+        if all(d == 0 for d in exact):
             notes.append("all per-seed differences are zero: Wilcoxon is undefined")
         else:
-            res = sps.wilcoxon(acc_a, acc_b)
+            res = sps.wilcoxon(diffs)
             out["wilcoxon"] = {"statistic": float(res.statistic), "p_value": float(res.pvalue)}
     else:
         notes.append("Wilcoxon signed-rank needs at least 5 matched seeds")
@@ -565,8 +573,9 @@ def compare_configs(a: Mapping[Any, Sequence[dict]], b: Mapping[Any, Sequence[di
         "summary_b": summary_b,
     }
     if len(matched) >= 2:
-        out["paired"] = _paired_tests([100.0 * row["acc_a"] for row in per_seed],
-                                      [100.0 * row["acc_b"] for row in per_seed])
+        out["paired"] = _paired_tests(
+            [(row["table"]["both_right"] + row["table"]["only_a"], row["n"]) for row in per_seed],
+            [(row["table"]["both_right"] + row["table"]["only_b"], row["n"]) for row in per_seed])
     return out
 
 
@@ -644,13 +653,94 @@ def power_min_detectable_diff(n_clips: int, discordant_rate: float | None = None
     return 100.0 * brentq(excess, 1e-9, top, xtol=1e-12)
 
 
+def _mcnemar_p(k: np.ndarray, d: np.ndarray, method: str) -> np.ndarray:
+    """Two-sided McNemar p-value with `d` discordant pairs of which the smaller side has `k`."""
+    if method == "auto":
+        return np.where(d < EXACT_BELOW_DISCORDANT, _mcnemar_p(k, d, "exact"), _mcnemar_p(k, d, "chi2"))
+    if method == "exact":
+        return np.minimum(1.0, 2.0 * sps.binom.cdf(k, d, 0.5))
+    if method == "midp":
+        return np.minimum(1.0, 2.0 * sps.binom.cdf(k, d, 0.5) - sps.binom.pmf(k, d, 0.5))
+    with np.errstate(divide="ignore", invalid="ignore"):  # d = 0 never rejects
+        statistic = (np.abs(d - 2 * k) - 1.0) ** 2 / d
+    return np.where(d > 0, sps.chi2.sf(statistic, 1), 1.0)
+
+
+def _largest_rejected_k(d: np.ndarray, alpha: float, method: str) -> np.ndarray:
+    """Per discordant count d, the largest smaller-side count the test rejects at (-1: none).
+
+    Every method's p-value rises with k up to d/2, so a bisection per d finds the boundary.
+    """
+    lo = np.full(d.shape, -1, dtype=np.int64)  # invariant: rejects at lo (or lo = -1)
+    hi = d // 2 + 1  # invariant: does not reject at hi (p = 1 at and past d/2)
+    while np.any(hi - lo > 1):
+        mid = (lo + hi) // 2
+        rejects = _mcnemar_p(mid, d, method) <= alpha
+        lo = np.where(rejects & (hi - lo > 1), mid, lo)
+        hi = np.where(~rejects & (hi - lo > 1), mid, hi)
+    return lo
+
+
+def mcnemar_power(n_clips: int, diff: float, discordant_rate: float | None = None, alpha: float = 0.05,
+                  method: str = "exact") -> float:
+    """Exact power of McNemar's test `method` for an accuracy difference of `diff` points.
+
+    Model: each clip independently favours A with probability (psi + delta) / 2 and B with
+    (psi - delta) / 2 (psi: discordant_rate; None: psi = delta, the best case). The power sums,
+    over the discordant count d ~ Binomial(n, psi), the chance that the split of d lands in the
+    test's rejection region; nothing is approximated.
+    """
+    if method not in MCNEMAR_METHODS:
+        raise ValueError(f"unknown McNemar method {method!r}; use one of {', '.join(MCNEMAR_METHODS)}")
+    _check_rate(discordant_rate)
+    delta = diff / 100.0
+    psi = delta if discordant_rate is None else discordant_rate
+    if not 0 < delta <= psi:
+        raise ValueError(f"diff must be in (0, {100 * psi:g}] points, got {diff}")
+    # Only discordant counts with a non-negligible probability contribute.
+    first = int(max(0, sps.binom.ppf(1e-15, n_clips, psi) - 1))
+    last = int(min(n_clips, sps.binom.isf(1e-15, n_clips, psi) + 1))
+    d = np.arange(first, last + 1)
+    k = _largest_rejected_k(d, alpha, method)
+    favour_a = (psi + delta) / (2 * psi)
+    # Reject when A's count is <= k or >= d - k; k < d / 2, so the two tails never overlap.
+    reject = np.where(k >= 0, sps.binom.cdf(k, d, favour_a) + sps.binom.sf(d - k - 1, d, favour_a), 0.0)
+    return float(np.sum(sps.binom.pmf(d, n_clips, psi) * reject))
+
+
+def _exact_min_detectable_diff(n_clips: int, discordant_rate: float | None, alpha: float, power: float,
+                               method: str) -> float | None:
+    """Largest difference (points, to 0.001) below which no difference reaches `power`."""
+    top = 100.0 if discordant_rate is None else 100.0 * discordant_rate
+    if mcnemar_power(n_clips, top, discordant_rate, alpha, method) < power:
+        return None
+    lo, hi = 0.0, top  # power(hi) >= power; bisection assumes power grows with the difference
+    while hi - lo > 1e-3:
+        mid = (lo + hi) / 2
+        if mcnemar_power(n_clips, mid, discordant_rate, alpha, method) >= power:
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
 def power_caveat(n_clips: int, discordant_rate: float | None = None, alpha: float = 0.05,
-                 power: float = 0.8) -> str:
-    """One sentence on the smallest difference this many paired clips can detect."""
-    diff = power_min_detectable_diff(n_clips, discordant_rate, alpha, power)
+                 power: float = 0.8, method: str | None = None) -> str:
+    """One sentence on the smallest difference this many paired clips can detect.
+
+    method None: Connor's (1987) normal approximation, a planning figure. A McNemar method
+    ("exact", "chi2", "midp", "auto"): the exact power of that test, which differs (mid-p is
+    more powerful than Connor's figure, so his sentence would be false for it).
+    """
+    if method is None:
+        diff = power_min_detectable_diff(n_clips, discordant_rate, alpha, power)
+        test, source = "McNemar", "; Connor 1987"
+    else:
+        diff = _exact_min_detectable_diff(n_clips, discordant_rate, alpha, power, method)
+        test, source = f"McNemar {_METHOD_NAMES[method]}", "; exact power"
     assumption = ("best case: every discordant clip favours the same model" if discordant_rate is None
                   else f"assuming {100 * discordant_rate:.1f}% discordant clips")
-    terms = f"(McNemar, alpha {alpha:g}, {assumption}; Connor 1987)"
+    terms = f"({test}, alpha {alpha:g}, {assumption}{source})"
     pct = f"{100 * power:g}%"
     if diff is None:
         return f"With {n_clips} clips, no difference is detectable at {pct} power {terms}."
@@ -658,3 +748,7 @@ def power_caveat(n_clips: int, discordant_rate: float | None = None, alpha: floa
     shown = f"{math.floor(diff)}" if diff >= 10 else f"{math.floor(diff * 10) / 10:g}"
     return (f"With {n_clips} clips, differences under {shown} points are not detectable "
             f"at {pct} power {terms}.")
+
+
+_METHOD_NAMES = {"auto": "(exact under 25 discordant pairs, else chi-square)", "exact": "exact",
+                 "chi2": "chi-square", "midp": "mid-p"}

@@ -157,6 +157,11 @@ def eval_main(args: argparse.Namespace) -> int:
 
     try:
         cliargs.config_from_namespace(EvalConfig, args).validate()
+        # Names first: a bad one must be refused before a model loads and every clip is scored.
+        name = f"{args.name}-{args.control}" if args.control else args.name
+        rf.check_run_name(name)
+        if args.run_name:
+            rf.check_run_name(args.run_name)
         run_cfg: dict[str, Any] = {}
         if args.run:
             run_dir = find_run(args.run, args.runs_dir)
@@ -209,7 +214,6 @@ def eval_main(args: argparse.Namespace) -> int:
         loaded = m.load_model(model_id, quantization, args.device, args.dtype)
         if adapter is not None:
             m.load_adapter(loaded, adapter)
-        name = f"{args.name}-{args.control}" if args.control else args.name
         out, _ = evaluate_clips(loaded, clips, report, run_dir, name, system_prompt, prompt, words, producer,
                                 batch_size=args.batch_size, threshold=threshold, threshold_source=source,
                                 control=args.control, padding_side=args.padding_side, save_to=args.save_predictions)

@@ -311,7 +311,7 @@ def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None,
 def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: dict[str, str]) -> dict[str, Any]:
     import torch
 
-    from engine.data.manifests import AudioCache, load_clips
+    from engine.data.manifests import AudioCache, load_clips, require_both_classes
     from engine.models import family_for
     from engine.tasks import distributed as dist
 
@@ -328,6 +328,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
                                            max_seconds=cfg.max_clip_seconds, skip_bad=cfg.skip_bad_audio)
     if not train_clips:
         raise ValueError(f"train_data: no clips left in {cfg.train_data} after filters {cfg.filters or '{}'}")
+    require_both_classes(train_report)
     log.info("%d training clips (%s)", len(train_clips), train_report.per_class)
 
     m.seed_everything(cfg.seed)
