@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cliargs import cli_field, field_choices, field_docs
+from engine.labels import DEFAULT_LABEL_SET
 from engine.models import DEFAULT_FAMILY
 
 # The model family states these; they are re-exported for the form and the validator.
@@ -36,7 +37,8 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "bfloat16", "float32")
 GRAD_CHECKPOINTING = ("auto", "on", "off")
 
-DEFAULT_LABELS = ("SPEECH", "NONSPEECH")
+DEFAULT_LABELS = DEFAULT_LABEL_SET.names  # the answer words default to the class names
+_NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 DEFAULT_SYSTEM_PROMPT = DEFAULT_FAMILY.default_system_prompt
 DEFAULT_PROMPT = "Is this short clip speech or non-speech? Answer with one word: SPEECH or NONSPEECH."
 
@@ -351,7 +353,9 @@ def _require(ok: Any, field_name: str, message: str) -> None:
 
 def _label_words(words: Any) -> list[str]:
     words = [str(w).strip() for w in (words or [])]
-    _require(len(words) == 2, "label_words", f"needs exactly two words, SPEECH first (got {words})")
+    n_classes = len(DEFAULT_LABEL_SET)
+    _require(len(words) == n_classes, "label_words",
+             f"needs exactly {_NUMBER_WORDS.get(n_classes, n_classes)} words, {DEFAULT_LABEL_SET.positive} first (got {words})")
     _require(all(words), "label_words", "must not be empty")
     _require(words[0] != words[1], "label_words", "the two words must differ")
     return words

@@ -36,7 +36,7 @@ PER_RUN_FIELDS = frozenset({"seed", "schema_version", "source_file", "source_sha
                             "device", "num_workers", "run_name"})
 # Columns of the overview table, in order.
 OVERVIEW_COLUMNS = ("name", "configuration", "seed", "kind", "status", "evaluation", "clips", "overall",
-                    "SPEECH", "NONSPEECH", "trainable %", "adapter MB", "created", "size MB")
+                    *CLASSES, "trainable %", "adapter MB", "created", "size MB")
 CLIP_OUTCOMES = ("false positive", "false negative", "correct")
 
 Loader = Callable[[Path], list[dict]]

@@ -34,18 +34,15 @@ import numpy as np
 from engine.data.audio import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS, AudioError, load_audio
 from engine.config import parse_filter
 
-SPEECH, NONSPEECH = "SPEECH", "NONSPEECH"
-CLASSES = (SPEECH, NONSPEECH)
+from engine.labels import CLASSES, DEFAULT_LABEL_SET, NONSPEECH, SPEECH  # noqa: F401 (re-exported)
 
 PATH_COLUMNS = ("path", "audio_path", "file", "filename", "file_name")
 LABEL_COLUMNS = ("label", "ground_truth", "true_label")
 ID_COLUMNS = ("id", "clip_id")
-CLASS_FOLDERS = {"speech": SPEECH, "nonspeech": NONSPEECH, "non_speech": NONSPEECH, "non-speech": NONSPEECH}
 AUDIOFOLDER_METADATA = "metadata.csv"
 
 # Spellings of the two classes found in the wild; compared after upper-casing and dropping - and _.
-_LABEL_SPELLINGS = {"SPEECH": SPEECH, "1": SPEECH, "NONSPEECH": NONSPEECH, "0": NONSPEECH}
-_ALLOWED_LABELS_TEXT = "SPEECH, NONSPEECH (also speech, nonspeech, non-speech, non_speech, 1, 0; any case)"
+_ALLOWED_LABELS_TEXT = DEFAULT_LABEL_SET.describe_spellings()
 
 
 class DataError(ValueError):
@@ -167,14 +164,7 @@ def require_both_classes(report: DataReport, role: str = "train_data") -> None:
 
 def canonical_label(value: Any, label_words: dict[str, str] | None = None) -> str | None:
     """"SPEECH"/"NONSPEECH" for any accepted spelling of a label, else None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value).strip()
-    if label_words and text.casefold() in label_words:
-        return label_words[text.casefold()]
-    return _LABEL_SPELLINGS.get(text.upper().replace("-", "").replace("_", ""))
+    return DEFAULT_LABEL_SET.canonical(value, extra=label_words)
 
 
 def manifest_sha256(path: str | Path) -> str:
@@ -329,8 +319,8 @@ def _rows_from_table(path: Path, header: list[str], raw_rows: list[tuple[dict, s
 
 
 def _read_class_folders(folder: Path) -> tuple[list[_Row], list[str]]:
-    class_dirs = [(d, CLASS_FOLDERS[d.name.lower()]) for d in sorted(folder.iterdir())
-                  if d.is_dir() and d.name.lower() in CLASS_FOLDERS]
+    class_dirs = [(d, DEFAULT_LABEL_SET.canonical(d.name)) for d in sorted(folder.iterdir())
+                  if d.is_dir() and d.name not in ("0", "1") and DEFAULT_LABEL_SET.canonical(d.name)]
     if not class_dirs:
         found = ", ".join(sorted(d.name + "/" for d in folder.iterdir() if d.is_dir())) or "none"
         raise DataError(f"{folder}: a data folder needs speech/ and nonspeech/ sub-folders "

@@ -30,7 +30,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16000
+from engine.data.audio import SAMPLE_RATE
+from engine.labels import NONSPEECH, SPEECH
 
 # Voices of the demo set: languages and variants, so "speech" is not one speaker's timbre.
 SPEECH_VOICES = ("en-us", "en+m3", "en-us+f3", "en+f2", "de", "fr", "es", "it")
@@ -358,14 +359,14 @@ def _plan_split(split_index: int, n: int, seed: int, min_s: float, max_s: float)
         language = voice.split("+")[0].split("-")[0]
         noisy = rng.random() < NOISY_SPEECH_FRACTION
         items.append({
-            "label": "SPEECH", "voice": voice,
+            "label": SPEECH, "voice": voice,
             "speech": {"text": str(rng.choice(SENTENCES[language])), "voice": voice,
                        "rate": int(rng.choice(SPEECH_RATES)), "pitch": int(rng.integers(30, 71)),
                        "seed": int(rng.integers(2**31))},
             "snr_db": int(rng.choice(SPEECH_SNRS_DB)) if noisy else None,
             "condition": "noisy_speech" if noisy else "clean_speech"})
     for kind in kinds[: n - n_speech]:
-        items.append({"label": "NONSPEECH", "condition": kind})
+        items.append({"label": NONSPEECH, "condition": kind})
     for item in items:
         item["seconds"] = float(rng.uniform(min_s, max_s))
         item["seed"] = int(rng.integers(2**63))

@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from engine.classes import CLASSES, NONSPEECH, SPEECH  # noqa: F401 (re-exported for readers)
+from engine.labels import CLASSES, NONSPEECH, SPEECH  # noqa: F401 (re-exported for readers)
 from engine.runs import folder as rf
 
 RECORD_FIELDS = ("clip_id", "path", "label", "pred", "p_speech", "margin", "correct", "duration_s")

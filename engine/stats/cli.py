@@ -157,7 +157,7 @@ def _summary_text(result: dict) -> str:
                  stats.format_count(r["nonspeech_correct"], r["nonspeech_n"]),
                  _pct(r["balanced_accuracy"])] for r in result["breakdown"]]
         lines += ["", f"by {result['by']}:",
-                  _table([result["by"], "n", "accuracy", "95% CI", "SPEECH", "NONSPEECH", "balanced"], rows)]
+                  _table([result["by"], "n", "accuracy", "95% CI", *CLASSES, "balanced"], rows)]
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ from statsmodels.stats.contingency_tables import mcnemar as _sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from engine.classes import CLASSES, NONSPEECH, SPEECH
+from engine.labels import CLASSES, NONSPEECH, SPEECH
 
 CI_METHODS = {"wilson": "wilson", "clopper-pearson": "beta", "clopper_pearson": "beta", "beta": "beta"}
 MCNEMAR_METHODS = ("auto", "exact", "chi2", "midp")

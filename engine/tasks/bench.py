@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from engine.data.audio import SAMPLE_RATE
+from engine.labels import CLASSES
 from engine.runs import folder as rf
 
 
@@ -78,7 +79,7 @@ def write_manifest(folder: Path, n: int, seconds: float, seed: int = 0) -> Path:
     rows = ["path,label,duration_ms"]
     for i, (a, y) in enumerate(zip(audios, labels)):
         sf.write(folder / f"clip{i:04d}.wav", a, SAMPLE_RATE)
-        rows.append(f"clip{i:04d}.wav,{'SPEECH' if y == 0 else 'NONSPEECH'},{int(seconds * 1000)}")
+        rows.append(f"clip{i:04d}.wav,{CLASSES[y]},{int(seconds * 1000)}")
     (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
     return folder / "manifest.csv"
 
@@ -99,7 +100,7 @@ def measure_training(model_dir: Path, path: str, targets: list[str], steps: int,
     from engine.models.qwen2_audio import runtime as m
 
     loaded = m.load_model(str(model_dir), "4bit", "auto", "auto")
-    plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
+    plan = m.label_plan(loaded.processor.tokenizer, list(CLASSES))
     torch.manual_seed(0)  # same LoRA initialisation for both paths; dropout 0 so they compute the same function
     if path == "stock":
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -168,7 +169,7 @@ def measure_scoring(model_dir: Path, n_clips: int, seconds: float, batch_sizes: 
     from engine.models.qwen2_audio import runtime as m
 
     loaded = m.load_model(str(model_dir), "4bit", "auto", "auto")
-    plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
+    plan = m.label_plan(loaded.processor.tokenizer, list(CLASSES))
     audios, _ = make_clips(n_clips, seconds, seed=1)
     loaded.model.eval()
     out: dict[str, Any] = {"clips": n_clips, "clip_s": seconds}

@@ -21,7 +21,7 @@ import numpy as np
 
 from engine.runs import folder as rf
 from engine import cliargs
-from engine.config import CONTROLS, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, ConfigError, EvalConfig
+from engine.config import CONTROLS, DEFAULT_LABELS, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, ConfigError, EvalConfig
 from engine.runs.predictions import SPEECH, make_record, save_predictions_file, write_evaluation
 
 log = logging.getLogger("engine.tasks.evaluate")
@@ -184,7 +184,7 @@ def eval_main(args: argparse.Namespace) -> int:
         quantization = args.quantization or run_cfg.get("quantization", "4bit")
         prompt = args.prompt or run_cfg.get("prompt") or DEFAULT_PROMPT
         system_prompt = run_cfg.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
-        words = list(args.label_words or run_cfg.get("label_words") or ["SPEECH", "NONSPEECH"])
+        words = list(args.label_words or run_cfg.get("label_words") or DEFAULT_LABELS)
         if args.prompt_from:
             prompt = optimised_prompt(find_run(args.prompt_from, args.runs_dir), words)
         if not args.run:

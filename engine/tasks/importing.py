@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from engine.labels import DEFAULT_LABEL_SET
 from engine.runs import folder as rf
 from engine.runs.predictions import NONSPEECH, RECORD_FIELDS, SPEECH, write_evaluation
 
@@ -42,7 +43,6 @@ FIELD_COLUMNS: dict[str, tuple[str, ...]] = {
     "duration_s": ("duration_s",),
 }
 
-_LABEL_WORDS = {"SPEECH": SPEECH, "1": SPEECH, "NONSPEECH": NONSPEECH, "0": NONSPEECH}
 _TRUE, _FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
 _INT = re.compile(r"^[+-]?(0|[1-9][0-9]*)$")
 _FLOAT = re.compile(r"^[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?$")
@@ -169,12 +169,7 @@ def _blank(value: Any) -> bool:
 
 def canonical_label(value: Any) -> str | None:
     """'SPEECH'/'NONSPEECH' for the accepted spellings (any case, '-', '_', 1/0), else None."""
-    if isinstance(value, bool) or _blank(value):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    word = re.sub(r"[\s_-]", "", str(value)).upper()
-    return _LABEL_WORDS.get(word)
+    return None if _blank(value) else DEFAULT_LABEL_SET.canonical(value)
 
 
 def _to_number(value: Any) -> Any:

@@ -37,7 +37,7 @@ import numpy as np
 
 from engine.runs import folder as rf
 from engine.cliargs import add_config_arguments, cli_field, config_from_namespace, field_choices
-from engine.config import DEVICES, DTYPES, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, QUANTIZATIONS, ConfigError
+from engine.config import DEFAULT_LABELS, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, DEVICES, DTYPES, QUANTIZATIONS, ConfigError
 
 if TYPE_CHECKING:
     from engine.tasks.train import StopRequested
@@ -525,7 +525,7 @@ def resolve_target(settings: OproSettings, runs_root: Path) -> dict[str, Any]:
         cfg, adapter = {}, None
         target = {"kind": "base", "run": None, "run_dir": None, "config_label": "Base model", "seed": None}
     model = settings.model or cfg.get("model") or "tiny"
-    words = settings.label_words or cfg.get("label_words") or ["SPEECH", "NONSPEECH"]
+    words = settings.label_words or cfg.get("label_words") or list(DEFAULT_LABELS)
     if len(words) != 2 or words[0] == words[1]:
         raise ConfigError("label_words", f"need two different answer words (got {words})")
     return {"target": target, "model": model, "adapter": adapter,

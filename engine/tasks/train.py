@@ -25,6 +25,7 @@ from typing import Any, Callable
 from engine import cliargs
 from engine.runs import folder as rf
 from engine.config import ConfigError, TrainConfig
+from engine.labels import DEFAULT_LABEL_SET
 
 log = logging.getLogger("engine.tasks.train")
 
@@ -349,7 +350,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
     model = loaded.model
     plan = m.label_plan(loaded.processor.tokenizer, cfg.label_words)
     audio = AudioCache(max_seconds=cfg.max_clip_seconds)
-    class_index = {"SPEECH": 0, "NONSPEECH": 1}
+    class_index = {name: DEFAULT_LABEL_SET.index(name) for name in DEFAULT_LABEL_SET}
 
     def make(clips, side="right"):
         return m.make_batch(loaded.processor, [audio.load(c) for c in clips], cfg.system_prompt, cfg.prompt, plan,
