@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from engine.runs import folder as rf
+from engine.runs.lifecycle import is_disk_full
 
 JOBS_DIR = ".jobs"
 JOB_FILE = "job.json"
@@ -151,19 +152,7 @@ def _raw_jobs(runs_root: Path) -> list[dict]:
 
 def _process_state(pid: int | None, start_time: float | None) -> str:
     """"alive", "exited" (a zombie: its parent, the worker, is about to reap it) or "gone"."""
-    if not pid:
-        return "gone"
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        started = proc.create_time()
-        zombie = proc.status() == psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return "gone"
-    if start_time is not None and abs(started - float(start_time)) >= 1.0:
-        return "gone"  # the pid was reused by another process
-    return "exited" if zombie else "alive"
+    return rf.process_state(pid, start_time)  # the one local process check (engine/runs/folder.py)
 
 
 def _outcome_without_returncode(job: dict) -> tuple[str, str | None]:
@@ -452,7 +441,14 @@ class Worker:
         idle_since: float | None = None
         try:
             while True:
-                if self.step():
+                try:
+                    busy = self.step()
+                except OSError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    _say(f"disk full, retrying in {self.poll_s} s: {exc}")  # the queue keeps serving
+                    busy = True
+                if busy:
                     idle_since = None
                 else:
                     idle_since = idle_since or time.monotonic()
@@ -546,14 +542,21 @@ class Worker:
             returncode = proc.poll()
             if returncode is None:
                 continue
-            del self.children[job_id]
 
             def finish(job: dict) -> dict:
                 state, error = _outcome_from_returncode(job, returncode)
                 _sync_run_status(job, state, error)
                 return {"state": state, "returncode": returncode, "ended_at": rf.now_iso(), "error": error}
 
-            job = _update_job(self.runs_root, job_id, finish)
+            try:
+                job = _update_job(self.runs_root, job_id, finish)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                # Keep the child: its exit code is recorded on a later pass, once there is room.
+                _say(f"job {job_id} ended (exit code {returncode}) but the disk is full; recording it later: {exc}")
+                continue
+            del self.children[job_id]
             _say(f"job {job_id} {job['state']} (exit code {returncode})")
 
 
