@@ -136,8 +136,10 @@ def test_safetensors_out_of_space_at_adapter_save_is_a_disk_full_failure(tmp_pat
 @pytest.mark.parametrize("at", ["adapter", "summary.json"])
 def test_cli_training_on_a_disk_that_fills_ends_failed_disk_full(tmp_path, demo_data, tiny_model, repo_root, at):
     run_dir = tmp_path / "cli-full"
+    # Only a deletion the size of the lifecycle's reserve makes room: removing the partial
+    # adapter (about 190 kB for the tiny model) is not enough.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FAULTS), str(repo_root)]),
-               **{full_disk.ENV: at})
+               **{full_disk.ENV: at, full_disk.FREES_ENV: str(lifecycle.RESERVE_BYTES - 10_000)})
     proc = subprocess.run([sys.executable, "-m", "engine", "train", "--model", "tiny", "--device", "cpu",
                            "--train-csv", str(demo_data["train"]), "--max-steps", "1", "--run-dir", str(run_dir)],
                           cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)

@@ -102,11 +102,17 @@ def test_a_folder_holding_another_run_is_refused_and_left_alone(tmp_path):
     assert rf.read_json(run_dir / rf.STATUS) == before
 
 
-def test_rerunning_into_a_crashed_run_says_crashed(tmp_path):
+def test_rerunning_into_a_crashed_run_says_crashed(tmp_path, capsys):
+    from engine import cli
+
     run_dir = tmp_path / "crashed"
     rf.write_status(run_dir, rf.RUNNING, **dict(rf.mark_process(run_dir), pid=2**22 + 12345))
-    with pytest.raises(rf.RunFolderError, match=r"already holds a run \(crashed\)"):
-        lifecycle.prepare_run_dir(run_dir)
+    before = rf.read_json(run_dir / rf.STATUS)
+    (tmp_path / "train.csv").write_text("path,label\na.wav,SPEECH\n", encoding="utf-8")
+    assert cli.main(["train", "--model", "tiny", "--train-csv", str(tmp_path / "train.csv"),
+                     "--run-dir", str(run_dir)]) == 1
+    assert "already holds a run (crashed)" in capsys.readouterr().err
+    assert rf.read_json(run_dir / rf.STATUS) == before
 
 
 def test_a_queued_folder_is_adopted(tmp_path):

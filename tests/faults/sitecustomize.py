@@ -2,8 +2,8 @@
 
 With QLORA_TEST_FULL_DISK_AT=NAME (or NAME:K) set, the disk "fills" at the first (K-th)
 os.replace onto a file or folder named NAME: from then on every os.replace fails with ENOSPC,
-as the atomic writes of a full disk do, until a deletion frees at least FREES_BYTES (the way
-real space comes back). Without the variable this file does nothing.
+as the atomic writes of a full disk do, until a deletion frees at least FREES_BYTES (or
+QLORA_TEST_FULL_DISK_FREES: the way real space comes back). Without the variable this file does nothing.
 
 Tests in the same process use `FullDisk(...).install(monkeypatch)` instead.
 """
@@ -15,6 +15,7 @@ import os
 
 FREES_BYTES = 64 * 1024  # smaller deletions (a temp file of a failed write) free no real room
 ENV = "QLORA_TEST_FULL_DISK_AT"
+FREES_ENV = "QLORA_TEST_FULL_DISK_FREES"  # bytes a deletion must free to make room (default FREES_BYTES)
 
 
 class FullDisk:
@@ -56,4 +57,4 @@ class FullDisk:
 
 
 if os.environ.get(ENV):
-    FullDisk(os.environ[ENV]).install()
+    FullDisk(os.environ[ENV], int(os.environ.get(FREES_ENV) or FREES_BYTES)).install()
