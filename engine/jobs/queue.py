@@ -498,6 +498,8 @@ class Worker:
         return bool(self.children) or any(j.get("state") in rf.ACTIVE_STATES for j in jobs)
 
     def _start(self, job_id: str, slot: int) -> bool:
+        if job_id in self.children:
+            return False  # started, but a full disk kept job.json from saying so: never start it twice
         started = False
 
         def launch(job: dict) -> dict | None:

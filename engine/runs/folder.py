@@ -7,7 +7,8 @@ sides use it. The layout is documented in README.md ("Run folder contract") and 
 tests/test_run_contract.py.
 
     <run>/config.json          resolved config; {"schema_version", "kind", ...}
-    <run>/status.json          state machine, pid + process start time, timestamps, error
+    <run>/status.json          state machine, pid + process start time, host + pid namespace,
+                               heartbeat, timestamps, error
     <run>/environment.json     package versions, device (training and evaluation runs)
     <run>/metrics.jsonl        one flushed line per optimizer step (training runs)
     <run>/summary.json         parameters, adapter size, runtime, data report (training runs)

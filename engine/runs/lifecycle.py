@@ -289,15 +289,16 @@ def run_lifecycle(run_dir: Path, kind: str, *, config: dict | None = None,
     """
     run_dir = prepare_run_dir(run_dir)
     reserve = _make_reserve(run_dir)  # first: the writes below may be the ones that fill the disk
-    handler = attach_log(run_dir) if log else None
     owns_stop = stop is None
     stop = stop if stop is not None else StopSignal(interrupt=interruptible).install()
+    handler: logging.Handler | None = None
     beat: _Heartbeat | None = None
     run = Run(run_dir, stop)
     state, error = rf.FAILED, None
     try:
         if reserve is None:
             raise DiskFullError(errno.ENOSPC, f"no room to start a run in {run_dir}")
+        handler = attach_log(run_dir) if log else None
         if config is not None:
             rf.atomic_write_json(run_dir / rf.CONFIG, config)
         rf.write_status(run_dir, rf.RUNNING, kind=kind, error=None, **rf.mark_process(run_dir))
@@ -321,10 +322,14 @@ def run_lifecycle(run_dir: Path, kind: str, *, config: dict | None = None,
         run.state = state
         if error and state == rf.FAILED:
             logger.error("run failed: %s", error)
-        write_final_status(run_dir, state, error=error, signal=stop.signal, **run.fields)
-        _release_reserve(run_dir)
-        if owns_stop:
-            stop.restore()
-        if handler is not None:
-            logging.getLogger("engine").removeHandler(handler)
-            handler.close()
+        try:
+            write_final_status(run_dir, state, error=error, signal=stop.signal, **run.fields)
+        except OSError as exc:  # e.g. the folder was removed under the run: nothing left to record in
+            logger.error("could not record the final state %s of %s: %s", state, run_dir, exc)
+        finally:
+            _release_reserve(run_dir)
+            if owns_stop:
+                stop.restore()
+            if handler is not None:
+                logging.getLogger("engine").removeHandler(handler)
+                handler.close()
