@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,28 @@ def test_failed_runs_action_removes_whole_failed_folders_only(root):
     assert not (root / "ok" / "optimizer.pt").exists() and (root / "q" / "optimizer.pt").exists()
     with pytest.raises(ValueError, match="unknown clean-up action"):
         disk.plan_cleanup(root, {"everything"})
+
+
+def elsewhere_run(root: Path, name: str, heartbeat_age_s: float) -> Path:
+    """A training run whose process lives in another pid namespace (a container): its pid is not ours."""
+    run = make_run(root, name, rf.SUCCEEDED, checkpoint=False)
+    rf.write_status(run, rf.RUNNING, pid=1, pgid=1, process_start_time=1.0, host=rf.hostname(),
+                    pid_namespace="pid:[1]", heartbeat_at=time.time() - heartbeat_age_s, heartbeat_interval_s=30.0)
+    return run
+
+
+def test_clean_up_never_lists_a_run_running_elsewhere_with_a_fresh_heartbeat(root):
+    live = elsewhere_run(root, "in-container", heartbeat_age_s=5)
+    stale = elsewhere_run(root, "gone-container", heartbeat_age_s=300)
+    plan = disk.plan_cleanup(root, {"failed_runs"})
+    assert [Path(item["path"]).name for item in plan.items] == ["gone-container"]
+    assert "no heartbeat" in rf.read_status(stale)["error"]
+    with pytest.raises(disk.CleanupRefused, match="running run in-container"):
+        disk.execute_cleanup(disk.Plan(items=[{"path": str(live), "bytes": 1, "reason": "x",
+                                               "action": "failed_runs"}]), root)
+    with pytest.raises(disk.CleanupRefused, match="running"):
+        disk.delete_run(root, "in-container")
+    assert live.is_dir()
 
 
 def test_execute_refuses_a_plan_with_any_path_outside_and_deletes_nothing(root, outside):

@@ -11,7 +11,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = REPO / "engine"
 # The one known loop; it ends when StopRequested and attach_log move into engine.runs.lifecycle.
-PENDING_CYCLE = frozenset({"engine.tasks.opro", "engine.tasks.evaluate", "engine.tasks.train"})
 
 
 def module_name(path: Path) -> str:
@@ -127,14 +126,6 @@ def test_the_cycle_finder_finds_a_lazy_loop(tmp_path):
 
 def test_engine_has_no_import_cycles():
     graph = import_graph()
-    cycles = [group for group in strongly_connected(graph) if group != PENDING_CYCLE]
+    cycles = strongly_connected(graph)
     assert not cycles, f"import cycles in engine/: {describe(graph, cycles)}"
 
-
-@pytest.mark.xfail(strict=True, reason="engine.tasks.opro, evaluate and train import each other: removed by moving "
-                                       "StopRequested and attach_log into engine.runs.lifecycle; "
-                                       "drop this mark once that is merged")
-def test_tasks_opro_evaluate_train_cycle_is_gone():
-    graph = import_graph()
-    groups = strongly_connected(graph)
-    assert PENDING_CYCLE not in groups, describe(graph, [PENDING_CYCLE])

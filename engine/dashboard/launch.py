@@ -290,21 +290,8 @@ def train_command(config: dict[str, Any], run_dir: str | Path | None = None) -> 
 
 
 def sweep_bytes(cells: Iterable[dict]) -> int:
-    """What the cells may write to disk (disk.estimate_job_bytes each, epoch checkpoints counted)."""
-    from engine.models.qwen2_audio.tiny import default_tiny_dir
-
-    total = 0
-    for cell in cells:
-        config = cell["config"]
-        epochs = float(config.get("epochs") or 1)
-        adapters = 1 + (int(epochs) if config.get("checkpoints") == "epoch" else 0)
-        model = str(config.get("model") or TrainConfig().model)
-        model = str(default_tiny_dir()) if model == TINY_MODEL else model  # its folder gives its real sizes
-        total += disk.estimate_job_bytes("train", model=model,
-                                         lora_r=int(config.get("lora_r") or 16),
-                                         targets=config.get("targets") or "attention",
-                                         quantization=config.get("quantization") or "4bit", n_adapters=adapters)
-    return total
+    """What the cells may write to disk (disk.train_bytes each, epoch checkpoints counted)."""
+    return sum(disk.train_bytes(cell["config"]) for cell in cells)
 
 
 # ---------------------------------------------------------------- the Evaluate form
@@ -693,16 +680,8 @@ def job_rows(job_list: Iterable[dict]) -> list[dict]:
 
 
 def _recorded_progress(job: dict) -> dict | None:
-    """The `progress` of the job's run (status.json) when it has steps to count, else None."""
-    if not job.get("run_dir"):
-        return None
-    try:
-        progress = rf.read_json(Path(job["run_dir"]) / rf.STATUS).get("progress")
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(progress, dict) or not progress.get("total_steps"):
-        return None
-    return progress
+    """The `progress` of the job's run (rf.read_progress), or None."""
+    return rf.read_progress(Path(job["run_dir"])) if job.get("run_dir") else None
 
 
 def _steps(progress: dict) -> dict:

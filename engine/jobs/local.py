@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,19 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _process_state(pid: int | None, start_time: float | None) -> str:
     """"alive", "exited" (a zombie: its parent, the worker, is about to reap it) or "gone"."""
-    if not pid:
-        return "gone"
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        started = proc.create_time()
-        zombie = proc.status() == psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return "gone"
-    if start_time is not None and abs(started - float(start_time)) >= 1.0:
-        return "gone"  # the pid was reused by another process
-    return "exited" if zombie else "alive"
+    return rf.process_state(pid, start_time)  # the one local process check
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -80,20 +67,19 @@ class LocalExecutor:
                                     cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
                                     start_new_session=True)
         self.children[job["job_id"]] = proc
-        return {"executor": self.name, "host": socket.gethostname(), "pid": proc.pid, "pgid": proc.pid,
-                "process_start_time": rf.process_start_time(proc.pid)}
+        return {"executor": self.name, "host": rf.hostname(), "pid_namespace": rf.pid_namespace(), "pid": proc.pid,
+                "pgid": proc.pid, "process_start_time": rf.process_start_time(proc.pid)}
 
     def poll(self, job: dict) -> dict | None:
         proc = self.children.get(job["job_id"])
         if proc is not None:
+            # Kept after it ends (Popen caches the exit code): if recording the end fails (a full
+            # disk), the next poll reports the same exit code again.
             returncode = proc.poll()
-            if returncode is None:
-                return None
-            del self.children[job["job_id"]]
-            return {"returncode": returncode}
+            return None if returncode is None else {"returncode": returncode}
         handle = self._handle(job)
-        if handle.get("host") not in (None, socket.gethostname()):
-            return None  # another machine's process: this one cannot see it, so it cannot say it died
+        if not rf.is_local(handle):
+            return None  # another machine's or container's process: its pid means nothing here
         if _process_state(handle.get("pid"), handle.get("process_start_time")) == "alive":
             return None
         return {"returncode": None}
@@ -106,8 +92,9 @@ class LocalExecutor:
         handle = self._handle(job)
         pid, started = handle.get("pid"), handle.get("process_start_time")
         pgid = handle.get("pgid") or pid
-        if handle.get("host") not in (None, socket.gethostname()):
-            raise store.JobError(f"job {job['job_id']} runs on {handle['host']}; cancel it there")
+        if not rf.is_local(handle):
+            raise store.JobError(f"job {job['job_id']} runs on {handle.get('host')} ({handle.get('pid_namespace')}); "
+                                 "cancel it there")
         if _process_state(pid, started) != "alive":
             return "already finished"
         try:

@@ -26,6 +26,7 @@ from engine.jobs import store, tracking
 from engine.jobs.executor import Executor, executor_named, job_executor_name, available, workspace_executor_name
 from engine.jobs.store import _sync_run_status
 from engine.runs import folder as rf
+from engine.runs.lifecycle import is_disk_full
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_POLL_S = 0.5
@@ -57,6 +58,7 @@ class Worker:
         self.devices = gpu_devices()
         self.slots = {"gpu": gpu_slots or max(1, len(self.devices)), "cpu": max(1, cpu_slots)}
         self.poll_s, self.idle_grace_s, self.once = poll_s, idle_grace_s, once
+        self.unrecorded_starts: dict[str, dict] = {}  # job id -> its running fields, not yet in job.json
         self.executors: dict[str, Executor] = {}  # one per kind, kept: the local one reaps its children
         self.reported: set[str] = set()  # broken or unreachable jobs already logged once
 
@@ -70,7 +72,14 @@ class Worker:
         idle_since: float | None = None
         try:
             while True:
-                if self.step():
+                try:
+                    busy = self.step()
+                except OSError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    _say(f"disk full, retrying in {self.poll_s} s: {exc}")  # the queue keeps serving
+                    busy = True
+                if busy:
                     idle_since = None
                 else:
                     idle_since = idle_since or time.monotonic()
@@ -145,6 +154,8 @@ class Worker:
         return True
 
     def _start(self, job_id: str, slot: int) -> bool:
+        if job_id in self.unrecorded_starts:
+            return self._record_start(job_id)
         started = False
         try:
             kind = workspace_executor_name(self.runs_root)
@@ -169,13 +180,25 @@ class Worker:
             except OSError as exc:
                 return _failed(job, f"could not start: {exc}")
             started = True
-            return {"state": rf.RUNNING, "executor": kind, "handle": handle, **_process_fields(handle),
-                    "started_at": rf.now_iso(), "slot": slot, "cuda_visible_devices": cuda, "log": str(log_path)}
+            fields = {"state": rf.RUNNING, "executor": kind, "handle": handle, **_process_fields(handle),
+                      "started_at": rf.now_iso(), "slot": slot, "cuda_visible_devices": cuda, "log": str(log_path)}
+            # Remembered until job.json says so: a full disk at this write must not start it twice.
+            self.unrecorded_starts[job_id] = fields
+            return fields
 
         job = store.update_job(self.runs_root, job_id, launch)
+        self.unrecorded_starts.pop(job_id, None)
         if started:
             _say(f"started job {job_id} ({kind} {job['handle']}, {job['resource']} slot {slot}): {job['argv']}")
         return started
+
+    def _record_start(self, job_id: str) -> bool:
+        """Write the running state of a job started on an earlier pass whose job.json write failed."""
+        fields = self.unrecorded_starts[job_id]
+        store.update_job(self.runs_root, job_id, lambda j: fields if j.get("state") == rf.QUEUED else None)
+        del self.unrecorded_starts[job_id]
+        _say(f"recorded the start of job {job_id}")
+        return True
 
     def _fail_unstartable(self, job: dict, error: str) -> None:
         store.update_job(self.runs_root, job["job_id"],

@@ -462,6 +462,22 @@ def estimate_job_bytes(kind: str, model: str = DEFAULT_FAMILY.default_model, lor
     return int(math.ceil(needed * _SAFETY_FACTOR))
 
 
+def train_bytes(config: dict) -> int:
+    """What one training run of `config` (TrainConfig fields) may write: its final adapter, plus
+    one per epoch with epoch checkpoints, logs and metrics. The Train page and `engine train`
+    both check this against the free space."""
+    from engine.config import TINY_MODEL, TrainConfig
+    from engine.models.qwen2_audio.tiny import default_tiny_dir
+
+    epochs = float(config.get("epochs") or 1)
+    adapters = 1 + (int(epochs) if config.get("checkpoints") == "epoch" else 0)
+    model = str(config.get("model") or TrainConfig().model)
+    model = str(default_tiny_dir()) if model == TINY_MODEL else model  # its folder gives its real sizes
+    return estimate_job_bytes("train", model=model, lora_r=int(config.get("lora_r") or 16),
+                              targets=config.get("targets") or "attention",
+                              quantization=config.get("quantization") or "4bit", n_adapters=adapters)
+
+
 def preflight(runs_root: Path, needed_bytes: int, reserve_fraction: float = 0.02) -> None:
     """Raise DiskSpaceError unless `needed_bytes` fit while `reserve_fraction` of the volume stays free."""
     usage = volume_usage(runs_root)

@@ -7,7 +7,8 @@ sides use it. The layout is documented in README.md ("Run folder contract") and 
 set is pinned by its tests (test_train.py, test_scoring.py, test_importing.py, test_baselines.py, test_opro.py).
 
     <run>/config.json          resolved config; {"schema_version", "kind", ...}
-    <run>/status.json          state machine, pid + process start time, timestamps, error
+    <run>/status.json          state machine, pid + process start time, host + pid namespace,
+                               heartbeat, timestamps, error
     <run>/environment.json     package versions, device (training and evaluation runs)
     <run>/metrics.jsonl        one flushed line per optimizer step (training runs)
     <run>/summary.json         parameters, adapter size, runtime, data report (training runs)
@@ -22,7 +23,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +247,17 @@ def try_flock(path: Path, mode: int = 0o600) -> int | None:
 
 # ---------------------------------------------------------------- status
 
+HEARTBEAT_INTERVAL_S = 30.0  # how often a running run refreshes `heartbeat_at`
+STALE_AFTER_INTERVALS = 3  # a process we cannot see is dead once its heartbeat is this many intervals old
+
+# The process checks: "alive", "exited" (a zombie its parent has not reaped yet) or "gone".
+ALIVE, EXITED, GONE = "alive", "exited", "gone"
+
+# One status write at a time in this process: the heartbeat thread and the run's own writes
+# both read-modify-write status.json.
+_status_lock = threading.RLock()
+
+
 def process_start_time(pid: int) -> float | None:
     """Start time of a live process, or None. Used with the pid to tell a reused pid apart."""
     import psutil
@@ -254,60 +268,144 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
-def process_alive(pid: int | None, start_time: float | None) -> bool:
+def process_state(pid: int | None, start_time: float | None) -> str:
+    """ALIVE, EXITED (a zombie: its parent is about to reap it) or GONE, for a local pid.
+
+    A pid whose process started at another time than `start_time` is GONE (the pid was reused).
+    """
     if not pid:
-        return False
+        return GONE
     import psutil
 
     try:
         proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
         started = proc.create_time()
+        zombie = proc.status() == psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return GONE
+    if start_time is not None and abs(started - float(start_time)) >= 1.0:
+        return GONE
+    return EXITED if zombie else ALIVE
+
+
+def process_alive(pid: int | None, start_time: float | None) -> bool:
+    """True while the local process `pid` that started at `start_time` runs (zombies are dead)."""
+    return process_state(pid, start_time) == ALIVE
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def pid_namespace() -> str | None:
+    """This process's pid namespace (e.g. "pid:[4026531836]"); None where /proc does not say."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def is_local(status: dict) -> bool:
+    """True when the status was written from this host and pid namespace, so its pid is ours to check.
+
+    A status without host or namespace (written before they were recorded) counts as local.
+    """
+    host, namespace = status.get("host"), status.get("pid_namespace")
+    if host and host != hostname():
         return False
-    return start_time is None or abs(started - float(start_time)) < 1.0
+    return not namespace or namespace == pid_namespace()
+
+
+def liveness(status: dict, now: float | None = None) -> tuple[bool, str | None]:
+    """The one liveness check of a run's recorded process: (alive, why it counts as dead).
+
+    Same host and pid namespace: the pid and its start time decide. Elsewhere (a container,
+    another host sharing the workspace) the pid means nothing here, so the heartbeat decides:
+    alive while it is fresher than STALE_AFTER_INTERVALS heartbeat intervals.
+    """
+    if is_local(status):
+        if process_alive(status.get("pid"), status.get("process_start_time")):
+            return True, None
+        return False, "the process died without a final state"
+    interval = float(status.get("heartbeat_interval_s") or HEARTBEAT_INTERVAL_S)
+    limit = STALE_AFTER_INTERVALS * interval
+    where = f"host {status.get('host') or '?'}, pid namespace {status.get('pid_namespace') or '?'}"
+    beat = status.get("heartbeat_at")
+    try:
+        age = (time.time() if now is None else now) - float(beat)
+    except (TypeError, ValueError):
+        return False, f"the process ({where}) runs elsewhere and recorded no heartbeat"
+    if age < limit:
+        return True, None
+    return False, (f"no heartbeat for {age:.0f} s (more than {limit:.0f} s) from its process "
+                   f"(pid {status.get('pid')} on {where}): presumed dead")
 
 
 def write_status(run_dir: Path, state: str, **fields: Any) -> dict:
     """Merge `fields` into status.json and set `state`; returns the new status."""
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}")
+    return _rewrite_status(run_dir, lambda status: state, fields)
+
+
+def update_status(run_dir: Path, **fields: Any) -> dict:
+    """Merge `fields` into status.json, keeping its state (a heartbeat, progress)."""
+    return _rewrite_status(run_dir, lambda status: status.get("state") or RUNNING, fields)
+
+
+def _rewrite_status(run_dir: Path, new_state, fields: dict) -> dict:
     path = Path(run_dir) / STATUS
-    try:
-        status = read_json(path)
-    except (FileNotFoundError, json.JSONDecodeError):
-        status = {"schema_version": SCHEMA_VERSION, "created_at": now_iso()}
-    status.update(fields)
-    status["state"] = state
-    status["updated_at"] = now_iso()
-    if state == RUNNING and not status.get("started_at"):
-        status["started_at"] = status["updated_at"]
-    if state in TERMINAL_STATES and not status.get("ended_at"):
-        status["ended_at"] = status["updated_at"]
-    atomic_write_json(path, status)
+    with _status_lock:
+        try:
+            status = read_json(path)
+        except (FileNotFoundError, json.JSONDecodeError):
+            status = {"schema_version": SCHEMA_VERSION, "created_at": now_iso()}
+        state = new_state(status)
+        status.update(fields)
+        status["state"] = state
+        status["updated_at"] = now_iso()
+        if state == RUNNING and not status.get("started_at"):
+            status["started_at"] = status["updated_at"]
+        if state in TERMINAL_STATES and not status.get("ended_at"):
+            status["ended_at"] = status["updated_at"]
+        atomic_write_json(path, status)
     return status
 
 
 def mark_process(run_dir: Path) -> dict:
-    """Record this process as the one working on the run (pid, group, start time)."""
+    """Record this process as the one working on the run: pid, group, start time, where it lives
+    (host and pid namespace) and a first heartbeat."""
     pid = os.getpid()
-    return {"pid": pid, "pgid": os.getpgid(pid), "process_start_time": process_start_time(pid)}
+    return {"pid": pid, "pgid": os.getpgid(pid), "process_start_time": process_start_time(pid),
+            "host": hostname(), "pid_namespace": pid_namespace(), "heartbeat_at": time.time(),
+            "heartbeat_interval_s": HEARTBEAT_INTERVAL_S}
 
 
 def read_status(run_dir: Path) -> dict:
     """status.json, with a run whose process is gone reported as crashed (not rewritten here).
 
-    A "running" run without a live process of the recorded pid *and* start time crashed; a
-    "queued" run with no pid is waiting for the queue and stays queued.
+    A "running" run whose process is not alive (see `liveness`) crashed; a "queued" run with no
+    pid is waiting for the queue and stays queued.
     """
     status = read_json(Path(run_dir) / STATUS)
     state = status.get("state")
     if state in ACTIVE_STATES and status.get("pid"):
-        if not process_alive(status.get("pid"), status.get("process_start_time")):
-            status = dict(status, state=CRASHED, recorded_state=state,
-                          error=status.get("error") or "the process died without a final state")
+        alive, why = liveness(status)
+        if not alive:
+            status = dict(status, state=CRASHED, recorded_state=state, error=status.get("error") or why)
     return status
+
+
+def read_progress(run_dir: Path) -> dict | None:
+    """The `progress` of a run's status.json when it has steps to count, else None (also when the
+    status is missing or being replaced)."""
+    try:
+        progress = read_json(Path(run_dir) / STATUS).get("progress")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    if not isinstance(progress, dict) or not progress.get("total_steps"):
+        return None
+    return progress
 
 
 # ---------------------------------------------------------------- reading runs

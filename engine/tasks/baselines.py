@@ -34,6 +34,7 @@ import numpy as np
 from engine.runs import folder as rf
 from engine.data.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATE, AudioError, load_audio
 from engine.data.manifests import DataError, load_clips
+from engine.runs.lifecycle import StopRequested, run_lifecycle
 from engine.runs.predictions import make_record, write_evaluation
 
 METHODS = ("silero", "webrtc")
@@ -145,10 +146,9 @@ def run_baseline(method: str, test_data: str | Path, run_dir: str | Path, thresh
         settings.update(aggressiveness=int(aggressiveness), frame_ms=WEBRTC_FRAME_MS)
     else:
         settings.update(frame_samples=SILERO_FRAME_SAMPLES)
-    rf.atomic_write_json(run_dir / rf.CONFIG, {"schema_version": rf.SCHEMA_VERSION, "kind": rf.KIND_BASELINE,
-                                               "label": METHOD_LABELS[method], **settings})
-    rf.write_status(run_dir, rf.RUNNING, **rf.mark_process(run_dir))
-    try:
+    config = {"schema_version": rf.SCHEMA_VERSION, "kind": rf.KIND_BASELINE, "label": METHOD_LABELS[method],
+              **settings}
+    with run_lifecycle(run_dir, rf.KIND_BASELINE, config=config, log=False, interruptible=True) as run:
         if method == "silero":
             records, skipped, report = _score_clips(test_data, silero_clip_score, float(threshold),
                                                     max_seconds, label_words)
@@ -157,14 +157,13 @@ def run_baseline(method: str, test_data: str | Path, run_dir: str | Path, thresh
             records, skipped, report = _score_clips(test_data, lambda x: webrtc_clip_score(x, aggressiveness),
                                                     float(threshold), max_seconds, label_words)
             backend = f"webrtcvad {_version('webrtcvad-wheels')}"
-        rf.atomic_write_json(run_dir / rf.ENVIRONMENT, _environment(backend))
+        run.write_environment(_environment(backend))
         meta = {"kind": rf.KIND_BASELINE, "label": METHOD_LABELS[method], **settings, "backend": backend,
                 "skipped": skipped, "data": report}
         write_evaluation(run_dir, EVALUATION_NAME, records, meta)
-    except BaseException as exc:
-        rf.write_status(run_dir, rf.FAILED, error=f"{type(exc).__name__}: {exc}")
-        raise
-    rf.write_status(run_dir, rf.SUCCEEDED, clip_count=len(records), skipped_count=len(skipped))
+        run.set_result(clip_count=len(records), skipped_count=len(skipped))
+    if run.state == rf.CANCELLED:
+        raise StopRequested(f"baseline {run_dir.name} cancelled before it finished")
     return run_dir
 
 
@@ -239,6 +238,9 @@ def baseline_main(args: argparse.Namespace) -> int:
     except (rf.RunFolderError, ValueError) as exc:  # DataError and AudioError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StopRequested as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return 3  # as `train`: the run did not succeed
     except Exception:  # noqa: BLE001 - the failure is in status.json; show the trace to the log
         traceback.print_exc()
         return 1

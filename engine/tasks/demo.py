@@ -114,7 +114,7 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
 def demo_main(args: argparse.Namespace) -> int:
     import logging
 
-    from engine.tasks.train import set_console_level
+    from engine.runs.lifecycle import set_console_level
 
     set_console_level(logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -22,6 +22,7 @@ import numpy as np
 from engine.runs import folder as rf
 from engine import cliargs
 from engine.config import CONTROLS, DEFAULT_LABELS, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, ConfigError, EvalConfig
+from engine.runs.lifecycle import run_lifecycle
 from engine.runs.predictions import SPEECH, make_record, save_predictions_file, write_evaluation
 
 log = logging.getLogger("engine.tasks.evaluate")
@@ -137,7 +138,7 @@ def find_run(spec: str, runs_dir: Path | None) -> Path:
 
 def optimised_prompt(opro_run: Path, label_words: Sequence[str]) -> str:
     """The best prompt an OPRO run found (engine/tasks/opro.py), checked against the label words in use."""
-    from engine.tasks.opro import best_entry
+    from engine.runs.opro_history import best_entry
 
     config = rf.read_json(opro_run / rf.CONFIG)
     if config.get("kind") != rf.KIND_OPRO:
@@ -151,9 +152,38 @@ def optimised_prompt(opro_run: Path, label_words: Sequence[str]) -> str:
     return best["prompt"]
 
 
-def eval_main(args: argparse.Namespace) -> int:
+def _score_into(args: argparse.Namespace, run_dir: Path, model_id: str, quantization: str, adapter: Path | None,
+                producer: dict, system_prompt: str, prompt: str, words: list[str]) -> Path:
+    """Score the test data with the chosen model into evaluation `args.name` of `run_dir`."""
     from engine.data.manifests import load_clips
-    from engine.models import ModelError, family_for
+    from engine.models import family_for
+
+    threshold, source = 0.5, "fixed (arg-max)"
+    if args.threshold is not None:
+        threshold, source = args.threshold, "given"
+    elif args.threshold_from:
+        from engine.runs.predictions import read_predictions
+
+        threshold = choose_threshold(read_predictions(run_dir, args.threshold_from))
+        source = f"chosen on evaluation {args.threshold_from!r} (max balanced accuracy)"
+    clips, report = load_clips(args.test_data, label_words=words, skip_bad=True)
+    for bad in report.bad_files:
+        print(f"warning: skipped unreadable clip {bad['path']}: {bad['reason']}", file=sys.stderr)
+    if not clips:
+        raise ValueError(f"test data {args.test_data}: no readable clips")
+    m = family_for(model_id).runtime()
+    loaded = m.load_model(model_id, quantization, args.device, args.dtype)
+    if adapter is not None:
+        m.load_adapter(loaded, adapter)
+    name = f"{args.name}-{args.control}" if args.control else args.name
+    out, _ = evaluate_clips(loaded, clips, report, run_dir, name, system_prompt, prompt, words, producer,
+                            batch_size=args.batch_size, threshold=threshold, threshold_source=source,
+                            control=args.control, padding_side=args.padding_side, save_to=args.save_predictions)
+    return out
+
+
+def eval_main(args: argparse.Namespace) -> int:
+    from engine.models import ModelError
 
     try:
         cliargs.config_from_namespace(EvalConfig, args).validate()
@@ -187,42 +217,25 @@ def eval_main(args: argparse.Namespace) -> int:
         words = list(args.label_words or run_cfg.get("label_words") or DEFAULT_LABELS)
         if args.prompt_from:
             prompt = optimised_prompt(find_run(args.prompt_from, args.runs_dir), words)
-        if not args.run:
+        if args.run:
+            out = _score_into(args, run_dir, model_id, quantization, adapter, producer, system_prompt, prompt, words)
+        else:
             root = rf.runs_root(args.runs_dir)
             stem = args.run_name or f"{'base' if args.base else 'checkpoint'}-{Path(model_id).name}-{time.strftime('%Y%m%d-%H%M%S')}"
             run_dir = rf.unique_run_dir(root, rf.check_run_name(stem))
-            rf.atomic_write_json(run_dir / rf.CONFIG, {
+            config = {
                 "schema_version": rf.SCHEMA_VERSION, "kind": rf.KIND_EVAL, "label": args.run_name or
                 ("Base model" if args.base else f"Adapter {adapter.name}"), "model": model_id,
                 "quantization": quantization, "adapter": str(adapter) if adapter else None, "prompt": prompt,
-                "system_prompt": system_prompt, "label_words": words, "seed": None})
-            rf.write_status(run_dir, rf.RUNNING, kind=rf.KIND_EVAL, **rf.mark_process(run_dir))
-        threshold, source = 0.5, "fixed (arg-max)"
-        if args.threshold is not None:
-            threshold, source = args.threshold, "given"
-        elif args.threshold_from:
-            from engine.runs.predictions import read_predictions
-
-            threshold = choose_threshold(read_predictions(run_dir, args.threshold_from))
-            source = f"chosen on evaluation {args.threshold_from!r} (max balanced accuracy)"
-        clips, report = load_clips(args.test_data, label_words=words, skip_bad=True)
-        for bad in report.bad_files:
-            print(f"warning: skipped unreadable clip {bad['path']}: {bad['reason']}", file=sys.stderr)
-        if not clips:
-            raise ValueError(f"test data {args.test_data}: no readable clips")
-        m = family_for(model_id).runtime()
-        loaded = m.load_model(model_id, quantization, args.device, args.dtype)
-        if adapter is not None:
-            m.load_adapter(loaded, adapter)
-        out, _ = evaluate_clips(loaded, clips, report, run_dir, name, system_prompt, prompt, words, producer,
-                                batch_size=args.batch_size, threshold=threshold, threshold_source=source,
-                                control=args.control, padding_side=args.padding_side, save_to=args.save_predictions)
-        if not args.run:
-            rf.write_status(run_dir, rf.SUCCEEDED)
+                "system_prompt": system_prompt, "label_words": words, "seed": None}
+            with run_lifecycle(run_dir, rf.KIND_EVAL, config=config, log=False, interruptible=True) as run:
+                out = _score_into(args, run_dir, model_id, quantization, adapter, producer, system_prompt, prompt,
+                                  words)
+            if run.state == rf.CANCELLED:
+                print(f"cancelled: {run_dir}", file=sys.stderr)
+                return 3
     except (ConfigError, rf.RunFolderError, ValueError, OSError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if not args.run and "run_dir" in locals():
-            rf.write_status(run_dir, rf.FAILED, error=str(exc))
         return 2
     evaluation = rf.read_json(out / rf.EVALUATION)
     if args.json:

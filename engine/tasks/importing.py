@@ -26,6 +26,7 @@ from typing import Any
 
 from engine.labels import DEFAULT_LABEL_SET
 from engine.runs import folder as rf
+from engine.runs.lifecycle import run_lifecycle
 from engine.runs.predictions import NONSPEECH, RECORD_FIELDS, SPEECH, write_evaluation
 
 EVALUATION_NAME = "test"
@@ -341,9 +342,11 @@ def import_predictions(file: str | os.PathLike, name: str, runs_root: str | os.P
     staging = root / f".import-{name}-{uuid.uuid4().hex[:8]}"  # hidden: run listings skip it
     staging.mkdir()
     try:
-        rf.atomic_write_json(staging / rf.CONFIG, config)
-        write_evaluation(staging, EVALUATION_NAME, records, meta)
-        rf.write_status(staging, rf.SUCCEEDED, message=f"imported {len(records)} predictions from {file.name}")
+        with run_lifecycle(staging, rf.KIND_IMPORTED, config=config, log=False, interruptible=True) as run:
+            write_evaluation(staging, EVALUATION_NAME, records, meta)
+            run.set_result(message=f"imported {len(records)} predictions from {file.name}")
+        if run.state != rf.SUCCEEDED:
+            raise ImportError_(f"import into {run_dir.name} was {run.state}")
         if run_dir.exists():
             raise ImportError_(f"run folder {run_dir} already exists; choose another --name")
         os.rename(staging, run_dir)

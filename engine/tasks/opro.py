@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import random
 import re
 import shutil
@@ -31,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -39,8 +38,8 @@ from engine.runs import folder as rf
 from engine.cliargs import add_config_arguments, cli_field, config_from_namespace, field_choices
 from engine.config import DEFAULT_LABELS, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, DEVICES, DTYPES, QUANTIZATIONS, ConfigError
 
-if TYPE_CHECKING:
-    from engine.tasks.train import StopRequested
+from engine.runs.lifecycle import StopSignal, run_lifecycle
+from engine.runs.opro_history import best_entry, rank_key, top_entries  # noqa: F401 (the search's ranking rule)
 
 log = logging.getLogger("engine.tasks.opro")
 
@@ -117,33 +116,6 @@ def sanitise_prompt(text: str, label_words: Sequence[str], max_chars: int = DEFA
 
 
 # ----------------------------------------------------------------------------- ranking
-
-def _score(value: Any) -> float:
-    """A score for ordering: a missing or non-finite score ranks below every real one."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return -math.inf
-    return number if math.isfinite(number) else -math.inf
-
-
-def rank_key(entry: dict) -> tuple:
-    """Sort key, best first: balanced accuracy, then log-likelihood, then the earlier prompt.
-
-    The one ranking rule of the search, also used to read a history back (engine.dashboard.opro_review,
-    `eval --prompt-from`); this module imports no torch at load time so the dashboard may use it.
-    """
-    return (-_score(entry.get("balanced_accuracy")), -_score(entry.get("log_likelihood")), int(entry["id"]))
-
-
-def best_entry(history: Iterable[dict]) -> dict | None:
-    """The best prompt record by rank_key, or None for an empty history."""
-    return min(history, key=rank_key, default=None)
-
-
-def top_entries(history: Sequence[dict], k: int) -> list[dict]:
-    return sorted(history, key=rank_key)[:k]
-
 
 # ----------------------------------------------------------------------------- edit search
 
@@ -556,22 +528,14 @@ def run_config(settings: OproSettings, resolved: dict, search_seed: int) -> dict
     }
 
 
-def prepare_run_dir(run_dir: Path) -> Path:
-    """Use `run_dir` if it is new, empty, or holds a run still queued (the job queue made it)."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        state = rf.read_json(run_dir / rf.STATUS).get("state") if (run_dir / rf.STATUS).exists() else None
-        if state != rf.QUEUED:
-            raise rf.RunFolderError(f"{run_dir} already holds a run ({state or 'unknown state'}); use a new folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 class Search:
     """One OPRO search writing into its run folder; `run()` returns the opro.json content."""
 
-    def __init__(self, settings: OproSettings, run_dir: Path, resolved: dict, stop):
+    def __init__(self, settings: OproSettings, run_dir: Path, resolved: dict, stop,
+                 progress: Callable[..., Any] | None = None):
         self.settings, self.run_dir, self.resolved, self.stop = settings, run_dir, resolved, stop
+        # the run's progress writer (Run.progress); without a lifecycle, straight into status.json
+        self.progress = progress or (lambda force=False, **fields: rf.update_status(run_dir, progress=fields))
         self.history: list[dict] = []
         self.seen: set[str] = set()
         self.total = 1 + settings.iterations * settings.candidates
@@ -595,10 +559,9 @@ class Search:
         self.seen.add(prompt_key(candidate.prompt))
         done = len(self.history)
         rate = (time.time() - self.started) / done
-        rf.write_status(self.run_dir, rf.RUNNING, progress={
-            "step": done, "total_steps": self.total, "iteration": iteration,
-            "iterations": self.settings.iterations, "best_balanced_accuracy": best["balanced_accuracy"],
-            "eta_s": round(rate * (self.total - done), 1)})
+        self.progress(step=done, total_steps=self.total, iteration=iteration, iterations=self.settings.iterations,
+                      best_balanced_accuracy=best["balanced_accuracy"], eta_s=round(rate * (self.total - done), 1),
+                      force=done == self.total)
         log.info("iteration %d candidate %d: balanced accuracy %.1f%% (best %.1f%%, #%d): %s", iteration, index,
                  100 * entry["balanced_accuracy"], 100 * best["balanced_accuracy"], best["id"], candidate.prompt)
         return entry
@@ -694,61 +657,49 @@ def load_dev_set(dev_data: str, label_words: Sequence[str], audio) -> DevSet:
 
 
 def optimise(settings: OproSettings, run_dir: Path, runs_root: Path,
-             stop: StopRequested | None = None) -> dict | None:
+             stop: StopSignal | None = None) -> dict | None:
     """Run one OPRO search into `run_dir`; returns opro.json's content, or None when cancelled.
 
     The terminal state (succeeded, cancelled, failed with the error) is always written.
     """
     from engine.data.manifests import AudioCache, load_clips
     from engine.models import family_for
-    from engine.tasks.train import StopRequested, attach_log
 
     settings.check()
     resolved = resolve_target(settings, runs_root)
     search_seed = settings.seed if settings.seed is not None else int(resolved["target"]["seed"] or 0)
-    run_dir = prepare_run_dir(run_dir)
     config = run_config(settings, resolved, search_seed)
-    rf.atomic_write_json(run_dir / rf.CONFIG, config)
-    handler = attach_log(run_dir)
     if stop is None:
-        stop = StopRequested("finishing this candidate, keeping the history, then stopping")
+        stop = StopSignal("finishing this candidate, keeping the history, then stopping")
     stop.install()
-    rf.write_status(run_dir, rf.RUNNING, kind=rf.KIND_OPRO, error=None,
-                    progress={"step": 0, "total_steps": 1 + settings.iterations * settings.candidates},
-                    **rf.mark_process(run_dir))
-    state, error = rf.FAILED, None
     try:
-        audio = AudioCache()
-        dev = load_dev_set(settings.dev_data, resolved["label_words"], audio)
-        test = None
-        if settings.test_data:
-            clips, report = load_clips(settings.test_data, label_words=resolved["label_words"], skip_bad=True)
-            if not clips:
-                raise ValueError(f"test data {settings.test_data}: no readable clips")
-            check_held_out(dev.clips, clips, settings.test_data)
-            test = (clips, report, audio)
-        log.info("OPRO on %s: %d dev clips, %d iterations x %d candidates, proposer %s, seed %d",
-                 config["label"], len(dev.clips), settings.iterations, settings.candidates,
-                 config["proposer"]["model"] or "edit search", search_seed)
-        m = family_for(resolved["model"]).runtime()
-        loaded = m.load_model(resolved["model"], resolved["quantization"], settings.device, settings.dtype)
-        if resolved["adapter"] is not None:
-            m.load_adapter(loaded, resolved["adapter"])
-        m.seed_everything(search_seed)
-        proposer = make_proposer(settings.proposer, loaded, resolved["label_words"], search_seed,
-                                 settings.max_prompt_chars, settings.top_k)
-        result = Search(settings, run_dir, resolved, stop).run(loaded, dev, proposer, test)
-        state = rf.SUCCEEDED if result is not None else rf.CANCELLED
+        with run_lifecycle(run_dir, rf.KIND_OPRO, config=config, stop=stop) as run:
+            run.progress(step=0, total_steps=1 + settings.iterations * settings.candidates, force=True)
+            audio = AudioCache()
+            dev = load_dev_set(settings.dev_data, resolved["label_words"], audio)
+            test = None
+            if settings.test_data:
+                clips, report = load_clips(settings.test_data, label_words=resolved["label_words"], skip_bad=True)
+                if not clips:
+                    raise ValueError(f"test data {settings.test_data}: no readable clips")
+                check_held_out(dev.clips, clips, settings.test_data)
+                test = (clips, report, audio)
+            log.info("OPRO on %s: %d dev clips, %d iterations x %d candidates, proposer %s, seed %d",
+                     config["label"], len(dev.clips), settings.iterations, settings.candidates,
+                     config["proposer"]["model"] or "edit search", search_seed)
+            m = family_for(resolved["model"]).runtime()
+            loaded = m.load_model(resolved["model"], resolved["quantization"], settings.device, settings.dtype)
+            if resolved["adapter"] is not None:
+                m.load_adapter(loaded, resolved["adapter"])
+            m.seed_everything(search_seed)
+            proposer = make_proposer(settings.proposer, loaded, resolved["label_words"], search_seed,
+                                     settings.max_prompt_chars, settings.top_k)
+            result = Search(settings, run.run_dir, resolved, stop, run.progress).run(loaded, dev, proposer, test)
+            if result is None:
+                run.set_result(rf.CANCELLED)
         return result
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (ValueError, OSError)) else str(exc)
-        log.error("OPRO failed: %s", error)
-        raise
     finally:
         stop.restore()
-        rf.write_status(run_dir, state, error=error if state == rf.FAILED else None, signal=stop.signal)
-        logging.getLogger("engine").removeHandler(handler)
-        handler.close()
 
 
 # ----------------------------------------------------------------------------- CLI

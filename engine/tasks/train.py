@@ -26,68 +26,13 @@ from engine import cliargs
 from engine.runs import folder as rf
 from engine.config import ConfigError, TrainConfig
 from engine.labels import DEFAULT_LABEL_SET
+from engine.runs.lifecycle import (DiskFullError, StopSignal, attach_log, describe_error, is_disk_full,  # noqa: F401
+                                   run_lifecycle, set_console_level)
 
 log = logging.getLogger("engine.tasks.train")
 
 
-class DiskFullError(OSError):
-    """A write failed for lack of space."""
-
-
-class StopRequested:
-    """Set by SIGTERM/SIGINT; the loop checks it at optimizer-step boundaries."""
-
-    def __init__(self, then: str = "finishing this step, saving the adapter, then stopping") -> None:
-        self.signal: int | None = None
-        self.then = then  # what the loop does after the signal, for the log line
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> "StopRequested":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (tests calling train() from a thread)
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        self.signal = signum
-        log.warning("received %s: %s", signal.Signals(signum).name, self.then)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def __bool__(self) -> bool:
-        return self.signal is not None
-
-
 # ----------------------------------------------------------------------------- run folder helpers
-
-_console: logging.Handler | None = None
-
-
-def set_console_level(level: int) -> None:
-    """How much of the engine's log is echoed to stderr (the run's engine.log gets everything)."""
-    global _console
-    if _console is None:
-        _console = logging.StreamHandler(sys.stderr)
-        _console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        logging.getLogger("engine").addHandler(_console)
-    _console.setLevel(level)
-
-
-def attach_log(run_dir: Path) -> logging.Handler:
-    """Everything the engine logs also goes to <run>/engine.log."""
-    handler = logging.FileHandler(Path(run_dir) / rf.LOG, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("engine")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    if _console is None:
-        set_console_level(logging.INFO)
-    return handler
-
 
 def environment_info(device) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
@@ -113,7 +58,8 @@ def save_adapter(model, run_dir: Path, name: str = rf.ADAPTER_DIR) -> Path:
     """Write the PEFT adapter to a temp folder and rename it into place.
 
     A crash or a full disk never leaves a folder named `adapter/` that looks complete: the
-    partial folder is removed, and a full disk raises DiskFullError.
+    partial folder is removed, and a full disk (in whatever form the writer reports it) raises
+    DiskFullError.
     """
     run_dir = Path(run_dir)
     final = run_dir / name
@@ -129,29 +75,13 @@ def save_adapter(model, run_dir: Path, name: str = rf.ADAPTER_DIR) -> Path:
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
-            raise DiskFullError(errno.ENOSPC, f"disk full while writing the adapter to {final}") from exc
-        raise
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        # safetensors reports a full disk as SafetensorError("... os error 28"), not as an OSError
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(errno.ENOSPC, f"no space left writing the adapter to {final}") from exc
         raise
     return final
-
-
-def prepare_run_dir(cfg: TrainConfig, run_dir: Path) -> Path:
-    """Create (or adopt a queued) run folder and write the resolved config."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        status = rf.read_json(run_dir / rf.STATUS) if (run_dir / rf.STATUS).exists() else {}
-        if status.get("state") != rf.QUEUED:
-            raise rf.RunFolderError(f"{run_dir} already holds a run ({status.get('state', 'unknown state')}); "
-                                    "choose a new --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rf.atomic_write_json(run_dir / rf.CONFIG, {"schema_version": rf.SCHEMA_VERSION, "kind": rf.KIND_TRAIN,
-                                                **cfg.to_dict()})
-    return run_dir
 
 
 # ----------------------------------------------------------------------------- training
@@ -253,7 +183,7 @@ def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch) -> tuple[int,
     raise RuntimeError("not even a micro-batch of 1 fits in GPU memory")
 
 
-def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None,
+def train(cfg: TrainConfig, run_dir: Path, stop: StopSignal | None = None,
           evaluate_on: dict[str, str] | None = None) -> dict[str, Any]:
     """Train one adapter into `run_dir`; returns the summary. Raises after recording a failure.
 
@@ -264,52 +194,25 @@ def train(cfg: TrainConfig, run_dir: Path, stop: StopRequested | None = None,
 
     cfg.validate()
     dist.init_from_env(cfg.device)
-    if not dist.is_main():  # only rank 0 writes the run folder
-        owns_stop = stop is None
-        stop = stop or StopRequested().install()
-        try:
-            return _train(cfg, Path(run_dir), stop, evaluate_on or {})
-        finally:
-            if owns_stop:
-                stop.restore()
-            dist.cleanup()
     try:
-        run_dir = prepare_run_dir(cfg, run_dir)
-    except BaseException:
-        dist.cleanup()
-        raise
-    handler = attach_log(run_dir)
-    owns_stop = stop is None
-    stop = stop or StopRequested().install()
-    rf.write_status(run_dir, rf.RUNNING, kind=rf.KIND_TRAIN, error=None, **rf.mark_process(run_dir))
-    state, error, summary = rf.FAILED, None, {}
-    try:
-        summary = _train(cfg, run_dir, stop, evaluate_on or {})
-        state = rf.CANCELLED if stop else rf.SUCCEEDED
+        if not dist.is_main():  # only rank 0 writes the run folder
+            owns_stop = stop is None
+            stop = stop if stop is not None else StopSignal().install()
+            try:
+                return _train(cfg, Path(run_dir), stop, evaluate_on or {}, lambda force=False, **fields: False)
+            finally:
+                if owns_stop:
+                    stop.restore()
+        config = {"schema_version": rf.SCHEMA_VERSION, "kind": rf.KIND_TRAIN, **cfg.to_dict()}
+        with run_lifecycle(run_dir, rf.KIND_TRAIN, config=config, stop=stop) as run:
+            summary = _train(cfg, run.run_dir, run.stop, evaluate_on or {}, run.progress)
         return summary
-    except DiskFullError as exc:
-        error = f"disk full: {exc}"
-        raise
-    except OSError as exc:
-        error = f"disk full: {exc}" if exc.errno == errno.ENOSPC else f"{type(exc).__name__}: {exc}"
-        raise
-    except BaseException as exc:
-        error = str(exc) if isinstance(exc, (ConfigError, ValueError)) else f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, KeyboardInterrupt):
-            state, error = rf.CANCELLED, "interrupted"
-        raise
     finally:
-        if error:
-            log.error("run failed: %s", error)
-        rf.write_status(run_dir, state, error=error, signal=stop.signal)
-        if owns_stop:
-            stop.restore()
-        logging.getLogger("engine").removeHandler(handler)
-        handler.close()
         dist.cleanup()
 
 
-def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: dict[str, str]) -> dict[str, Any]:
+def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[str, str],
+           progress: Callable[..., bool]) -> dict[str, Any]:
     import torch
 
     from engine.data.manifests import AudioCache, load_clips, require_both_classes
@@ -378,7 +281,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if main:
-        rf.write_status(run_dir, rf.RUNNING, progress={"step": 0, "total_steps": total_steps})
+        progress(step=0, total_steps=total_steps, force=True)
 
     # ---- train
     model.train()
@@ -420,9 +323,9 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopRequested, evaluate_on: di
                     "learning_rate": schedule.get_last_lr()[0], "grad_norm": grad_norm,
                     "samples_per_s": samples / elapsed if elapsed else None, "elapsed_s": round(elapsed, 3),
                     "eta_s": round(eta, 1), "total_steps": total_steps})
-                rf.write_status(run_dir, rf.RUNNING, progress={
-                    "step": step, "total_steps": total_steps, "epoch": round(epoch_float, 3), "loss": step_loss,
-                    "eta_s": round(eta, 1), "samples_per_s": samples / elapsed if elapsed else None})
+                progress(step=step, total_steps=total_steps, epoch=round(epoch_float, 3), loss=step_loss,
+                         eta_s=round(eta, 1), samples_per_s=samples / elapsed if elapsed else None,
+                         force=step >= total_steps or bool(stop))
                 log.info("step %d/%d epoch %.2f loss %.4f", step, total_steps, epoch_float, step_loss)
             if world > 1:  # a signal received by any rank stops every rank after this same step
                 stop.signal = dist.max_over_ranks(stop.signal or 0) or None
@@ -570,17 +473,24 @@ def _run_launcher(command: list[str]) -> int:
 def train_main(args: argparse.Namespace) -> int:
     import json
 
+    from engine.ops import disk
+    from engine.tasks import distributed as dist
+
     try:
         cfg = config_from_args(args)
+        root = Path(args.run_dir).parent if args.run_dir else rf.runs_root(args.runs_dir)
+        if not dist.launched():  # the same check as the Train page's, before any folder is made
+            disk.preflight(root, disk.train_bytes(cfg.to_dict()))
         if args.run_dir:
             run_dir = Path(args.run_dir)
         else:
-            root = rf.runs_root(args.runs_dir)
             run_dir = rf.unique_run_dir(root, rf.check_run_name(args.name) if args.name else default_run_name(cfg))
+    except disk.DiskSpaceError as exc:
+        print(f"error: not enough disk space to train: {exc}", file=sys.stderr)
+        return 2
     except (ConfigError, rf.RunFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from engine.tasks import distributed as dist
 
     if cfg.num_processes > 1 and not dist.launched():
         # every rank must resolve the same run folder, so pass the one chosen here
@@ -588,7 +498,7 @@ def train_main(args: argparse.Namespace) -> int:
     try:
         summary = train(cfg, run_dir)
     except (ConfigError, rf.RunFolderError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {describe_error(exc) if is_disk_full(exc) else exc}", file=sys.stderr)
         return 1
     if not dist.is_main():
         return 0
