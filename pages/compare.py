@@ -117,16 +117,10 @@ for i, paired in enumerate(result.paired):
         for column, row in zip(columns * 8, paired["rows"]):
             column.caption(f"{row['pair']}: {row['method']}, p = {review.format_p(row['p_value'])}")
             column.table(review.contingency_frame(row, "A", "B"))
-    t_test = (paired.get("paired") or {}).get("t_test")
-    if t_test:
-        st.markdown(f"Paired t-test over {paired['paired']['n_seeds']} matched seeds: t({t_test['df']}) = "
-                    f"{t_test['statistic']:.3f}, p = {review.format_p(t_test['p_value'])}")
-    if paired.get("probability_of_improvement") is not None:
-        st.markdown(f"Probability of improvement P(A > B) over seeds: {paired['probability_of_improvement']:.2f}")
-    for note in filter(None, [paired.get("note"), (paired.get("paired") or {}).get("note")]):
+    for line in review.paired_findings(paired):
+        st.markdown(line)
+    for note in review.paired_notes(paired):
         st.caption(note)
-    for row in paired["rows"]:
-        st.caption(f"Power, {row['pair']}: {row['power_caveat']}")
 
 st.info(result.power_caveat)
 for note in result.notes:

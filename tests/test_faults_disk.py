@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from engine import cli
-from engine.jobs import queue as jobs
+from engine import jobs
+from engine.jobs.worker import Worker
 from engine.ops import disk
 from engine.runs import folder as rf
 from engine.runs import lifecycle
@@ -174,9 +175,9 @@ def test_the_worker_survives_a_full_disk_and_serves_the_jobs_after(tmp_path, mon
     first_run = root / "first"  # its job never writes status.json: the worker has to (the failing path)
     rf.atomic_write_json(first_run / rf.CONFIG, {"kind": rf.KIND_TRAIN})
     rf.write_status(first_run, rf.QUEUED)
-    first = jobs.enqueue(root, ["sleep", "--seconds", "0.1"], module="engine.jobs.queue", resource="cpu",
+    first = jobs.enqueue(root, ["sleep", "--seconds", "0.1"], module="engine.jobs.sleep_job", resource="cpu",
                          run_dir=first_run)
-    second = jobs.enqueue(root, ["sleep", "--seconds", "0.1"], module="engine.jobs.queue", resource="cpu")
+    second = jobs.enqueue(root, ["sleep", "--seconds", "0.1"], module="engine.jobs.sleep_job", resource="cpu")
 
     real_write = rf.atomic_write_text
     full = threading.Event()
@@ -189,7 +190,7 @@ def test_the_worker_survives_a_full_disk_and_serves_the_jobs_after(tmp_path, mon
         return real_write(path, text)
 
     monkeypatch.setattr(rf, "atomic_write_text", write)
-    worker = jobs.Worker(root, cpu_slots=1, poll_s=0.05, idle_grace_s=0.3)
+    worker = Worker(root, cpu_slots=1, poll_s=0.05, idle_grace_s=0.3)
     outcome: dict = {}
 
     def serve():

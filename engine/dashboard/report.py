@@ -65,22 +65,8 @@ def _paired_section(paired: dict) -> str:
                      "binomial test below 25 discordant clips, else the continuity-corrected chi-square. "
                      "p (Holm) adjusts over the seeds of this pair.")
         lines.append("")
-    t_test = (paired.get("paired") or {}).get("t_test")
-    if t_test:
-        lines.append(f"- Paired t-test over {paired['paired']['n_seeds']} matched seeds: mean difference "
-                     f"A - B {review.format_pts(paired['paired']['mean_diff_pts'])} pts, "
-                     f"t({t_test['df']}) = {t_test['statistic']:.3f}, p = {review.format_p(t_test['p_value'])}")
-    wilcoxon = (paired.get("paired") or {}).get("wilcoxon")
-    if wilcoxon:
-        lines.append(f"- Wilcoxon signed-rank: W = {wilcoxon['statistic']:.1f}, p = {review.format_p(wilcoxon['p_value'])}")
-    if (paired.get("paired") or {}).get("note"):
-        lines.append(f"- Note: {paired['paired']['note']}")
-    if paired.get("probability_of_improvement") is not None:
-        lines.append(f"- Probability of improvement P(A > B) over seeds: {paired['probability_of_improvement']:.2f}")
-    if paired.get("note"):
-        lines.append(f"- Note: {paired['note']}")
-    for row in paired["rows"]:
-        lines.append(f"- Power ({row['pair']}): {row['power_caveat']}")
+    lines += [f"- {line}" for line in review.paired_findings(paired)]
+    lines += [f"- Note: {note}" for note in review.paired_notes(paired)]
     return "\n".join(lines) + "\n"
 
 

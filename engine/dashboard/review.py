@@ -861,6 +861,33 @@ def paired_comparison(a: Side, b: Side) -> dict[str, Any]:
     return out
 
 
+def paired_findings(paired: Mapping[str, Any]) -> list[str]:
+    """The over-seed results of one pair of configurations as sentences, in the order shown.
+
+    The Compare page and the Markdown report both print exactly these, so a statistic added to
+    the comparison is written here once and appears in both.
+    """
+    over_seeds = paired.get("paired") or {}
+    lines = []
+    t_test = over_seeds.get("t_test")
+    if t_test:
+        lines.append(f"Paired t-test over {over_seeds['n_seeds']} matched seeds: mean difference A - B "
+                     f"{format_pts(over_seeds['mean_diff_pts'])} pts, t({t_test['df']}) = {t_test['statistic']:.3f}, "
+                     f"p = {format_p(t_test['p_value'])}")
+    wilcoxon = over_seeds.get("wilcoxon")
+    if wilcoxon:
+        lines.append(f"Wilcoxon signed-rank: W = {wilcoxon['statistic']:.1f}, p = {format_p(wilcoxon['p_value'])}")
+    if paired.get("probability_of_improvement") is not None:
+        lines.append(f"Probability of improvement P(A > B) over seeds: {paired['probability_of_improvement']:.2f}")
+    return lines
+
+
+def paired_notes(paired: Mapping[str, Any]) -> list[str]:
+    """Caveats of one pair: guards that fired, then the power of each McNemar test."""
+    notes = [note for note in ((paired.get("paired") or {}).get("note"), paired.get("note")) if note]
+    return notes + [f"Power, {row['pair']}: {row['power_caveat']}" for row in paired.get("rows", [])]
+
+
 def mcnemar_table(paired: Mapping[str, Any]) -> pd.DataFrame:
     """One row per matched seed: the 2x2 counts (A = paired["a"], B = paired["b"]), method,
     statistic, p and Holm-adjusted p."""
