@@ -22,6 +22,7 @@ import numpy as np
 from engine.runs import folder as rf
 from engine import cliargs
 from engine.config import CONTROLS, DEFAULT_LABELS, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, ConfigError, EvalConfig
+from engine.labels import DEFAULT_LABEL_SET
 from engine.runs.lifecycle import run_lifecycle
 from engine.runs.predictions import SPEECH, make_record, save_predictions_file, write_evaluation
 
@@ -30,7 +31,7 @@ log = logging.getLogger("engine.tasks.evaluate")
 
 def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt: str, label_words: Sequence[str],
                 batch_size: int = 8, padding_side: str = "left", trim: bool = True) -> np.ndarray:
-    """(N, 2) class scores [SPEECH, NONSPEECH] for decoded 16 kHz clips.
+    """(N, classes) class scores, columns in `label_words` order, for decoded 16 kHz clips.
 
     Clips are batched longest-first so a batch's trimmed encoder input stays short; results
     come back in input order.
@@ -40,7 +41,7 @@ def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt
     m = loaded.family.runtime()
     plan = m.label_plan(loaded.processor.tokenizer, label_words)
     order = sorted(range(len(audios)), key=lambda i: -len(audios[i]))
-    scores = np.zeros((len(audios), 2), dtype=np.float64)
+    scores = np.zeros((len(audios), len(label_words)), dtype=np.float64)
     loaded.model.eval()
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
@@ -54,10 +55,10 @@ def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt
 
 
 def p_speech_from_scores(scores: np.ndarray) -> np.ndarray:
-    """Softmax over the two class scores, first column = SPEECH."""
+    """Probability of the positive class: the softmax over the class scores, at its column."""
     shifted = scores - scores.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
-    return exp[:, 0] / exp.sum(axis=1)
+    return exp[:, DEFAULT_LABEL_SET.index(DEFAULT_LABEL_SET.positive)] / exp.sum(axis=1)
 
 
 def choose_threshold(records: list[dict]) -> float:
