@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from engine.ops import clip_worker as cw
+from engine.ops.clip_worker import server as cw_server
 from engine.runs import folder as rf
 from engine.data.audio import load_audio
 from engine.config import DEFAULT_LABELS, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT
@@ -149,7 +150,7 @@ class FakeScorer:
 
 
 def _serve_in_thread(root: Path, idle_timeout_s: float) -> threading.Thread:
-    thread = threading.Thread(target=cw.serve, args=(root, "fake", "none", "cpu", "auto", idle_timeout_s, FakeScorer),
+    thread = threading.Thread(target=cw_server.serve, args=(root, "fake", "none", "cpu", "auto", idle_timeout_s, FakeScorer),
                               daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -173,7 +174,7 @@ def test_second_server_for_the_same_model_steps_aside(tmp_path):
     thread = _serve_in_thread(tmp_path, idle_timeout_s=30)
     client = cw.ClipWorkerClient.find(tmp_path, "fake", "none", "cpu")
     # the lock is held for the first server's life: another one exits at once, leaving its file alone
-    assert cw.serve(tmp_path, "fake", "none", "cpu", "auto", 30, FakeScorer) == 0
+    assert cw_server.serve(tmp_path, "fake", "none", "cpu", "auto", 30, FakeScorer) == 0
     assert client.info_file.exists()
     with pytest.raises(cw.ClipWorkerError, match="unknown op"):
         client.request({"op": "dance"})

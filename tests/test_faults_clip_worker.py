@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from engine.ops import clip_worker as cw
+from engine.ops.clip_worker import server as cw_server
 
 
 class FakeScorer:
@@ -27,7 +28,7 @@ class FakeScorer:
 
 
 def serve_in_thread(root: Path, idle_timeout_s: float) -> tuple[threading.Thread, cw.ClipWorkerClient]:
-    thread = threading.Thread(target=cw.serve, args=(root, "fake", "none", "cpu", "auto", idle_timeout_s, FakeScorer),
+    thread = threading.Thread(target=cw_server.serve, args=(root, "fake", "none", "cpu", "auto", idle_timeout_s, FakeScorer),
                               daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -65,7 +66,7 @@ def test_idle_exit_fires_while_a_silent_connection_is_open(tmp_path):
 
 
 def test_a_silent_connection_is_dropped_after_the_handshake_timeout(tmp_path, monkeypatch):
-    monkeypatch.setattr(cw, "AUTH_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(cw_server, "AUTH_TIMEOUT_S", 0.5)
     thread, client = serve_in_thread(tmp_path, idle_timeout_s=60)
     silent = socket.create_connection(client.address)
     try:
