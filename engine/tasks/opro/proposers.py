@@ -89,7 +89,6 @@ def sanitise_prompt(text: str, label_words: Sequence[str], max_chars: int = DEFA
     return prompt, note
 
 
-
 # ----------------------------------------------------------------------------- edit search
 
 QUESTIONS = (

@@ -63,7 +63,6 @@ def score_prompt(loaded, dev: DevSet, system_prompt: str, prompt: str, label_wor
                           for cls, part in summary["per_class"].items()}}
 
 
-
 # ----------------------------------------------------------------------------- the search
 
 def resolve_target(settings: OproSettings, runs_root: Path) -> dict[str, Any]:
@@ -285,4 +284,3 @@ def optimise(settings: OproSettings, run_dir: Path, runs_root: Path,
         return result
     finally:
         stop.restore()
-

@@ -70,4 +70,3 @@ class OproSettings:
                 raise ConfigError(name, f"must be at least 1 (got {getattr(self, name)})")
         if self.max_prompt_chars < 40:
             raise ConfigError("max_prompt_chars", f"must be at least 40 (got {self.max_prompt_chars})")
-
