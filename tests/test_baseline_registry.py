@@ -101,6 +101,12 @@ def test_bad_options_are_refused_before_any_folder_is_made(test_manifest, tmp_pa
     assert not (tmp_path / "w").exists()
 
 
+def test_an_option_of_the_wrong_type_names_the_option(with_energy, test_manifest, tmp_path):
+    with pytest.raises(ValueError, match=r"gain must be of type float \(got 'loud'\)"):
+        baselines.run_baseline("energy", test_manifest, tmp_path / "e", gain="loud")
+    assert not (tmp_path / "e").exists()
+
+
 def test_a_taken_name_or_setting_key_is_refused(with_energy):
     with pytest.raises(ValueError, match="already registered"):
         registry.register(energy_detector())

@@ -35,7 +35,8 @@ from engine.tasks.baselines.registry import Detector, Option, register  # noqa: 
 
 # Each import registers one detector; the order is the --method order.
 from engine.tasks.baselines import silero, webrtc  # noqa: F401
-from engine.tasks.baselines.silero import SILERO_FRAME_SAMPLES, silero_clip_score, silero_frame_probabilities  # noqa: F401
+from engine.tasks.baselines.silero import (  # noqa: F401
+    SILERO_FRAME_SAMPLES, silero_clip_score, silero_frame_probabilities)
 from engine.tasks.baselines.webrtc import DEFAULT_AGGRESSIVENESS, WEBRTC_FRAME_MS, webrtc_clip_score  # noqa: F401
 
 DEFAULT_THRESHOLD = 0.5

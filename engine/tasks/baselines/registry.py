@@ -37,7 +37,8 @@ class Option:
         try:
             parsed = self.type(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{self.name} must be a {getattr(self.type, '__name__', 'value')} (got {value!r})") from None
+            raise ValueError(f"{self.name} must be of type {getattr(self.type, '__name__', self.type)} "
+                             f"(got {value!r})") from None
         if self.choices is not None and parsed not in self.choices:
             allowed = ", ".join(str(c) for c in self.choices[:-1]) + f" or {self.choices[-1]}"
             raise ValueError(f"{self.name} must be {allowed} (got {value})")
