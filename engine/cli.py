@@ -14,7 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("engine.tasks.train:train", "train a QLoRA adapter (writes a run folder)"),
     "eval": ("engine.tasks.evaluate:eval", "logit-score a run, an adapter folder or the base model"),
-    "opro": ("engine.tasks.opro:opro", "optimise the instruction prompt of a frozen model on a dev set (OPRO)"),
+    "opro": ("engine.tasks.opro.cli:opro", "optimise the instruction prompt of a frozen model on a dev set (OPRO)"),
     "params": ("engine.models.qwen2_audio.runtime:params", "count trainable/total parameters without weights"),
     "tiny": ("engine.models.qwen2_audio.tiny:tiny", "build the small random Qwen2-Audio model folder locally"),
     "import-predictions": ("engine.tasks.importing:import", "store predictions made by another tool as a run"),

