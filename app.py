@@ -24,6 +24,7 @@ SECTIONS = {
         ("pages/opro.py", "Prompt optimisation", ":material/auto_fix_high:"),
         ("pages/try_clip.py", "Try a clip", ":material/graphic_eq:"),
         ("pages/disk.py", "Disk", ":material/hard_drive:"),
+        ("pages/cluster.py", "Cluster", ":material/lan:"),
     ],
 }
 

@@ -494,6 +494,31 @@ def batch_script(options: list[str], settings: SlurmSettings, job_folders: list[
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- what the Cluster page shows
+
+def slurm_jobs(runs_root: Path) -> list[dict]:
+    """One row per job handed to Slurm, newest first: the queue's state, Slurm's state, pending
+    reason and queue position, node, Slurm job id and log. Read-only; costs one squeue per job."""
+    rows = []
+    for job in reversed(store.raw_jobs(runs_root)):
+        handle = job.get("handle") if isinstance(job.get("handle"), dict) else {}
+        if handle.get("executor") != NAME or not isinstance(handle.get("slurm_job_id"), str):
+            continue
+        slurm_id = handle["slurm_job_id"]
+        started = _read_optional(store.job_dir(runs_root, job["job_id"]) / START_FILE)
+        info = query(slurm_id) if job.get("state") in rf.ACTIVE_STATES else {}
+        pending = (info or {}).get("state") == "PENDING"
+        rows.append({
+            "job": job["job_id"], "run": Path(job["run_dir"]).name if job.get("run_dir") else None,
+            "state": job.get("state"), "slurm job": slurm_id,
+            "slurm state": (info or {}).get("state") or ("(controller not answering)" if info is None else None),
+            "reason": (info or {}).get("reason") or None,
+            "queue position": queue_position(slurm_id) if pending else None,
+            "node": (info or {}).get("node") or started.get("node"),
+            "gpus": started.get("cuda_visible_devices"), "log": job.get("log"), "error": job.get("error")})
+    return rows
+
+
 # ---------------------------------------------------------------- inside the allocation
 
 def run_in_allocation(folder: Path) -> int:
