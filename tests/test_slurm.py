@@ -120,3 +120,28 @@ def test_job_forgotten_by_the_controller_is_judged_by_what_it_wrote(tmp_path, mo
 
 def test_timeout_is_a_terminal_run_state():
     assert rf.TIMEOUT in rf.STATES and rf.TIMEOUT in rf.TERMINAL_STATES
+
+
+PAGES = Path(__file__).resolve().parents[1] / "pages"
+
+
+def test_cluster_page_saves_settings_and_refuses_bad_ones(empty_workspace, no_worker):
+    from streamlit.testing.v1 import AppTest
+
+    page = AppTest.from_file(str(PAGES / "cluster.py"), default_timeout=60).run()
+    assert not page.exception
+    assert workspace_executor_name(empty_workspace) == "local"
+    page.radio(key="cluster_executor").set_value("slurm")
+    page.text_input(key="cluster_partition").set_value("gpu")
+    page.text_input(key="cluster_mem").set_value("lots")
+    page.button[0].click().run()
+    assert any("mem" in error.value for error in page.error)
+    assert workspace_executor_name(empty_workspace) == "local"  # nothing saved
+    page.text_input(key="cluster_mem").set_value("48G")
+    page.text_area(key="cluster_extra").set_value("#SBATCH --constraint=a100")
+    page.button[0].click().run()
+    assert not page.error
+    executor, settings = slurm.read_workspace_settings(empty_workspace)
+    assert executor == "slurm" and settings.partition == "gpu" and settings.mem == "48G"
+    assert settings.extra_sbatch == ["--constraint=a100"]
+    assert page.caption[-1].value.startswith("No job of this workspace")
