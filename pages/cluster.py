@@ -19,11 +19,21 @@ except slurm.SlurmError as exc:
     st.error(f"The workspace's job settings cannot be used: {exc}. Saving the form below replaces them.")
     executor, settings = "local", slurm.SlurmSettings()
 
-reachable, sinfo = slurm.cluster_reachable()
-if reachable:
-    st.success(f"Slurm answers: `{sinfo.splitlines()[0] if sinfo else 'no partitions'}`")
+
+
+@st.cache_data(ttl=30, show_spinner="Asking Slurm ...")
+def probe_cluster() -> tuple[bool, str]:
+    return slurm.cluster_reachable()  # sinfo can take seconds when no controller answers
+
+
+if executor == "slurm" or st.button("Check for a Slurm cluster", key="cluster_probe"):
+    reachable, sinfo = probe_cluster()
+    if reachable:
+        st.success(f"Slurm answers: `{sinfo.splitlines()[0] if sinfo else 'no partitions'}`")
+    else:
+        st.warning(f"No Slurm cluster reachable from here ({sinfo}).")
 else:
-    st.info(f"No Slurm cluster reachable from here ({sinfo}). Jobs run on this machine unless you choose Slurm.")
+    st.caption("Jobs run on this machine.")
 
 st.subheader("Settings")
 st.caption("Saved in the workspace (`.jobs/settings.json`); new jobs use them, running jobs keep theirs. "

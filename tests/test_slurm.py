@@ -99,20 +99,35 @@ def running_slurm_job(root: Path) -> str:
     return job_id
 
 
+def controller_says(monkeypatch, answer: dict | None) -> None:
+    """Slurm's answer for every job id (None: the controller does not answer)."""
+    monkeypatch.setattr(slurm, "query", lambda slurm_id: answer)
+    monkeypatch.setattr(slurm, "query_many", lambda ids: dict.fromkeys(ids, answer))
+
+
 def test_unanswering_controller_leaves_the_job_running_never_crashed(tmp_path, monkeypatch):
     job_id = running_slurm_job(tmp_path)
-    monkeypatch.setattr(slurm, "query", lambda slurm_id: None)
-    assert jobs.read_job(tmp_path, job_id)["state"] == rf.RUNNING
-    monkeypatch.setattr(slurm, "query", lambda slurm_id: {"state": "RUNNING", "reason": "", "node": "n7"})
+    controller_says(monkeypatch, None)
     assert jobs.read_job(tmp_path, job_id)["state"] == rf.RUNNING
     with pytest.raises(store.JobError, match="does not answer"):
-        monkeypatch.setattr(slurm, "query", lambda slurm_id: None)
         slurm.SlurmExecutor(tmp_path).cancel(store.read_job_file(tmp_path, job_id), 1.0)
+    controller_says(monkeypatch, {"state": "PENDING", "reason": "Priority", "node": ""})
+    assert jobs.read_job(tmp_path, job_id)["state"] == rf.RUNNING
+    controller_says(monkeypatch, {"state": "COMPLETED", "reason": "", "node": "n7", "exit_code": 0})
+    assert jobs.read_job(tmp_path, job_id)["state"] == rf.SUCCEEDED
+
+
+def test_pending_array_elements_are_found_in_squeues_summary_line():
+    assert slurm._array_range_contains("12_[3-7,9%2]", "12_5")
+    assert slurm._array_range_contains("12_[3-7,9%2]", "12_9")
+    assert not slurm._array_range_contains("12_[3-7,9%2]", "12_8")
+    assert not slurm._array_range_contains("12_[3-7]", "112_5")
+    assert not slurm._array_range_contains("12_4", "12_4")
 
 
 def test_job_forgotten_by_the_controller_is_judged_by_what_it_wrote(tmp_path, monkeypatch):
     job_id = running_slurm_job(tmp_path)
-    monkeypatch.setattr(slurm, "query", lambda slurm_id: {})
+    controller_says(monkeypatch, {})
     assert jobs.read_job(tmp_path, job_id)["state"] == rf.CRASHED  # ended, and left no record at all
     rf.atomic_write_json(store.job_dir(tmp_path, job_id) / slurm.END_FILE, {"returncode": 0, "stop_signal": None})
     assert jobs.read_job(tmp_path, job_id)["state"] == rf.SUCCEEDED
@@ -134,12 +149,12 @@ def test_cluster_page_saves_settings_and_refuses_bad_ones(empty_workspace, no_wo
     page.radio(key="cluster_executor").set_value("slurm")
     page.text_input(key="cluster_partition").set_value("gpu")
     page.text_input(key="cluster_mem").set_value("lots")
-    page.button[0].click().run()
+    page.button(key="FormSubmitter:cluster_settings-Save").click().run()
     assert any("mem" in error.value for error in page.error)
     assert workspace_executor_name(empty_workspace) == "local"  # nothing saved
     page.text_input(key="cluster_mem").set_value("48G")
     page.text_area(key="cluster_extra").set_value("#SBATCH --constraint=a100")
-    page.button[0].click().run()
+    page.button(key="FormSubmitter:cluster_settings-Save").click().run()
     assert not page.error
     executor, settings = slurm.read_workspace_settings(empty_workspace)
     assert executor == "slurm" and settings.partition == "gpu" and settings.mem == "48G"

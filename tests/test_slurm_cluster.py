@@ -264,3 +264,12 @@ def test_nothing_listens_outside_loopback(cluster):
     interfaces = network_interfaces()
     exposed = [(ip, port) for ip, port in listening_sockets() if not ipaddress.ip_address(ip).is_loopback]
     assert interfaces == ["lo"] or not exposed, f"listening beyond loopback on {exposed} (interfaces {interfaces})"
+
+
+def test_failing_setup_line_fails_the_job_quoting_slurms_output(workspace):
+    set_settings(workspace, setup="echo 'module cuda/99 not found' >&2; exit 3")
+    job_id, run_dir = sleep_job(workspace, "bad-setup", 0.1)
+    wait_for(lambda: ended(workspace, job_id), 60, "the failure")
+    job = jobs.read_job(workspace, job_id)
+    assert job["state"] == rf.FAILED and "module cuda/99 not found" in job["error"]
+    assert rf.read_json(run_dir / rf.STATUS)["state"] == rf.FAILED

@@ -51,6 +51,7 @@ END_FILE = "slurm-end.json"  # written by the batch job when it ends: exit code,
 BATCH_DIR = ".slurm"  # under .jobs/: batch scripts and Slurm's own output (setup-line errors land there)
 TIMEOUT_NOTICE_SIGNAL = signal.SIGUSR1
 COMMAND_TIMEOUT_S = 30.0
+POLL_REFRESH_S = 0.4  # below the worker's poll interval: every pass sees fresh states
 
 # Slurm job states (squeue %T / scontrol JobState / sacct State) that mean "not ended yet".
 ACTIVE_SLURM_STATES = frozenset({
@@ -225,6 +226,44 @@ def cluster_reachable() -> tuple[bool, str]:
     return result.returncode == 0, text
 
 
+def _array_range_contains(listed: str, slurm_job_id: str) -> bool:
+    """Whether squeue's summary line of pending array elements, e.g. "12_[3-7,9%2]", holds "12_5"."""
+    base, _, index = slurm_job_id.partition("_")
+    match = re.fullmatch(rf"{re.escape(base)}_\[([0-9,\-]+)(%\d+)?\]", listed)
+    if not match or not index.isdigit():
+        return False
+    for part in match.group(1).split(","):
+        low, _, high = part.partition("-")
+        if low.isdigit() and int(low) <= int(index) <= int(high or low):
+            return True
+    return False
+
+
+def query_many(slurm_job_ids: list[str]) -> dict[str, dict | None]:
+    """`query` for several jobs with one squeue call (the worker polls every job every half
+    second; one call per job would load the controller). Ids squeue does not list are asked
+    one by one."""
+    if not slurm_job_ids:
+        return {}
+    try:
+        result = _slurm(["squeue", "-h", "--states=all", "-u", str(os.getuid()), "-o", "%i|%T|%r|%N"])
+    except OSError:
+        return dict.fromkeys(slurm_job_ids)
+    if result.returncode != 0:
+        return dict.fromkeys(slurm_job_ids)
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.count("|") == 3]
+    answers: dict[str, dict | None] = {}
+    for slurm_id in slurm_job_ids:
+        row = next((r for r in rows if r[0] == slurm_id), None) or next(
+            (r for r in rows if _array_range_contains(r[0], slurm_id)), None)
+        if row is None or row[1].split()[0] not in ACTIVE_SLURM_STATES:
+            answers[slurm_id] = query(slurm_id)  # ended (needs its exit code) or not listed
+        else:
+            answers[slurm_id] = {"state": row[1].split()[0], "node": row[3], "exit_code": None,
+                                 "reason": "" if row[2] in ("None", "(null)") else row[2]}
+    return answers
+
+
 def query(slurm_job_id: str) -> dict | None:
     """What the controller knows of one job (or array element): {state, reason, node, exit_code},
     {} when it does not know the id (ended long ago), None when it cannot be asked."""
@@ -318,6 +357,8 @@ class SlurmExecutor:
 
     def __init__(self, runs_root: Path):
         self.runs_root = Path(runs_root)
+        self._answers: dict[str, dict | None] = {}  # one squeue listing's answers, reused briefly
+        self._answered_at = 0.0
 
     def log_path(self, job: dict) -> Path:
         return Path(job["log"]) if job.get("log") else store.job_dir(self.runs_root, job["job_id"]) / store.JOB_LOG
@@ -385,7 +426,7 @@ class SlurmExecutor:
     def poll(self, job: dict) -> dict | None:
         handle = _handle_of(job)
         folder = store.job_dir(self.runs_root, job["job_id"])
-        info = query(handle["slurm_job_id"])
+        info = self._state_of(handle["slurm_job_id"])
         if info is None or info.get("state") in ACTIVE_SLURM_STATES:
             return None
         end = _read_optional(folder / END_FILE)
@@ -395,13 +436,26 @@ class SlurmExecutor:
             info = {"state": "COMPLETED" if end.get("returncode") == 0 else "FAILED",
                     "exit_code": end.get("returncode")}
         ended = ended_from_slurm(info, end, job)
-        if not end and "state" not in ended:
+        if not end and "state" not in ended and info.get("state") != "COMPLETED":
             # The launcher never finished: the setup line or the batch script itself failed.
             ended.update(state=rf.FAILED, error=(
                 f"the batch job ended (Slurm state {info.get('state')}, exit code {info.get('exit_code')}) "
                 f"before the job finished; see {handle.get('batch_output') or 'its Slurm output'}: "
                 f"{rf.tail_text(Path(handle.get('batch_output') or ''), 300).strip()[-300:] if handle.get('batch_output') else ''}"))
         return ended
+
+    def _state_of(self, slurm_id: str) -> dict | None:
+        """The job's Slurm state from a listing of every running Slurm job of this workspace,
+        refreshed at most every POLL_REFRESH_S (once per worker pass, not once per job)."""
+        if slurm_id not in self._answers or time.monotonic() - self._answered_at > POLL_REFRESH_S:
+            ids = {slurm_id}
+            for other in store.raw_jobs(self.runs_root):
+                handle = other.get("handle") if isinstance(other.get("handle"), dict) else {}
+                if other.get("state") == rf.RUNNING and handle.get("executor") == NAME \
+                        and isinstance(handle.get("slurm_job_id"), str):
+                    ids.add(handle["slurm_job_id"])
+            self._answers, self._answered_at = query_many(sorted(ids)), time.monotonic()
+        return self._answers.get(slurm_id)
 
     def cancel(self, job: dict, grace_s: float) -> str:
         """SIGTERM to the batch job's first process (our launcher, which passes it to the engine:
