@@ -5,9 +5,10 @@
 # so nothing the tests start can be reached from outside (slurmctld binds every interface).
 # Needs root. Exit status: the command's.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+SELF=$(realpath "$0")
+cd "$(dirname "$SELF")/.."
 if [ "${QLORA_IN_PRIVATE_NET:-}" != 1 ]; then
-  exec env QLORA_IN_PRIVATE_NET=1 unshare --net -- "$0" "$@"
+  exec env QLORA_IN_PRIVATE_NET=1 unshare --net -- "$SELF" "$@"
 fi
 ip link set lo up
 # glibc's getaddrinfo(AI_ADDRCONFIG) resolves no name while only loopback addresses exist; an
