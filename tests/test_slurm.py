@@ -41,6 +41,13 @@ def test_bad_settings_are_refused_naming_the_field(field, value, message):
         slurm.SlurmSettings(**{field: value})
 
 
+def test_time_limits_in_seconds_and_a_notice_longer_than_the_limit_is_refused():
+    assert [slurm.time_limit_seconds(t) for t in ("90", "10:30", "04:00:00", "1-00:00:00", "2-12", "UNLIMITED")] \
+        == [5400, 630, 14400, 86400, 216000, None]
+    with pytest.raises(slurm.SlurmError, match="timeout_notice_s: 300 s of notice is not shorter"):
+        slurm.SlurmSettings(time_limit="5", timeout_notice_s=300)
+
+
 def test_settings_file_with_unknown_keys_names_the_file(tmp_path):
     path = store.jobs_dir(tmp_path) / store.SETTINGS_FILE
     path.parent.mkdir(parents=True)

@@ -112,6 +112,10 @@ class SlurmSettings:
             raise SlurmError(f"slurm setting mem: {self.mem!r} is not a size like 32G or 64000M")
         if not isinstance(self.time_limit, str) or not _TIME_LIMIT.match(self.time_limit):
             raise SlurmError(f"slurm setting time_limit: {self.time_limit!r} is not [D-]HH:MM:SS or minutes")
+        limit_s = time_limit_seconds(self.time_limit)
+        if limit_s is not None and self.timeout_notice_s >= limit_s:
+            raise SlurmError(f"slurm setting timeout_notice_s: {self.timeout_notice_s} s of notice is not "
+                             f"shorter than the time limit {self.time_limit} ({limit_s} s)")
         if isinstance(self.extra_sbatch, str):
             self.extra_sbatch = [line for line in self.extra_sbatch.splitlines()]
         lines = []
@@ -163,6 +167,24 @@ class SlurmSettings:
         if self.timeout_notice_s:
             options.append(f"--signal=B:{TIMEOUT_NOTICE_SIGNAL.name[3:]}@{self.timeout_notice_s}")
         return options + list(self.extra_sbatch)
+
+
+def time_limit_seconds(limit: str) -> int | None:
+    """Seconds in a Slurm time limit (minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]); None when unlimited."""
+    if limit in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, rest = limit.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:  # D-HH, D-HH:MM, D-HH:MM:SS
+        parts += [0] * (3 - len(parts))
+        hours, minutes, seconds = parts
+    elif len(parts) == 1:  # minutes
+        hours, minutes, seconds = 0, parts[0], 0
+    elif len(parts) == 2:  # MM:SS
+        hours, minutes, seconds = 0, *parts
+    else:
+        hours, minutes, seconds = parts
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 # ---------------------------------------------------------------- the workspace's settings file
