@@ -3,7 +3,7 @@
 #   .ci/with-slurm.sh .venv/bin/python -m pytest -m slurm
 # The cluster and the command share a new network namespace with loopback only (`unshare --net`),
 # so nothing the tests start can be reached from outside (slurmctld binds every interface).
-# Needs root. Exit status: the command's.
+# Runs CMD in the repository root. Needs root. Exit status: the command's.
 set -euo pipefail
 SELF=$(realpath "$0")
 cd "$(dirname "$SELF")/.."

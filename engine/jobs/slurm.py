@@ -338,7 +338,7 @@ def _from_accounting(slurm_job_id: str) -> dict:
 
 
 def queue_position(slurm_job_id: str) -> int | None:
-    """1 + the number of pending jobs of the partition ahead of this one by priority, or None."""
+    """1 + the number of pending jobs ahead of this one in priority order (all partitions), or None."""
     try:
         result = _slurm(["squeue", "-h", "--states=PENDING", "--sort=-p,i", "-o", "%i"])
     except OSError:
