@@ -41,6 +41,7 @@ PAGES = {
         ("opro.py", "Prompt optimisation", ":material/auto_fix_high:"),
         ("try_clip.py", "Try a clip", ":material/graphic_eq:"),
         ("disk.py", "Disk", ":material/hard_drive:"),
+        ("cluster.py", "Cluster", ":material/lan:"),
     ],
 }
 DEFAULT_PAGE = "overview.py"

@@ -78,6 +78,8 @@ statuses = middle.multiselect("Status", sorted(table["status"].map(review.status
                               key="overview_status")
 search = right.text_input("Name or configuration contains", key="overview_search")
 shown = review.filter_overview(table, kinds, statuses, search)
+if shown["slurm job"].isna().all():
+    shown = shown.drop(columns="slurm job")  # a workspace that never used Slurm looks as before
 
 st.caption(f"{len(shown)} of {len(table)} runs. Accuracies are on each run's `test` evaluation "
            "(else its first one); click a column header to sort, a row to open it.")
@@ -99,6 +101,7 @@ event = st.dataframe(
         "trainable %": st.column_config.NumberColumn("Trainable", format="%.4f%%"),
         "adapter MB": st.column_config.NumberColumn("Adapter", format="%.3f MB"),
         "size MB": st.column_config.NumberColumn("On disk", format="%.2f MB"),
+        "slurm job": "Slurm job",
     })
 
 unreadable = shown[shown["status"].str.startswith("unreadable", na=False)]

@@ -36,7 +36,7 @@ PER_RUN_FIELDS = frozenset({"seed", "schema_version", "source_file", "source_sha
                             "device", "num_workers", "run_name"})
 # Columns of the overview table, in order.
 OVERVIEW_COLUMNS = ("name", "configuration", "seed", "kind", "status", "evaluation", "clips", "overall",
-                    *CLASSES, "trainable %", "adapter MB", "created", "size MB")
+                    *CLASSES, "trainable %", "adapter MB", "created", "size MB", "slurm job")
 CLIP_OUTCOMES = ("false positive", "false negative", "correct")
 
 Loader = Callable[[Path], list[dict]]
@@ -184,6 +184,8 @@ def overview_row(info: rf.RunInfo, size_bytes: int | None = None) -> dict[str, A
                created=info.status.get("created_at") or info.status.get("started_at"))
     row["trainable %"] = info.summary.get("trainable_percent")
     row["adapter MB"] = info.summary.get("adapter_mb")
+    slurm = info.status.get("slurm")
+    row["slurm job"] = slurm.get("job_id") if isinstance(slurm, dict) else None
     name = preferred_evaluation(info.evaluations)
     if name:
         row["evaluation"] = name

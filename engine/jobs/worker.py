@@ -129,10 +129,19 @@ class Worker:
             if resource not in store.RESOURCES:
                 self._guarded(job["job_id"], self._fail_unstartable, job, f"unknown resource {resource!r}")
                 continue
-            free = [s for s in range(self.slots[resource]) if s not in used[resource]]
+            capacity = len(used[resource]) + 1 if self._scheduler_queues() else self.slots[resource]
+            free = [s for s in range(capacity) if s not in used[resource]]
             if free and self._guarded(job["job_id"], self._start, job["job_id"], free[0]):
                 used[resource].add(free[0])
         return tracked
+
+    def _scheduler_queues(self) -> bool:
+        """Whether the workspace's executor hands jobs to a scheduler that queues them itself
+        (Slurm): then every queued job is handed over at once, not one per local slot."""
+        try:
+            return bool(getattr(self.executor(workspace_executor_name(self.runs_root)), "queues_itself", False))
+        except store.JobError:
+            return False
 
     def _poll(self, job: dict) -> bool:
         """Record the end of a running job its executor says has ended; False if it cannot be tracked."""

@@ -58,8 +58,9 @@ KINDS = (KIND_TRAIN, KIND_EVAL, KIND_IMPORTED, KIND_BASELINE, KIND_OPRO)
 # Status states.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, CRASHED = (
     "queued", "running", "succeeded", "failed", "cancelled", "crashed")
-STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, CRASHED)
-TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, CRASHED})
+TIMEOUT = "timeout"  # stopped at a scheduler's time limit, adapter saved (engine/jobs/slurm.py)
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, CRASHED, TIMEOUT)
+TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, CRASHED, TIMEOUT})
 ACTIVE_STATES = frozenset({QUEUED, RUNNING})
 
 DEFAULT_RUNS_ROOT = Path(__file__).resolve().parents[2] / "runs"
