@@ -52,7 +52,7 @@ KIND_TRAIN = "train"
 KIND_EVAL = "eval"  # base model or external checkpoint, evaluated without training
 KIND_IMPORTED = "imported"
 KIND_BASELINE = "baseline"
-KIND_OPRO = "opro"  # prompt optimisation of a frozen model (engine/tasks/opro.py)
+KIND_OPRO = "opro"  # prompt optimisation of a frozen model (engine/tasks/opro/)
 KINDS = (KIND_TRAIN, KIND_EVAL, KIND_IMPORTED, KIND_BASELINE, KIND_OPRO)
 
 # Status states.

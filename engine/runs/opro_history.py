@@ -1,6 +1,6 @@
 """The ranking rule of an OPRO history (history.jsonl): which scored prompt is the best.
 
-Shared by the search (engine/tasks/opro.py), `eval --prompt-from` (engine/tasks/evaluate.py) and
+Shared by the search (engine/tasks/opro/), `eval --prompt-from` (engine/tasks/evaluate.py) and
 the dashboard (engine/dashboard/opro_review.py); it lives apart from the search so that
 evaluation can read an OPRO run without importing the search, which itself imports evaluation.
 """

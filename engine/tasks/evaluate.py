@@ -138,7 +138,7 @@ def find_run(spec: str, runs_dir: Path | None) -> Path:
 
 
 def optimised_prompt(opro_run: Path, label_words: Sequence[str]) -> str:
-    """The best prompt an OPRO run found (engine/tasks/opro.py), checked against the label words in use."""
+    """The best prompt an OPRO run found (engine/tasks/opro/), checked against the label words in use."""
     from engine.runs.opro_history import best_entry
 
     config = rf.read_json(opro_run / rf.CONFIG)
