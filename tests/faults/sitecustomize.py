@@ -6,6 +6,9 @@ as the atomic writes of a full disk do, until a deletion frees at least FREES_BY
 QLORA_TEST_FULL_DISK_FREES: the way real space comes back). Without the variable this file does nothing.
 
 Tests in the same process use `FullDisk(...).install(monkeypatch)` instead.
+
+With QLORA_TEST_KILL_AT=NAME (or NAME:K) set, the process sends itself SIGKILL at the first (K-th)
+os.replace onto NAME, before it happens: a kill -9 at exactly that point of a run.
 """
 
 from __future__ import annotations
@@ -56,5 +59,27 @@ class FullDisk:
         return self
 
 
+KILL_ENV = "QLORA_TEST_KILL_AT"
+
+
+def kill_at(at: str) -> None:
+    import signal
+
+    name, _, count = at.partition(":")
+    remaining = [int(count or 1)]
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if os.path.basename(os.fspath(dst)) == name:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst, *args, **kwargs)
+
+    os.replace = replace
+
+
+if os.environ.get(KILL_ENV):
+    kill_at(os.environ[KILL_ENV])
 if os.environ.get(ENV):
     FullDisk(os.environ[ENV], int(os.environ.get(FREES_ENV) or FREES_BYTES)).install()
