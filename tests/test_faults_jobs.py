@@ -89,13 +89,14 @@ def test_a_worker_killed_at_any_point_is_restarted_and_the_queue_drains(root, ki
 
 def test_opening_the_overview_restarts_a_dead_worker(root, monkeypatch):
     monkeypatch.setenv(rf.RUNS_ROOT_ENV, str(root))
-    job_id = enqueue_sleep(root, "after-restart", 0.2)
     pid = jobs.ensure_worker(root, poll_s=0.05, idle_grace_s=30)
     wait_for(lambda: jobs.worker_running(root), what="the worker")
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not jobs.worker_running(root), what="the worker lock to be free")
+    # Queued after the worker died (enqueue alone starts none), so only the page can serve it.
+    job_id = enqueue_sleep(root, "after-restart", 0.2)
     time.sleep(0.3)
-    assert jobs.read_job(root, job_id)["state"] == rf.QUEUED
+    assert jobs.read_job(root, job_id)["state"] == rf.QUEUED and not jobs.worker_running(root)
     at = AppTest.from_file(str(PAGES / "overview.py"), default_timeout=60).run()
     assert not at.exception
     wait_for(lambda: jobs.read_job(root, job_id)["state"] == rf.SUCCEEDED, 30, "the job to run")

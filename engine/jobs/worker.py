@@ -263,6 +263,7 @@ def ensure_worker(runs_root: Path, gpu_slots: int | None = None, cpu_slots: int 
                         ("--poll", poll_s), ("--idle-grace", idle_grace_s)):
         if value is not None:
             command += [flag, str(value)]
+    store.jobs_dir(runs_root).mkdir(parents=True, exist_ok=True)  # a workspace that never queued a job has none
     with open(store.jobs_dir(runs_root) / store.WORKER_LOG, "ab") as log:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=REPO_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
