@@ -530,3 +530,21 @@ def brentq_threshold(f):
     from scipy.optimize import brentq
 
     return brentq(f, 0.01, 0.9, xtol=1e-12)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("statistic", ["accuracy", "balanced"])
+def test_large_sets_bootstrap_counts_with_the_same_distribution_as_index_draws(monkeypatch, shared, statistic):
+    """Above COUNT_BOOTSTRAP_ABOVE clips the bootstrap draws counts; its interval must match the
+    index-draw interval within Monte Carlo error (both 20,000 replicates here)."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    labels = np.where(np.arange(n) < 1800, stats.SPEECH, stats.NONSPEECH)
+    difficulty = rng.random(n)  # the seeds agree on which clips are hard: pairing matters when shared
+    seeds = [((difficulty < p).astype(int), labels) for p in (0.825, 0.83, 0.835)]  # clip noise dominates the seed spread
+    monkeypatch.setattr(stats, "COUNT_BOOTSTRAP_ABOVE", 10 ** 9)
+    by_index = stats._bootstrap_clips(seeds, statistic, 20_000, 1, shared)
+    monkeypatch.setattr(stats, "COUNT_BOOTSTRAP_ABOVE", 0)
+    by_count = stats._bootstrap_clips(seeds, statistic, 20_000, 2, shared)
+    assert by_count == pytest.approx(by_index, abs=0.25)
+    assert by_count[1] - by_count[0] > 1.0  # a real interval, not a degenerate one
