@@ -128,17 +128,27 @@ def test_failed_runs_action_removes_whole_failed_folders_only(root):
 def elsewhere_run(root: Path, name: str, heartbeat_age_s: float) -> Path:
     """A training run whose process lives in another pid namespace (a container): its pid is not ours."""
     run = make_run(root, name, rf.SUCCEEDED, checkpoint=False)
+    beat = time.time() - heartbeat_age_s
     rf.write_status(run, rf.RUNNING, pid=1, pgid=1, process_start_time=1.0, host=rf.hostname(),
-                    pid_namespace="pid:[1]", heartbeat_at=time.time() - heartbeat_age_s, heartbeat_interval_s=30.0)
+                    pid_namespace="pid:[1]", heartbeat_at=beat, heartbeat_interval_s=30.0)
+    os.utime(run / rf.STATUS, (beat, beat))  # a silent process stops rewriting its status too
     return run
 
 
 def test_clean_up_never_lists_a_run_running_elsewhere_with_a_fresh_heartbeat(root):
     live = elsewhere_run(root, "in-container", heartbeat_age_s=5)
-    stale = elsewhere_run(root, "gone-container", heartbeat_age_s=300)
+    quiet = elsewhere_run(root, "quiet-container", heartbeat_age_s=300)  # reads crashed, may be paused
+    gone = elsewhere_run(root, "gone-container", heartbeat_age_s=2 * rf.ELSEWHERE_DELETE_AFTER_S)
     plan = disk.plan_cleanup(root, {"failed_runs"})
     assert [Path(item["path"]).name for item in plan.items] == ["gone-container"]
-    assert "no heartbeat" in rf.read_status(stale)["error"]
+    assert "no heartbeat" in rf.read_status(quiet)["error"] and "no heartbeat" in rf.read_status(gone)["error"]
+    assert any(note.startswith("quiet-container: reads crashed but is left alone") for note in plan.notes)
+    with pytest.raises(disk.CleanupRefused, match="last heard"):
+        disk.delete_run(root, "quiet-container")
+    with pytest.raises(disk.CleanupRefused, match="last heard"):
+        disk.execute_cleanup(disk.Plan(items=[{"path": str(quiet), "bytes": 1, "reason": "x",
+                                               "action": "failed_runs"}]), root)
+    assert quiet.is_dir()
     with pytest.raises(disk.CleanupRefused, match="running run in-container"):
         disk.execute_cleanup(disk.Plan(items=[{"path": str(live), "bytes": 1, "reason": "x",
                                                "action": "failed_runs"}]), root)

@@ -11,7 +11,9 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 from streamlit.testing.v1 import AppTest
 
 from engine.dashboard import review
@@ -209,16 +211,31 @@ def test_clip_player_serves_only_audio_inside_the_workspace_or_the_test_data(wor
     data = workspace.parent / "data"
     data.mkdir()
     clip = data / "c1.wav"
-    clip.write_bytes(b"RIFF")
     inside = workspace / "good" / "c2.wav"
-    inside.write_bytes(b"RIFF")
     secret = tmp_path / "secret.wav"
-    secret.write_bytes(b"RIFF")
+    for audio in (clip, inside, secret):
+        soundfile.write(audio, np.zeros(160, dtype=np.float32), 16000)
     os.symlink(secret, data / "link.wav")
+    not_audio = data / "notes.wav"
+    not_audio.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")  # inside a root, named .wav, not audio
     side = review.resolve_picks(rf.list_runs(workspace), ["good/test"], "test", read_predictions)[0]
     roots = review.media_roots(workspace, side)
     assert review.playable_audio(str(clip), roots) == clip.resolve()
     assert review.playable_audio(str(inside), roots) == inside.resolve()
     for refused in (str(secret), str(data / "link.wav"), "/etc/passwd", str(workspace / "missing.wav"),
-                    None, 3.0, ""):
+                    str(not_audio), None, 3.0, ""):
         assert review.playable_audio(refused, roots) is None, refused
+
+
+def test_a_test_data_path_pointed_at_etc_does_not_make_etc_files_playable(workspace):
+    """media_roots trusts the test data an evaluation recorded; someone who can write the
+    workspace may point it at /etc. The player still serves audio only."""
+    side = review.resolve_picks(rf.list_runs(workspace), ["good/test"], "test", read_predictions)[0]
+    evaluation = workspace / "good" / "evaluations" / "test" / rf.EVALUATION
+    meta = rf.read_json(evaluation)
+    meta["test_data"] = "/etc/hostname"
+    rf.atomic_write_json(evaluation, meta)
+    side = review.resolve_picks(rf.list_runs(workspace), ["good/test"], "test", read_predictions)[0]
+    roots = review.media_roots(workspace, side)
+    assert Path("/etc") in roots  # the widened root is there ...
+    assert review.playable_audio("/etc/passwd", roots) is None  # ... and serves nothing that is not audio

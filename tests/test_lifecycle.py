@@ -158,6 +158,8 @@ def foreign_status(run_dir: Path, heartbeat_age_s: float, **where) -> Path:
     fields.update(where)
     rf.atomic_write_json(run_dir / rf.CONFIG, {"kind": rf.KIND_TRAIN})
     rf.write_status(run_dir, rf.RUNNING, **fields)
+    beat = time.time() - heartbeat_age_s
+    os.utime(run_dir / rf.STATUS, (beat, beat))  # a silent process stops rewriting its status too
     return run_dir
 
 
@@ -172,6 +174,14 @@ def test_a_stale_heartbeat_reads_crashed_and_says_why(tmp_path):
     status = rf.read_status(run_dir)
     assert status["state"] == rf.CRASHED and status["recorded_state"] == rf.RUNNING
     assert "no heartbeat for 200 s" in status["error"] and "pid:[1]" in status["error"]
+
+
+def test_a_writer_whose_clock_runs_behind_is_alive_while_it_rewrites_its_status(tmp_path):
+    """heartbeat_at comes from the writer's clock; status.json's modification time from the file
+    system's. A live run elsewhere whose clock is 95 s behind must not read crashed."""
+    run_dir = foreign_status(tmp_path / "skewed", heartbeat_age_s=95, host="another-host")
+    os.utime(run_dir / rf.STATUS)  # just rewritten by its heartbeat
+    assert rf.read_status(run_dir)["state"] == rf.RUNNING
 
 
 def test_a_local_run_is_decided_by_pid_and_start_time(tmp_path):

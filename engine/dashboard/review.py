@@ -624,10 +624,13 @@ def media_roots(root: Path, side: Side) -> list[Path]:
 
 
 def playable_audio(path: Any, roots: Sequence[Path]) -> Path | None:
-    """The audio file a record names when it lies inside one of `roots` (links resolved), else None.
+    """The audio file a record names when it lies inside one of `roots` (links resolved) and is
+    audio (soundfile can read its header), else None.
 
     A predictions file is data, not a permission: without this check any file the dashboard's
-    user can read (say /etc/shadow) would be served through the player.
+    user can read (say /etc/shadow) would be served through the player. The roots come from run
+    folders too (the test data an evaluation recorded), so the content check stands even when
+    someone who can write the workspace points them elsewhere: only audio is ever played.
     """
     if not isinstance(path, str) or not path:
         return None
@@ -637,7 +640,15 @@ def playable_audio(path: Any, roots: Sequence[Path]) -> Path | None:
             return None
     except (OSError, ValueError, RuntimeError):  # RuntimeError: a link loop
         return None
-    return candidate if any(root in candidate.parents for root in roots) else None
+    if not any(root in candidate.parents for root in roots):
+        return None
+    import soundfile  # light (no torch); imported here so the review tables do not pay for it
+
+    try:
+        soundfile.info(str(candidate))
+    except Exception:  # noqa: BLE001 - libsndfile refuses anything that is not audio, in many ways
+        return None
+    return candidate
 
 
 # ---------------------------------------------------------------- loss curves

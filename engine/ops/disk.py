@@ -263,6 +263,10 @@ def plan_cleanup(runs_root: Path, actions: Iterable[str], cache_dir: Path | None
         if not info.readable:
             plan.notes.append(f"{run_dir.name}: unreadable ({info.error}), left alone")
             continue
+        waiting = rf.may_still_run_elsewhere(run_dir, info.status)
+        if waiting:
+            plan.notes.append(f"{info.run_id}: reads {info.state} but is left alone: {waiting}")
+            continue
         if "failed_runs" in actions and info.state in FAILED_STATES:
             plan.items.append(_item(run_dir, "failed_runs", f"{info.state} run {info.run_id}"))
             continue
@@ -369,6 +373,8 @@ def execute_cleanup(plan: Plan, runs_root: Path, cache_dir: Path | None = None) 
             state = _recorded_state(run_dir)
             if state in rf.ACTIVE_STATES:
                 problems.append(f"{path} belongs to the {state} run {run_dir.name}")
+            elif (waiting := _elsewhere(run_dir)):
+                problems.append(f"{path} belongs to run {run_dir.name}: {waiting}")
     if cache_items:
         planned = {item["path"] for item in cache_items}
         if plan.cache_strategy is None or _strategy_paths(plan.cache_strategy) != planned:
@@ -403,6 +409,13 @@ def _recorded_state(run_dir: Path) -> str | None:
         return None
 
 
+def _elsewhere(run_dir: Path) -> str | None:
+    try:
+        return rf.may_still_run_elsewhere(run_dir, rf.read_status(run_dir))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+
+
 def delete_run(runs_root: Path, run_id: str) -> int:
     """Delete one run folder by id; returns the bytes freed. Refuses ids that leave the
     workspace, links, and runs still queued or running."""
@@ -418,6 +431,9 @@ def delete_run(runs_root: Path, run_id: str) -> int:
     state = _recorded_state(run_dir)
     if state in rf.ACTIVE_STATES:
         raise CleanupRefused(f"run {run_id!r} is {state}; cancel its job before deleting it")
+    waiting = _elsewhere(run_dir)
+    if waiting:
+        raise CleanupRefused(f"run {run_id!r} is not deleted: {waiting}")
     size = _tree_bytes(run_dir)
     shutil.rmtree(run_dir)
     return size

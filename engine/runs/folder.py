@@ -317,12 +317,15 @@ def is_local(status: dict) -> bool:
     return not namespace or namespace == pid_namespace()
 
 
-def liveness(status: dict, now: float | None = None) -> tuple[bool, str | None]:
+def liveness(status: dict, now: float | None = None, written_at: float | None = None) -> tuple[bool, str | None]:
     """The one liveness check of a run's recorded process: (alive, why it counts as dead).
 
     Same host and pid namespace: the pid and its start time decide. Elsewhere (a container,
     another host sharing the workspace) the pid means nothing here, so the heartbeat decides:
-    alive while it is fresher than STALE_AFTER_INTERVALS heartbeat intervals.
+    alive while it is fresher than STALE_AFTER_INTERVALS heartbeat intervals. The heartbeat's
+    age is the younger of `heartbeat_at` (the writer's clock) and `written_at`, status.json's
+    modification time (the file system's clock), so one machine's clock running behind does not
+    make a live run look dead.
     """
     if is_local(status):
         if process_alive(status.get("pid"), status.get("process_start_time")):
@@ -331,15 +334,47 @@ def liveness(status: dict, now: float | None = None) -> tuple[bool, str | None]:
     interval = float(status.get("heartbeat_interval_s") or HEARTBEAT_INTERVAL_S)
     limit = STALE_AFTER_INTERVALS * interval
     where = f"host {status.get('host') or '?'}, pid namespace {status.get('pid_namespace') or '?'}"
-    beat = status.get("heartbeat_at")
+    now = time.time() if now is None else now
+    ages = [now - written_at] if written_at is not None else []
     try:
-        age = (time.time() if now is None else now) - float(beat)
+        ages.append(now - float(status.get("heartbeat_at")))
     except (TypeError, ValueError):
-        return False, f"the process ({where}) runs elsewhere and recorded no heartbeat"
+        if not ages:
+            return False, f"the process ({where}) runs elsewhere and recorded no heartbeat"
+    age = min(ages)
     if age < limit:
         return True, None
     return False, (f"no heartbeat for {age:.0f} s (more than {limit:.0f} s) from its process "
                    f"(pid {status.get('pid')} on {where}): presumed dead")
+
+
+ELSEWHERE_DELETE_AFTER_S = 3600.0  # a run elsewhere read as crashed is deleted only after this long silent
+
+
+def may_still_run_elsewhere(run_dir: Path, status: dict, now: float | None = None) -> str | None:
+    """Why a run that reads "crashed" must not be deleted yet, or None when it surely ended.
+
+    A run whose process lives elsewhere (another host or container) is judged by its heartbeat,
+    and clocks or a paused process can make a live one look silent for a while: deletion waits
+    until both the heartbeat and status.json's modification time are ELSEWHERE_DELETE_AFTER_S old.
+    """
+    if status.get("state") != CRASHED or status.get("recorded_state") not in ACTIVE_STATES or is_local(status):
+        return None
+    now = time.time() if now is None else now
+    ages = []
+    try:
+        ages.append(now - float(status.get("heartbeat_at")))
+    except (TypeError, ValueError):
+        pass
+    try:
+        ages.append(now - (Path(run_dir) / STATUS).stat().st_mtime)
+    except OSError:
+        pass
+    silent = min(ages) if ages else 0.0
+    if silent >= ELSEWHERE_DELETE_AFTER_S:
+        return None
+    return (f"its process ran on {status.get('host') or '?'} ({status.get('pid_namespace') or '?'}) and was last heard "
+            f"{max(silent, 0):.0f} s ago; a run elsewhere is deleted only after {ELSEWHERE_DELETE_AFTER_S:.0f} s of silence")
 
 
 def write_status(run_dir: Path, state: str, **fields: Any) -> dict:
@@ -388,10 +423,15 @@ def read_status(run_dir: Path) -> dict:
     A "running" run whose process is not alive (see `liveness`) crashed; a "queued" run with no
     pid is waiting for the queue and stays queued.
     """
-    status = read_json(Path(run_dir) / STATUS)
+    path = Path(run_dir) / STATUS
+    status = read_json(path)
     state = status.get("state")
     if state in ACTIVE_STATES and status.get("pid"):
-        alive, why = liveness(status)
+        try:
+            written_at = path.stat().st_mtime
+        except OSError:
+            written_at = None
+        alive, why = liveness(status, written_at=written_at)
         if not alive:
             status = dict(status, state=CRASHED, recorded_state=state, error=status.get("error") or why)
     return status
