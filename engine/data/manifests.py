@@ -140,7 +140,7 @@ def load_clips(source: str | Path, label_words: Iterable[str] | None = None,
     if bad_files and not skip_bad:
         listing = "\n".join(f"  {b['path']}: {b['reason']}" for b in bad_files)
         raise DataError(f"{source}: {len(bad_files)} of {len(kept)} audio files cannot be used "
-                        f"(fix them or skip them with skip_bad):\n{listing}")
+                        f"(fix them, or skip them: --skip-bad-audio, or skip_bad_audio in the Train form):\n{listing}")
     if not usable:
         listing = "\n".join(f"  {b['path']}: {b['reason']}" for b in bad_files)
         raise DataError(f"{source}: none of the {len(kept)} audio files can be used:\n{listing}")
