@@ -4,7 +4,6 @@ and the jobs handed to Slurm with their state, pending reason and node."""
 import pandas as pd
 import streamlit as st
 
-from engine import jobs
 from engine.jobs import slurm
 from pages import _ui
 

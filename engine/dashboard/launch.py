@@ -30,7 +30,7 @@ from engine import jobs
 from engine.runs import folder as rf
 from engine.data.audio import AUDIO_EXTENSIONS
 from engine import cliargs
-from engine.config import (PRESET_LABELS, QUANTIZATIONS, TARGET_PRESETS, TINY_MODEL, ConfigError, EvalConfig,
+from engine.config import (PRESET_LABELS, QUANTIZATIONS, TARGET_PRESETS, ConfigError, EvalConfig,
                            TrainConfig, config_fields)
 from engine.tasks.opro import PROPOSER_EDIT, PROPOSER_MODEL, PROPOSER_SELF, PROPOSERS  # noqa: F401 (pages use them)
 from engine.tasks.opro import TEST_NAME as OPRO_TEST_NAME

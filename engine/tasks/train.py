@@ -26,8 +26,7 @@ from engine import cliargs
 from engine.runs import folder as rf
 from engine.config import ConfigError, TrainConfig
 from engine.labels import DEFAULT_LABEL_SET
-from engine.runs.lifecycle import (DiskFullError, StopSignal, attach_log, describe_error, is_disk_full,  # noqa: F401
-                                   run_lifecycle, set_console_level)
+from engine.runs.lifecycle import DiskFullError, StopSignal, describe_error, is_disk_full, run_lifecycle
 
 log = logging.getLogger("engine.tasks.train")
 
