@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,17 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Two real exports of another tool (MIT; see the README.md in that folder).
 EXAMPLES = REPO_ROOT / "tests" / "data" / "seed_predictions"
+
+
+def wait_for(predicate, timeout_s: float = 15.0, what: str = "condition", poll_s: float = 0.03):
+    """predicate()'s first truthy value, polled every poll_s; fails the test after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def pytest_collection_modifyitems(items) -> None:

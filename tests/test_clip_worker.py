@@ -149,20 +149,20 @@ class FakeScorer:
                                         for a in request["adapters"] for c in request["clips"]], "errors": []}
 
 
-def _serve_in_thread(root: Path, idle_timeout_s: float) -> threading.Thread:
+def serve_in_thread(root: Path, idle_timeout_s: float) -> tuple[threading.Thread, cw.ClipWorkerClient]:
+    """An in-process server with FakeScorer, once it has announced itself; and a client of it."""
     thread = threading.Thread(target=cw_server.serve, args=(root, "fake", "none", "cpu", "auto", idle_timeout_s, FakeScorer),
                               daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
-    while cw.ClipWorkerClient.find(root, "fake", "none", "cpu") is None:
+    while (client := cw.ClipWorkerClient.find(root, "fake", "none", "cpu")) is None:
         assert time.monotonic() < deadline, "the in-process server did not announce itself"
         time.sleep(0.02)
-    return thread
+    return thread, client
 
 
 def test_idle_worker_exits_and_removes_its_file(tmp_path):
-    thread = _serve_in_thread(tmp_path, idle_timeout_s=1.5)
-    client = cw.ClipWorkerClient.find(tmp_path, "fake", "none", "cpu")
+    thread, client = serve_in_thread(tmp_path, idle_timeout_s=1.5)
     assert client.ping()["ok"]
     thread.join(timeout=10)
     assert not thread.is_alive()
@@ -171,8 +171,7 @@ def test_idle_worker_exits_and_removes_its_file(tmp_path):
 
 
 def test_second_server_for_the_same_model_steps_aside(tmp_path):
-    thread = _serve_in_thread(tmp_path, idle_timeout_s=30)
-    client = cw.ClipWorkerClient.find(tmp_path, "fake", "none", "cpu")
+    thread, client = serve_in_thread(tmp_path, idle_timeout_s=30)
     # the lock is held for the first server's life: another one exits at once, leaving its file alone
     assert cw_server.serve(tmp_path, "fake", "none", "cpu", "auto", 30, FakeScorer) == 0
     assert client.info_file.exists()

@@ -7,35 +7,10 @@ that connects and never sends a byte, which held the old single-threaded accept 
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from pathlib import Path
 
-from engine.ops import clip_worker as cw
 from engine.ops.clip_worker import server as cw_server
-
-
-class FakeScorer:
-    def __init__(self, model, quantization, device, dtype):
-        self.requests = 0
-
-    def status(self) -> dict:
-        return {"device": "none", "base_loads": 1, "requests": self.requests}
-
-    def score(self, request: dict) -> dict:
-        self.requests += 1
-        return {"ok": True, "results": [], "errors": []}
-
-
-def serve_in_thread(root: Path, idle_timeout_s: float) -> tuple[threading.Thread, cw.ClipWorkerClient]:
-    thread = threading.Thread(target=cw_server.serve, args=(root, "fake", "none", "cpu", "auto", idle_timeout_s, FakeScorer),
-                              daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while (client := cw.ClipWorkerClient.find(root, "fake", "none", "cpu")) is None:
-        assert time.monotonic() < deadline, "the in-process server did not announce itself"
-        time.sleep(0.02)
-    return thread, client
+from tests.test_clip_worker import serve_in_thread
 
 
 def test_a_silent_connection_does_not_delay_the_owners_ping(tmp_path):

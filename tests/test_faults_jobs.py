@@ -18,19 +18,12 @@ from engine import jobs
 from engine.dashboard import launch
 from engine.jobs import local, store
 from engine.runs import folder as rf
+from tests.conftest import wait_for
 
 PAGES = Path(__file__).resolve().parents[1] / "pages"
 FAST_WORKER = {"poll_s": 0.05, "idle_grace_s": 0.3}
 
 
-def wait_for(predicate, timeout_s: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.03)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def workers_of(root: Path) -> list[psutil.Process]:

@@ -22,6 +22,7 @@ from engine import jobs
 from engine.jobs import local, store
 from engine.config import TrainConfig
 from engine.runs import folder as rf
+from tests.conftest import wait_for
 
 FAST_WORKER = {"poll_s": 0.05, "idle_grace_s": 0.5}
 
@@ -36,14 +37,6 @@ def enqueue_sleep(root: Path, seconds: float, run_dir: Path | None = None, ignor
     return jobs.enqueue(root, argv, module="engine.jobs.sleep_job", run_dir=run_dir, **kwargs)
 
 
-def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.03)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def job_state(root: Path, job_id: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from engine import jobs
 from engine.jobs import slurm, store
 from engine.jobs.sweep import expand_sweep
 from engine.runs import folder as rf
+from tests.conftest import wait_for as _wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -42,14 +42,10 @@ def cluster():
     return said
 
 
+
+
 def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    return _wait_for(predicate, timeout_s, what, poll_s=0.3)  # predicates here ask Slurm: not every 30 ms
 
 
 def files_of(run_dir: Path) -> set[str]:

@@ -85,7 +85,7 @@ def form_sections() -> list[tuple[str, list[FormField]]]:
 
 def _form_field(name: str, default: Any, doc: str) -> FormField:
     if name in LIST_FIELDS:
-        return FormField(name, "list", _format_value(default),
+        return FormField(name, "list", cliargs.format_value(default),
                          f"{doc} Several values, comma-separated, train one run each (e.g. 42, 123, 456).")
     if name == "targets":
         return FormField(name, "presets", [default] if isinstance(default, str) else list(default),
@@ -101,7 +101,7 @@ def _form_field(name: str, default: Any, doc: str) -> FormField:
                          f"{doc} Write column=spec pairs separated by ';', e.g. duration_ms=500:3000; snr_db=0:20.")
     if name in LONG_TEXT_FIELDS:
         return FormField(name, "text_area", default, doc)
-    return FormField(name, "text", "" if default is None else _format_value(default), doc)
+    return FormField(name, "text", "" if default is None else cliargs.format_value(default), doc)
 
 
 def demo_defaults(runs_root: Path) -> dict[str, Any]:
@@ -130,14 +130,6 @@ def parse_filters(text: str) -> dict[str, str]:
             raise ConfigError("filters", f"{part.strip()!r} is not column=spec (e.g. duration_ms=500:3000)")
         filters[column.strip()] = spec.strip()
     return filters
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)
 
 
 def _read_form(form: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list], list[ConfigError]]:

@@ -93,10 +93,10 @@ def expand_sweep(base: dict, lists: dict[str, list]) -> list[dict]:
             parts.append(_TARGET_TAGS.get(target_key, target_key))
         for key in ("lora_r", "lora_alpha", "seed"):
             if key in config:
-                parts.append(f"{_NAME_TAGS[key]}{_format_value(config[key])}")
+                parts.append(f"{_NAME_TAGS[key]}{_name_value(config[key])}")
         for key in swept:
             if key not in ("lora_r", "lora_alpha", "seed", "targets"):
-                parts.append(f"{_NAME_TAGS.get(key, key)}{_format_value(config[key])}")
+                parts.append(f"{_NAME_TAGS.get(key, key)}{_name_value(config[key])}")
         name = _safe_name("-".join(parts))
         if name in seen:
             raise ValueError(f"sweep cells {seen[name]} and {cell} would share the run name {name!r}")
@@ -104,14 +104,15 @@ def expand_sweep(base: dict, lists: dict[str, list]) -> list[dict]:
         non_seed = [k for k in swept if k != "seed"]
         if non_seed:
             label = base_label or PRESET_LABELS.get(target_key, target_key)
-            extra = [f"{_NAME_TAGS.get(k, k)}{_format_value(config[k])}" for k in non_seed
+            extra = [f"{_NAME_TAGS.get(k, k)}{_name_value(config[k])}" for k in non_seed
                      if not (k == "targets" and not base_label)]
             config["label"] = " ".join([label, *extra])
         cells.append({"run_name": name, "config": config})
     return cells
 
 
-def _format_value(value: Any) -> str:
+def _name_value(value: Any) -> str:
+    """A swept value as it appears in run names and labels (lists joined with '+': a name has no commas)."""
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (list, tuple)):
