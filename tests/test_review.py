@@ -345,3 +345,18 @@ def test_review_modules_stay_light():
                "engine.runs.predictions", "engine.config", "engine.labels",
                "engine.runs", "engine.dashboard", "engine.stats"}  # package __init__s: docstrings only
     assert set(eval(engine_modules)) <= allowed
+
+
+def test_report_and_compare_page_print_the_same_paired_findings():
+    """Both print review.paired_findings; the report once showed a Wilcoxon line the page did not."""
+    paired = {"a": "A", "b": "B", "rows": [], "probability_of_improvement": 0.75,
+              "paired": {"n_seeds": 3, "mean_diff_pts": 2.5, "note": "few seeds",
+                         "t_test": {"df": 2, "statistic": 1.5, "p_value": 0.27},
+                         "wilcoxon": {"statistic": 0.0, "p_value": 0.25}}}
+    findings = review.paired_findings(paired)
+    assert [line.split(":")[0] for line in findings] == [
+        "Paired t-test over 3 matched seeds", "Wilcoxon signed-rank", "Probability of improvement P(A > B) over seeds"]
+    section = report._paired_section(paired)
+    assert all(f"- {line}" in section for line in findings) and "- Note: few seeds" in section
+    page = (Path(__file__).resolve().parents[1] / "pages" / "compare.py").read_text()
+    assert "review.paired_findings(paired)" in page and "review.paired_notes(paired)" in page
