@@ -137,6 +137,52 @@ def test_loss_falls_on_a_learnable_set(tmp_path, demo_data):
     assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.3, losses
 
 
+# ---------------------------------------------------------------- validation after every epoch
+
+VALIDATION_KEYS = {"kind", "step", "epoch", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_clips",
+                   "elapsed_s"}
+
+
+def test_validation_metrics_match_a_hand_worked_example():
+    from engine.tasks.train import validation_metrics
+
+    # predictions S, N, N, S for labels S, S, N, N: one of each class right
+    got = validation_metrics([0.9, 0.4, 0.2, 0.7], ["SPEECH", "SPEECH", "NONSPEECH", "NONSPEECH"])
+    # -(ln 0.9 + ln 0.4 + ln 0.8 + ln 0.3) / 4, worked by hand: 2.4487676 / 4
+    assert got == {"val_loss": pytest.approx(0.6121919, abs=1e-7), "val_accuracy": 0.5,
+                   "val_balanced_accuracy": 0.5, "val_clips": 4}
+    # unbalanced: SPEECH recall 2/3, NONSPEECH recall 1/1; p = 0.5 counts as SPEECH, like make_record
+    got = validation_metrics([0.9, 0.5, 0.3, 0.2], ["SPEECH", "SPEECH", "SPEECH", "NONSPEECH"])
+    assert got["val_accuracy"] == 0.75 and got["val_balanced_accuracy"] == pytest.approx(5 / 6)
+
+
+@pytest.mark.slow
+def test_validation_each_epoch_leaves_the_training_trajectory_unchanged(tmp_path, demo_data):
+    """With dropout on, the same seed trains to the same losses and gradient norms with and without
+    val_data; the run with it logs one validation line per epoch, the last equal to its val evaluation."""
+    common = dict(epochs=2, per_device_batch=16, lora_dropout=0.1, seed=11)
+    train(quick_config(demo_data["train"], **common), tmp_path / "plain")
+    train(quick_config(demo_data["train"], val_data=str(demo_data["val"]), **common), tmp_path / "validated")
+    plain, validated = rf.read_metrics(tmp_path / "plain"), rf.read_metrics(tmp_path / "validated")
+    assert [m["loss"] for m in validated] == [m["loss"] for m in plain]
+    assert [m["grad_norm"] for m in validated] == [m["grad_norm"] for m in plain]
+    assert len(plain) == 12 and rf.read_validation_metrics(tmp_path / "plain") == []
+
+    points = rf.read_validation_metrics(tmp_path / "validated")
+    assert [(p["step"], p["epoch"]) for p in points] == [(6, 1.0), (12, 2.0)]
+    assert all(set(p) == VALIDATION_KEYS and p["kind"] == "validation" and p["val_clips"] == 16 for p in points)
+    # the last point is the final val evaluation, recomputed here from its predictions
+    evaluation = rf.read_json(rf.evaluation_dir(tmp_path / "validated", "val") / rf.EVALUATION)["summary"]
+    records = rf.read_jsonl(rf.evaluation_dir(tmp_path / "validated", "val") / rf.PREDICTIONS)
+    log_loss = -sum(np.log(r["p_speech"] if r["label"] == "SPEECH" else 1 - r["p_speech"]) for r in records) / 16
+    assert points[-1]["val_loss"] == pytest.approx(log_loss, rel=1e-9)
+    assert points[-1]["val_accuracy"] == pytest.approx(evaluation["accuracy"])
+    assert points[-1]["val_balanced_accuracy"] == pytest.approx(evaluation["balanced_accuracy"])
+    # the step lines are exactly those of a run without validation; the evaluation leaves no progress file
+    assert files_of(tmp_path / "validated") == FINISHED_TRAIN_RUN_FILES | {
+        "evaluations/val/predictions.jsonl", "evaluations/val/evaluation.json"}
+
+
 def train_then_sigterm(argv: list[str], run_dir: Path, repo_root: Path, wait_s: float = 90) -> int:
     """Start `python -m engine train ARGV`, SIGTERM it once two steps are logged; its exit code."""
     proc = subprocess.Popen([sys.executable, "-m", "engine", "train", *argv, "--run-dir", str(run_dir)],

@@ -10,12 +10,14 @@ set is pinned by its tests (test_train.py, test_scoring.py, test_importing.py, t
     <run>/status.json          state machine, pid + process start time, host + pid namespace,
                                heartbeat, timestamps, error
     <run>/environment.json     package versions, device (training and evaluation runs)
-    <run>/metrics.jsonl        one flushed line per optimizer step (training runs)
+    <run>/metrics.jsonl        one flushed line per optimizer step, plus one "kind": "validation"
+                               line per epoch when there is validation data (training runs)
     <run>/summary.json         parameters, adapter size, runtime, data report (training runs)
     <run>/engine.log           everything the engine printed
     <run>/adapter/             standard PEFT adapter (adapter_config.json, adapter_model.safetensors)
     <run>/evaluations/<name>/predictions.jsonl   one record per clip
     <run>/evaluations/<name>/evaluation.json     what produced them + summary
+    <run>/evaluations/<name>/progress.json       clips scored so far, only while the scoring runs
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ CONFIG = "config.json"
 STATUS = "status.json"
 ENVIRONMENT = "environment.json"
 METRICS = "metrics.jsonl"
+VALIDATION_RECORD = "validation"  # metrics.jsonl: the "kind" of an epoch's validation line (step lines have no kind)
 SUMMARY = "summary.json"
 LOG = "engine.log"
 ADAPTER_DIR = "adapter"
@@ -44,6 +47,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EVALUATIONS_DIR = "evaluations"
 PREDICTIONS = "predictions.jsonl"
 EVALUATION = "evaluation.json"
+EVALUATION_PROGRESS = "progress.json"  # in evaluations/<name>/ while it is scored; removed when evaluation.json is written
 OPRO_HISTORY = "history.jsonl"  # opro runs: one line per scored prompt, appended as found
 OPRO_RESULT = "opro.json"  # opro runs: the outcome, written last
 
@@ -587,7 +591,26 @@ def evaluation_dir(run_dir: Path, name: str) -> Path:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    return read_jsonl(Path(run_dir) / METRICS)
+    """The optimizer-step lines of metrics.jsonl (the lines without a "kind")."""
+    return [m for m in read_jsonl(Path(run_dir) / METRICS) if "kind" not in m]
+
+
+def read_validation_metrics(run_dir: Path) -> list[dict]:
+    """The validation lines of metrics.jsonl: {kind, step, epoch, val_loss, val_accuracy,
+    val_balanced_accuracy, val_clips, elapsed_s}, one per epoch of a run trained with val_data."""
+    return [m for m in read_jsonl(Path(run_dir) / METRICS) if m.get("kind") == VALIDATION_RECORD]
+
+
+def read_evaluation_progress(run_dir: Path, name: str) -> dict | None:
+    """{clips_scored, total_clips, eta_s, clips_per_s} of evaluation `name` while it is being scored,
+    else None (no scoring under way, or the file is being replaced)."""
+    try:
+        progress = read_json(evaluation_dir(run_dir, name) / EVALUATION_PROGRESS)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RunFolderError):
+        return None
+    if not isinstance(progress, dict) or not isinstance(progress.get("total_clips"), int):
+        return None
+    return progress
 
 
 def tail_text(path: Path, max_bytes: int = 8000) -> str:

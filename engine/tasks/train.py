@@ -182,6 +182,53 @@ def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch) -> tuple[int,
     raise RuntimeError("not even a micro-batch of 1 fits in GPU memory")
 
 
+def validation_metrics(p_speech, labels) -> dict[str, Any]:
+    """val_loss (mean -log p(true class) under the two-class softmax, p clipped at 1e-12), val_accuracy
+    and val_balanced_accuracy (arg-max, i.e. p_speech >= 0.5 as in the evaluations) and val_clips.
+
+    The loss is the decision's log loss, not the training loss (which averages the full-vocabulary
+    cross-entropy over every answer token): compare validation points with each other.
+    """
+    import numpy as np
+
+    positive = DEFAULT_LABEL_SET.positive
+    p = np.clip(np.asarray(p_speech, dtype=np.float64), 1e-12, 1 - 1e-12)
+    truth = np.array([label == positive for label in labels])
+    pred = p >= 0.5
+    recalls = [float((pred[truth == side] == side).mean()) for side in (True, False) if (truth == side).any()]
+    return {"val_loss": float(-np.where(truth, np.log(p), np.log1p(-p)).mean()),
+            "val_accuracy": float((pred == truth).mean()), "val_balanced_accuracy": float(np.mean(recalls)),
+            "val_clips": int(len(truth))}
+
+
+def validate_epoch(loaded, model, clips, audio, cfg: TrainConfig) -> dict[str, Any]:
+    """Score the validation clips with the model as it stands (eval mode, no grad), then put it back
+    in train mode; validation_metrics of them.
+
+    Uses the end-of-training evaluation's scoring (evaluate.score_audio). Every random state
+    (torch CPU and GPU, numpy, random) is restored afterwards, so a run with validation draws the
+    same dropout masks, and so has the same training losses, as one without.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    from engine.tasks.evaluate import p_speech_from_scores, score_audio
+
+    devices = [loaded.device] if loaded.device.type == "cuda" else []
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            scores = score_audio(loaded, [audio.load(c) for c in clips], cfg.system_prompt, cfg.prompt,
+                                 cfg.label_words)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        model.train()
+    return validation_metrics(p_speech_from_scores(scores), [c.label for c in clips])
+
+
 def train(cfg: TrainConfig, run_dir: Path, stop: StopSignal | None = None,
           evaluate_on: dict[str, str] | None = None) -> dict[str, Any]:
     """Train one adapter into `run_dir`; returns the summary. Raises after recording a failure.
@@ -282,6 +329,13 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
     if main:
         progress(step=0, total_steps=total_steps, force=True)
 
+    def log_validation(metrics: dict[str, Any], at_step: int, at_epoch: float) -> None:
+        rf.append_jsonl(run_dir / rf.METRICS, {"kind": rf.VALIDATION_RECORD, "step": at_step,
+                                               "epoch": round(at_epoch, 4), **metrics,
+                                               "elapsed_s": round(time.time() - t0, 3)})
+        log.info("validation at step %d (epoch %.2f): loss %.4f, accuracy %.1f%% of %d clips", at_step, at_epoch,
+                 metrics["val_loss"], 100 * metrics["val_accuracy"], metrics["val_clips"])
+
     # ---- train
     model.train()
     step, samples, last_loss, t0 = 0, 0, math.nan, time.time()
@@ -331,6 +385,8 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
             if step >= total_steps or stop:
                 done = True
                 break
+        if val_clips and not done and main:  # the last point comes from the final val evaluation
+            log_validation(validate_epoch(loaded, model, val_clips, audio, cfg), step, epoch_float)
         if cfg.checkpoints == "epoch" and not done and main:
             save_adapter(model, run_dir, f"checkpoints/epoch-{epoch + 1}")
         if done:
@@ -366,8 +422,12 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
 
         model.eval()
         for name, clips, report in evaluations:
-            evaluate_clips(loaded, clips, report, run_dir, name, cfg.system_prompt, cfg.prompt, cfg.label_words,
-                           producer={"kind": "adapter", "run": run_dir.name, "adapter": str(adapter)}, audio=audio)
+            _, records = evaluate_clips(loaded, clips, report, run_dir, name, cfg.system_prompt, cfg.prompt,
+                                        cfg.label_words, audio=audio,
+                                        producer={"kind": "adapter", "run": run_dir.name, "adapter": str(adapter)})
+            if name == "val" and clips is val_clips:  # the final validation point, from the same scores
+                log_validation(validation_metrics([r["p_speech"] for r in records], [r["label"] for r in records]),
+                               step, epoch_float)
     log.info("done in %.1f s: %d steps, final loss %.4f", runtime, step, last_loss)
     return summary
 
