@@ -221,3 +221,65 @@ def test_an_unfinished_run_is_refused_for_evaluation(trained, demo_data, tmp_pat
     shutil.rmtree(copy / "adapter")
     assert run(capsys, "eval", "--run", copy, "--test-csv", demo_data["test"]) == 2
     assert "no finished adapter" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- progress while scoring
+
+def test_progress_file_is_written_about_once_a_second_and_always_at_the_end(tmp_path):
+    from engine.tasks.evaluate import ProgressFile
+
+    now = [100.0]
+    progress = ProgressFile(tmp_path / "evaluations" / "test", clock=lambda: now[0])
+    written = []
+    for t, scored in ((0.0, 0), (0.5, 8), (1.2, 16), (1.4, 24), (1.6, 40)):
+        now[0] = 100.0 + t
+        if progress(scored, 40):
+            written.append(rf.read_evaluation_progress(tmp_path, "test"))
+    assert [w["clips_scored"] for w in written] == [0, 16, 40]  # 0.5 s and 1.4 s: too soon after the last
+    assert written[1]["clips_per_s"] == pytest.approx(16 / 1.2, abs=1e-3)
+    assert written[1]["eta_s"] == pytest.approx(24 / (16 / 1.2), abs=0.05) and written[1]["total_clips"] == 40
+    assert written[0]["eta_s"] is None  # nothing scored yet: no rate to estimate from
+    progress.remove()
+    assert not (tmp_path / "evaluations" / "test").exists()  # the folder held nothing else
+
+
+@pytest.mark.slow
+def test_evaluation_reports_clips_scored_then_leaves_only_its_two_files(loaded, demo_data, tmp_path, monkeypatch):
+    from engine.tasks import evaluate
+
+    clips, report = load_clips(demo_data["test"])
+    seen = []
+    real_write = rf.atomic_write_json
+
+    def recording_write(path, obj):
+        if Path(path).name == rf.EVALUATION_PROGRESS:
+            seen.append((obj["clips_scored"], obj["total_clips"]))
+        real_write(path, obj)
+
+    monkeypatch.setattr(evaluate, "PROGRESS_EVERY_S", 0.0)  # every batch, to see each one
+    monkeypatch.setattr(rf, "atomic_write_json", recording_write)
+    out, records = evaluate.evaluate_clips(loaded, clips, report, tmp_path, "test", SYSTEM, PROMPT,
+                                           ["SPEECH", "NONSPEECH"], producer={"kind": "adapter"}, batch_size=12)
+    assert seen == [(0, 32), (12, 32), (24, 32), (32, 32)] and len(records) == 32
+    assert files_of(out) == {"predictions.jsonl", "evaluation.json"}
+
+
+def test_a_failed_scoring_leaves_no_progress_file_or_empty_folder(tmp_path, monkeypatch):
+    from engine.tasks import evaluate
+
+    def broken_scoring(*args, **kwargs):
+        kwargs["on_batch"](4, 8)
+        raise RuntimeError("CUDA error: out of memory")
+
+    class Clip:
+        clip_id, path, label, duration_s, metadata = "a", "a.wav", "SPEECH", 1.0, {}
+
+    class Audio:
+        def load(self, clip):
+            return np.zeros(16000, dtype=np.float32)
+
+    monkeypatch.setattr(evaluate, "score_audio", broken_scoring)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        evaluate.evaluate_clips(None, [Clip()] * 8, None, tmp_path, "test", SYSTEM, PROMPT, ["SPEECH", "NONSPEECH"],
+                                producer={}, audio=Audio())
+    assert not (tmp_path / "evaluations").joinpath("test").exists()

@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -30,11 +30,12 @@ log = logging.getLogger("engine.tasks.evaluate")
 
 
 def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt: str, label_words: Sequence[str],
-                batch_size: int = 8, padding_side: str = "left", trim: bool = True) -> np.ndarray:
+                batch_size: int = 8, padding_side: str = "left", trim: bool = True,
+                on_batch: Callable[[int, int], Any] | None = None) -> np.ndarray:
     """(N, classes) class scores, columns in `label_words` order, for decoded 16 kHz clips.
 
     Clips are batched longest-first so a batch's trimmed encoder input stays short; results
-    come back in input order.
+    come back in input order. on_batch(clips scored, clips in all) is called after each batch.
     """
     import torch
 
@@ -51,6 +52,8 @@ def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt
             with torch.autocast(loaded.device.type, dtype=loaded.dtype, enabled=loaded.dtype != torch.float32):
                 out = m.class_scores(loaded.model, batch, plan, trim=trim)
             scores[idx] = out.float().cpu().numpy()
+            if on_batch is not None:
+                on_batch(start + len(idx), len(order))
     return scores
 
 
@@ -88,6 +91,43 @@ def apply_control(audios: list[np.ndarray], control: str | None, seed: int = 0) 
     raise ConfigError("control", f"{control!r} is not one of {', '.join(CONTROLS)}")
 
 
+PROGRESS_EVERY_S = 1.0  # evaluations/<name>/progress.json is rewritten at most this often
+
+
+class ProgressFile:
+    """Writes evaluations/<name>/progress.json {clips_scored, total_clips, clips_per_s, eta_s,
+    started_at, updated_at} at most once every PROGRESS_EVERY_S (and at the first and last batch),
+    for the dashboard's job lists; `remove()` once evaluation.json is written."""
+
+    def __init__(self, folder: Path, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(folder) / rf.EVALUATION_PROGRESS
+        self.clock = clock
+        self.started, self.started_at = clock(), rf.now_iso()
+        self.written_at: float | None = None
+
+    def __call__(self, scored: int, total: int) -> bool:
+        now = self.clock()
+        if self.written_at is not None and scored < total and now - self.written_at < PROGRESS_EVERY_S:
+            return False
+        elapsed = now - self.started
+        rate = scored / elapsed if elapsed > 0 else None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rf.atomic_write_json(self.path, {
+            "clips_scored": scored, "total_clips": total, "clips_per_s": round(rate, 3) if rate else None,
+            "eta_s": round((total - scored) / rate, 1) if rate else None,
+            "started_at": self.started_at, "updated_at": rf.now_iso()})
+        self.written_at = now
+        return True
+
+    def remove(self) -> None:
+        """Remove the file, and its folder when nothing else is in it (a scoring that failed first)."""
+        self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:  # holds predictions: the evaluation (or an older one of the same name)
+            pass
+
+
 def evaluate_clips(loaded, clips, report, run_dir: Path, name: str, system_prompt: str, prompt: str,
                    label_words: Sequence[str], producer: dict, audio=None, batch_size: int = 8,
                    threshold: float = 0.5, threshold_source: str = "fixed", control: str | None = None,
@@ -97,26 +137,32 @@ def evaluate_clips(loaded, clips, report, run_dir: Path, name: str, system_promp
 
     audio = audio or AudioCache()
     started = time.time()
-    audios = apply_control([audio.load(c) for c in clips], control)
-    scores = score_audio(loaded, audios, system_prompt, prompt, label_words, batch_size, padding_side)
-    p_speech = p_speech_from_scores(scores)
-    records = [make_record(c.clip_id, c.path, c.label, float(p), float(s[0] - s[1]),
-                           c.duration_s if c.duration_s is not None else len(a) / loaded.family.sample_rate,
-                           c.metadata, threshold)
-               for c, p, s, a in zip(clips, p_speech, scores, audios)]
-    elapsed = time.time() - started
-    report_dict = report.to_dict() if report is not None else {}
-    meta = {
-        "producer": {**producer, "model": str(loaded.model_path), "quantization": loaded.quantization},
-        "prompt": prompt, "system_prompt": system_prompt, "label_words": list(label_words),
-        "scoring": "log-probability of the first answer token where the two label words differ",
-        "threshold": threshold, "threshold_source": threshold_source, "control": control,
-        "test_data": report_dict.get("source"), "manifest_sha256": report_dict.get("manifest_sha256"),
-        "skipped": report_dict.get("bad_files", []), "truncated": report_dict.get("truncated", []),
-        "time_taken_s": round(elapsed, 3), "clips_per_s": round(len(clips) / elapsed, 2) if elapsed else None,
-        "batch_size": batch_size, "device": str(loaded.device),
-    }
-    out = write_evaluation(run_dir, name, records, meta)
+    progress = ProgressFile(rf.evaluation_dir(run_dir, name))
+    progress(0, len(clips))
+    try:
+        audios = apply_control([audio.load(c) for c in clips], control)
+        scores = score_audio(loaded, audios, system_prompt, prompt, label_words, batch_size, padding_side,
+                             on_batch=progress)
+        p_speech = p_speech_from_scores(scores)
+        records = [make_record(c.clip_id, c.path, c.label, float(p), float(s[0] - s[1]),
+                               c.duration_s if c.duration_s is not None else len(a) / loaded.family.sample_rate,
+                               c.metadata, threshold)
+                   for c, p, s, a in zip(clips, p_speech, scores, audios)]
+        elapsed = time.time() - started
+        report_dict = report.to_dict() if report is not None else {}
+        meta = {
+            "producer": {**producer, "model": str(loaded.model_path), "quantization": loaded.quantization},
+            "prompt": prompt, "system_prompt": system_prompt, "label_words": list(label_words),
+            "scoring": "log-probability of the first answer token where the two label words differ",
+            "threshold": threshold, "threshold_source": threshold_source, "control": control,
+            "test_data": report_dict.get("source"), "manifest_sha256": report_dict.get("manifest_sha256"),
+            "skipped": report_dict.get("bad_files", []), "truncated": report_dict.get("truncated", []),
+            "time_taken_s": round(elapsed, 3), "clips_per_s": round(len(clips) / elapsed, 2) if elapsed else None,
+            "batch_size": batch_size, "device": str(loaded.device),
+        }
+        out = write_evaluation(run_dir, name, records, meta)
+    finally:
+        progress.remove()  # after evaluation.json (or a failure): a finished evaluation holds only its two files
     if save_to:
         save_predictions_file(save_to, records)
     return out, records
