@@ -26,6 +26,7 @@ from engine.dashboard.review import workspace_signature
 _WORKSPACE_VALUE = "_workspace"  # survives page switches; the widget below is re-created per page
 WORKSPACE_INPUT = "workspace_input"
 WORKSPACE_PARAM = "ws"
+LIVE_JOBS_EVERY = "2s"  # how often an active job list is re-read
 
 
 # (script, title, icon) per section; the file name is the URL (/compare), Overview is /.
@@ -255,36 +256,59 @@ def job_name(job: dict) -> str:
     return Path(job["run_dir"]).name if job.get("run_dir") else job["job_id"]
 
 
-def active_jobs_panel(root: Path, active: list[dict], cancel: Callable[[str], None], cancel_help: str,
-                      progress_text: Callable[[dict], tuple[float, str] | None]) -> None:
-    """Cancel buttons for the active jobs, then their live progress re-read every 2 s.
+def live_job_list(root: Path, command: str | None, cancel: Callable[[str], None], cancel_help: str,
+                  progress_text: Callable[[dict], tuple[float, str] | None], empty_text: str,
+                  columns: Callable[[dict], dict] | None = None) -> list[dict]:
+    """The queue's jobs of one engine command (every job when None): a table (newest first, plus
+    `columns(job)`), then for each active job a Cancel button and its progress bar (progress_text)
+    or state, and the log of a running one. While a job is active all of it is re-read every 2 s
+    (a fragment); when one ends the whole page reruns, which stops the polling. Returns the jobs
+    as first read."""
+    import pandas as pd
 
-    progress_text(job) gives (fraction, text) for a running job whose run reports progress.
-    """
-    for job in active:
-        left, right = st.columns([4, 1])
-        left.markdown(f"`{job['job_id']}` **{job_name(job)}**: {job['state']}")
-        right.button("Cancel", key=f"cancel_{job['job_id']}", on_click=cancel, args=(job["job_id"],),
-                     help=cancel_help)
-    if not active:
-        return
-    active_ids = {job["job_id"] for job in active}
+    def read() -> list[dict]:
+        listed = [job for job in jobs.read_jobs(root) if command is None or (job.get("argv") or [None])[0] == command]
+        return sorted(listed, key=lambda job: job.get("job_id", ""), reverse=True)
 
-    @st.fragment(run_every="2s")
-    def live_progress() -> None:
-        current = [job for job in jobs.read_jobs(root) if job.get("job_id") in active_ids]
-        if {job["job_id"] for job in current if job.get("state") in rf.ACTIVE_STATES} != active_ids:
-            st.rerun()  # a job finished (or was cancelled): refresh the whole page, which stops polling
-        for job in current:
-            shown = progress_text(job) if job.get("state") == rf.RUNNING else None
-            if shown:
-                st.progress(shown[0], text=shown[1])
-            else:
-                st.caption(f"{job_name(job)}: {job.get('state')}" + (" (waiting for a free slot)"
-                                                                     if job.get("state") == rf.QUEUED else ""))
+    def active_ids(job_list: list[dict]) -> set[str]:
+        return {job["job_id"] for job in job_list if job.get("state") in rf.ACTIVE_STATES}
+
+    def show(job_list: list[dict]) -> None:
+        if not job_list:
+            st.info(empty_text)
+            return
+        rows = launch.job_rows(job_list)
+        if columns is not None:
+            for row, job in zip(rows, job_list):  # both newest first
+                row.update(columns(job))
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        for job in (job for job in job_list if job.get("state") in rf.ACTIVE_STATES):
+            left, right = st.columns([5, 1], vertical_alignment="center")
+            with left:
+                shown = progress_text(job) if job.get("state") == rf.RUNNING else None
+                if shown:
+                    st.progress(shown[0], text=shown[1])
+                else:
+                    st.markdown(f"`{job['job_id']}` **{job_name(job)}**: {job['state']}"
+                                + (" (waiting for a free slot)" if job.get("state") == rf.QUEUED else ""))
+            right.button("Cancel", key=f"cancel_{job['job_id']}", on_click=cancel, args=(job["job_id"],),
+                         help=cancel_help)
             if job.get("state") == rf.RUNNING:
                 with st.expander(f"Log of {job_name(job)}"):
                     st.code(jobs.job_log_tail(root, job["job_id"], 4000) or "(no output yet)", language="text")
 
-    st.subheader("Live progress")
-    live_progress()
+    first = read()
+    watched = active_ids(first)
+    if not watched:
+        show(first)
+        return first
+
+    @st.fragment(run_every=LIVE_JOBS_EVERY)
+    def live() -> None:
+        current = read()
+        if active_ids(current) != watched:
+            st.rerun()  # a job ended or a new one was queued: the whole page changes
+        show(current)
+
+    live()
+    return first

@@ -11,10 +11,10 @@ from engine import jobs
 from engine.dashboard import launch
 from engine.dashboard import opro_review
 from engine.dashboard import review
-from engine.runs import folder as rf
 from engine.config import DEFAULT_LABELS
 from engine.dashboard.review import workspace_signature
-from pages._ui import BASE, banner, cached_runs, job_queue_health, known_data_sets, pick_data, pick_target, workspace
+from pages._ui import (BASE, banner, cached_runs, cancel_callback, job_name, job_queue_health, known_data_sets,
+                       live_job_list, pick_data, pick_target, workspace)
 
 AUDIO_CHOICES = {"real audio": None, "silence control": "silence", "shuffle control": "shuffle"}
 OWN_PROMPT, OPRO_PROMPT, CUSTOM_PROMPT = "The run's own prompt", "The best prompt of an OPRO run", "Custom text"
@@ -130,19 +130,31 @@ if st.button(f"Queue {len(planned)} evaluation{'s' if len(planned) != 1 else ''}
 
 # ---------------------------------------------------------------- evaluation jobs
 st.header("Evaluation jobs")
-eval_jobs = [job for job in jobs.read_jobs(root)
-             if (job.get("argv") or [None])[0] == "eval"]
-if eval_jobs:
-    rows = launch.job_rows(eval_jobs)
-    for row, job in zip(rows, sorted(eval_jobs, key=lambda j: j.get("job_id", ""), reverse=True)):
-        argv = job.get("argv", [])
-        row["evaluation"] = argv[argv.index("--name") + 1] if "--name" in argv else ""
-        row["control"] = argv[argv.index("--control") + 1] if "--control" in argv else ""
-        row["prompt"] = argv[argv.index("--prompt") + 1] if "--prompt" in argv else "(the run's own)"
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    running = [job for job in eval_jobs if job.get("state") == rf.RUNNING]
-    for job in running:
-        with st.expander(f"Log of {job['job_id']}"):
-            st.code(jobs.job_log_tail(root, job["job_id"], 4000) or "(no output yet)", language="text")
-else:
-    st.info("No evaluation jobs yet.")
+cancel_job = cancel_callback(root, "eval_cancel_message")
+if message := st.session_state.pop("eval_cancel_message", None):
+    st.info(message)
+
+
+def evaluation_columns(job: dict) -> dict:
+    argv = job.get("argv", [])
+    return {"evaluation": argv[argv.index("--name") + 1] if "--name" in argv else "",
+            "control": argv[argv.index("--control") + 1] if "--control" in argv else "",
+            "prompt": argv[argv.index("--prompt") + 1] if "--prompt" in argv else "(the run's own)"}
+
+
+def scoring_progress(job: dict) -> tuple[float, str] | None:
+    progress = launch.evaluation_progress(job)
+    if not progress:
+        return None
+    speed = f", {progress['clips_per_s']:.1f} clips/s" if progress["clips_per_s"] else ""
+    columns = evaluation_columns(job)
+    evaluation = f"{columns['evaluation']}-{columns['control']}" if columns["control"] else columns["evaluation"]
+    return progress["fraction"], (f"{job_name(job)} / {evaluation}: "
+                                  f"{progress['step']}/{progress['total_steps']} clips scored{speed}, "
+                                  f"ETA {launch.format_eta(progress['eta_s'])}")
+
+
+live_job_list(root, "eval", cancel_job, progress_text=scoring_progress, columns=evaluation_columns,
+              empty_text="No evaluation jobs yet.",
+              cancel_help="Queued: removed from the queue. Running: stopped at once; the evaluation it was writing "
+                          "is not stored (an older one of the same name stays).")

@@ -119,12 +119,6 @@ cancel_job = _ui.cancel_callback(root, "opro_cancel_message")
 if message := st.session_state.pop("opro_cancel_message", None):
     st.info(message)
 
-opro_jobs = [job for job in jobs.read_jobs(root)
-             if (job.get("argv") or [None])[0] == "opro"]
-if not opro_jobs:
-    st.info("No prompt-optimisation jobs yet: queued searches appear here.")
-else:
-    st.dataframe(pd.DataFrame(launch.job_rows(opro_jobs)), hide_index=True, width="stretch")
 
 def search_progress(job: dict) -> tuple[float, str] | None:
     progress = launch.opro_progress(job)
@@ -136,10 +130,11 @@ def search_progress(job: dict) -> tuple[float, str] | None:
         f"accuracy {review.pct(progress['best_balanced_accuracy'])}, ETA {launch.format_eta(progress['eta_s'])}")
 
 
-active = [job for job in opro_jobs if job.get("state") in rf.ACTIVE_STATES]
-_ui.active_jobs_panel(root, active, cancel_job, cancel_help="Queued: removed from the queue. Running: asked to stop "
-                      "after the current candidate; the prompts scored so far stay in history.jsonl (its best so "
-                      "far remains usable).", progress_text=search_progress)
+_ui.live_job_list(root, "opro", cancel_job, progress_text=search_progress,
+                  empty_text="No prompt-optimisation jobs yet: queued searches appear here.",
+                  cancel_help="Queued: removed from the queue. Running: asked to stop after the current candidate; "
+                              "the prompts scored so far stay in history.jsonl (its best so far remains usable).")
+
 
 # ---------------------------------------------------------------- one search
 st.header("Search results")

@@ -17,6 +17,7 @@ st.title("Results")
 _ui.banner(root)
 
 MODES = ("Configuration", "One evaluation")
+LIVE_LOSS_EVERY = "3s"
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -77,11 +78,33 @@ else:
 if evaluation:
     params["evaluation"] = evaluation
 
-losses = review.loss_frame((m.config_label, review.run_seed(m) if review.run_seed(m) is not None else m.run_id, m)
-                           for m in members)
+
+
+def loss_section(members: list[rf.RunInfo]) -> None:
+    """Training loss per step and validation after each epoch; re-read every 3 s while a member trains."""
+    named = [(m.config_label, review.run_seed(m) if review.run_seed(m) is not None else m.run_id, m) for m in members]
+
+    def draw() -> None:
+        st.plotly_chart(charts.loss_curves(review.loss_frame(named), review.validation_frame(named)),
+                        key="results_loss")
+
+    if not any(m.state in rf.ACTIVE_STATES for m in members):
+        draw()
+        return
+
+    @st.fragment(run_every=LIVE_LOSS_EVERY)
+    def live() -> None:
+        if not any(rf.run_is_active(m.path) for m in members):
+            st.rerun()  # training ended: the page (evaluations, headline) changes, and polling stops
+        draw()
+        st.caption("Updating while training runs.")
+
+    live()
+
+
 if evaluation is None:
     st.info("No evaluation in this selection yet; the training loss is shown while it runs.")
-    st.plotly_chart(charts.loss_curves(losses), key="results_loss")
+    loss_section(members)
     st.stop()
 
 pick = name if mode == MODES[0] else f"{run_id}/{evaluation}"
@@ -131,7 +154,7 @@ with errors_tab:
                                         {label: s["roc_auc"] for label, s in summaries.items()}), key="results_roc")
 
 with training_tab:
-    st.plotly_chart(charts.loss_curves(losses), key="results_loss")
+    loss_section(members)
 
 with seeds_tab:
     st.plotly_chart(charts.seed_strip(review.seed_points({side.name: aggregate}),

@@ -10,9 +10,11 @@ from engine import jobs
 from engine.dashboard import launch
 from engine.runs import folder as rf
 from engine.config import PRESET_LABELS
-from pages._ui import active_jobs_panel, banner, cancel_callback, job_name, job_queue_health, workspace
+from engine.dashboard import charts, review
+from pages._ui import banner, cancel_callback, job_name, job_queue_health, live_job_list, workspace
 
 MAX_PREVIEW_COMMANDS = 12
+LIVE_CURVE_EVERY = "3s"
 
 root = workspace()
 st.title("Train")
@@ -106,13 +108,11 @@ def resume_sweep(sweep_id: str, names: list[str]) -> None:
 if message := st.session_state.pop("train_cancel_message", None):
     st.info(message)
 
-job_list = jobs.read_jobs(root)
-if not job_list:
-    st.info("No jobs yet: launched runs appear here.")
-else:
-    st.dataframe(pd.DataFrame(launch.job_rows(job_list)), hide_index=True, width="stretch")
 
 def training_progress(job: dict) -> tuple[float, str] | None:
+    """A training job's step, loss, speed and ETA; other jobs in the queue show their state."""
+    if (job.get("argv") or [None])[0] != "train":
+        return None
     progress = launch.job_progress(job)
     if not progress:
         return None
@@ -122,10 +122,11 @@ def training_progress(job: dict) -> tuple[float, str] | None:
                                   f"{speed} samples/s, ETA {launch.format_eta(progress['eta_s'])}")
 
 
+job_list = live_job_list(root, None, cancel_job, progress_text=training_progress,
+                         empty_text="No jobs yet: launched runs appear here.",
+                         cancel_help="Queued: removed from the queue. Running: asked to stop at the next step and "
+                                     "save its adapter; killed if it has not stopped after 20 s.")
 active = [job for job in job_list if job.get("state") in rf.ACTIVE_STATES]
-active_jobs_panel(root, active, cancel_job, cancel_help="Queued: removed from the queue. Running: asked to stop at "
-                  "the next step and save its adapter; killed if it has not stopped after 20 s.",
-                  progress_text=training_progress)
 
 sweeps = launch.sweep_runs(job_list)
 active_runs = {Path(job["run_dir"]).name for job in active if job.get("run_dir")}
@@ -136,3 +137,35 @@ for sweep_id, names in sweeps.items():
                   key=f"resume_{sweep_id}", on_click=resume_sweep, args=(sweep_id, names),
                   help="Queues again only the runs that have not succeeded; a failed attempt is kept as "
                        "<run>.attemptN.")
+
+# ---------------------------------------------------------------- training curves
+st.header("Training curves")
+
+
+def draw_curves(run_dir: Path) -> None:
+    info = rf.read_run(run_dir)
+    named = [(info.config_label, info.seed if info.seed is not None else info.run_id, info)]
+    st.plotly_chart(charts.loss_curves(review.loss_frame(named), review.validation_frame(named)), key="train_curves")
+    if not info.config.get("val_data"):
+        st.caption("Trained without val_data: no validation points. With a validation set, each epoch ends with "
+                   "a scoring pass over it (validation loss and accuracy, drawn here).")
+
+
+watchable = launch.training_runs(job_list)
+if not watchable:
+    st.info("The loss curve of a training run appears here once it is queued.")
+else:
+    watched = {path.name: path for path in watchable}
+    shown = st.selectbox("Run", list(watched), key="train_watch",
+                         help="Running runs first; the curve follows metrics.jsonl while the run trains.")
+    if rf.run_is_active(watched[shown]):
+        @st.fragment(run_every=LIVE_CURVE_EVERY)
+        def live_curves() -> None:
+            """The chosen run's metrics.jsonl re-read every few seconds while it trains."""
+            if not rf.run_is_active(watched[shown]):
+                st.rerun()  # it ended: redraw once from the finished run, and stop polling
+            draw_curves(watched[shown])
+
+        live_curves()
+    else:
+        draw_curves(watched[shown])

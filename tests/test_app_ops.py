@@ -55,6 +55,48 @@ def wav_bytes(seconds: float = 0.5, sr: int = 22050, channels: int = 2) -> bytes
     return buffer.getvalue()
 
 
+def running_job(root: Path, argv: list[str], run_dir: Path | None) -> str:
+    """A job the queue reads as running whose process is this test process (alive; never cancel it)."""
+    job_id = jobs.enqueue(root, argv, resource="gpu", run_dir=run_dir)
+    me = rf.mark_process(root)
+    handle = {"executor": "local", **{k: me[k] for k in ("pid", "pgid", "process_start_time", "host", "pid_namespace")}}
+    jobs.store.update_job(root, job_id, lambda job: {"state": rf.RUNNING, "started_at": rf.now_iso(), "handle": handle})
+    return job_id
+
+
+def training_run(root: Path, name: str, steps: int, val_epochs: int = 0) -> Path:
+    """A running training run (this process) whose metrics.jsonl holds `steps` step lines (6 steps an
+    epoch) and validation lines after the first `val_epochs` epochs."""
+    run_dir = root / name
+    run_dir.mkdir()
+    rf.atomic_write_json(run_dir / rf.CONFIG, {"schema_version": 1, "kind": "train", "label": "Live", "seed": 5,
+                                                "model": "tiny", "val_data": "val.csv"})
+    rf.write_status(run_dir, rf.RUNNING, **rf.mark_process(run_dir),
+                    progress={"step": steps, "total_steps": 12, "loss": 0.5, "eta_s": 30, "samples_per_s": 4.0})
+    grow_metrics(run_dir, 0, steps, val_epochs)
+    return run_dir
+
+
+def grow_metrics(run_dir: Path, first: int, last: int, val_epochs: int = 0) -> None:
+    """Append step lines first+1..last (then the validation lines of whole epochs up to val_epochs)."""
+    for step in range(first + 1, last + 1):
+        rf.append_jsonl(run_dir / rf.METRICS, {"step": step, "epoch": round(step / 6, 4), "loss": 1.0 / step,
+                                               "total_steps": 12})
+    for epoch in range(1, val_epochs + 1):
+        if 6 * epoch <= last and 6 * epoch > first:
+            rf.append_jsonl(run_dir / rf.METRICS, {
+                "kind": "validation", "step": 6 * epoch, "epoch": float(epoch), "val_loss": 0.6 / epoch,
+                "val_accuracy": 0.5 + 0.25 * epoch / 2, "val_balanced_accuracy": 0.5, "val_clips": 16,
+                "elapsed_s": 1.0})
+
+
+def loss_chart(at):
+    from tests.test_app_review import chart
+
+    figure = chart(at, "loss")
+    return {trace.meta["series"]: trace for trace in figure.data}
+
+
 # ---------------------------------------------------------------- Train
 
 def test_train_preview_validation_launch_and_cancel(workspace, no_worker, tmp_path):
@@ -104,6 +146,26 @@ def test_train_preview_validation_launch_and_cancel(workspace, no_worker, tmp_pa
     # the cancelled run is the one unfinished run a resume would queue again (the others are queued)
     sweep_id = queued[0]["sweep_id"]
     assert at.button(key=f"resume_{sweep_id}").label == f"Resume sweep {sweep_id} (1 of 4 runs unfinished)"
+
+
+def test_train_page_follows_the_loss_curve_and_the_validation_points(workspace, no_worker):
+    run_dir = training_run(workspace, "live-run", steps=4)
+    job_id = running_job(workspace, ["train", "--run-dir", str(run_dir)], run_dir)
+    at = page("train").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="train_watch").value == "live-run"
+    (bar,) = at.get("progress")
+    assert bar.proto.value == 33 and "live-run: step 4/12, loss 0.5000" in bar.proto.text
+    assert at.button(key=f"cancel_{job_id}")
+    traces = loss_chart(at)
+    assert list(traces) == ["train_loss"] and list(traces["train_loss"].y) == [1.0, 0.5, 1 / 3, 0.25]
+
+    grow_metrics(run_dir, 4, 8, val_epochs=1)  # the run trains on: two steps, an epoch's end, its validation
+    at.run()
+    traces = loss_chart(at)
+    assert list(traces["train_loss"].x) == list(range(1, 9))
+    assert list(traces["val_loss"].x) == [6] and list(traces["val_loss"].y) == [pytest.approx(0.6)]
+    assert list(traces["val_accuracy"].y) == [pytest.approx(62.5)] and traces["val_accuracy"].yaxis == "y2"
 
 
 def test_train_resume_sweep_requeues_unfinished_runs(workspace, no_worker, tmp_path):
@@ -160,6 +222,40 @@ def test_evaluate_every_seed_of_a_configuration(workspace, no_worker):
     table = at.dataframe[-1].value
     assert sorted(table["evaluation"]) == ["test", "test", "test", "test"]
     assert sorted(table["control"]) == ["", "", "silence", "silence"]
+
+
+def test_evaluate_job_list_shows_clips_scored_while_it_runs(workspace, no_worker):
+    run_dir = trained_run(workspace, "cfg-s1", "Cfg", 1)
+    argv = ["eval", "--run", str(run_dir), "--test-data", "test.csv", "--name", "test", "--control", "silence"]
+    job_id = running_job(workspace, argv, run_dir)
+    at = page("evaluate").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.get("progress") == [] and f"`{job_id}` **cfg-s1**: running" in texts(at.markdown)
+    folder = rf.evaluation_dir(run_dir, "test-silence")
+    folder.mkdir(parents=True)
+    rf.atomic_write_json(folder / rf.EVALUATION_PROGRESS, {"clips_scored": 24, "total_clips": 64, "clips_per_s": 8.0,
+                                                           "eta_s": 5.0})
+    at.run()
+    (bar,) = at.get("progress")
+    assert bar.proto.value == 37  # 24/64
+    assert bar.proto.text == "cfg-s1 / test-silence: 24/64 clips scored, 8.0 clips/s, ETA 0m05s"
+    table = at.dataframe[-1].value
+    assert list(table["state"]) == [rf.RUNNING] and list(table["control"]) == ["silence"]
+
+
+def test_a_base_model_evaluation_reports_progress_from_the_run_it_made(workspace):
+    from engine.dashboard import launch
+
+    argv = launch.eval_argv("test.csv", base_model="tiny", runs_root=workspace, run_name="base-tiny")
+    job = {"job_id": "j1", "argv": argv, "run_dir": None, "state": rf.RUNNING}
+    assert launch.evaluation_progress(job) is None  # the run folder is not made yet
+    (workspace / "base-tiny").mkdir()  # an older run of that name: this one became base-tiny-2
+    folder = rf.evaluation_dir(workspace / "base-tiny-2", "test")
+    folder.mkdir(parents=True)
+    rf.atomic_write_json(folder / rf.EVALUATION_PROGRESS, {"clips_scored": 10, "total_clips": 40, "clips_per_s": 10.0,
+                                                           "eta_s": 3.0})
+    assert launch.evaluation_progress(job) == {"step": 10, "total_steps": 40, "fraction": 0.25, "eta_s": 3.0,
+                                               "clips_per_s": 10.0}
 
 
 def test_evaluate_base_model_preview(workspace, no_worker):

@@ -262,3 +262,26 @@ print([m for m in ("torch", "transformers", "peft", "bitsandbytes") if m in sys.
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------- live training curves, status lines
+
+def test_results_loss_curve_grows_with_metrics_jsonl_while_the_run_trains(empty_workspace, no_worker):
+    from tests.test_app_ops import grow_metrics, loss_chart, training_run
+
+    run_dir = training_run(empty_workspace, "live-run", steps=3)
+    at = page("pages/results.py", run="live-run")
+    assert_clean(at)
+    assert "No evaluation" in at.info[0].value
+    assert list(loss_chart(at)["train_loss"].y) == [1.0, 0.5, pytest.approx(1 / 3)]
+    assert "Updating while training runs." in [c.value for c in at.caption]
+
+    grow_metrics(run_dir, 3, 12, val_epochs=2)
+    at.run()
+    traces = loss_chart(at)
+    assert list(traces["train_loss"].x) == list(range(1, 13))
+    assert list(traces["val_loss"].x) == [6, 12] and list(traces["val_loss"].y) == [pytest.approx(0.6), 0.3]
+    assert list(traces["val_accuracy"].y) == [pytest.approx(62.5), 75.0]
+    figure = chart(at, "loss")
+    assert figure.layout.yaxis2.title.text == "validation accuracy (%)"
+    assert [shape.x0 for shape in figure.layout.shapes] == [6]  # the end of epoch 1 (epoch 2 ends the run)

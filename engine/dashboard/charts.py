@@ -129,13 +129,22 @@ def epoch_boundaries(losses: pd.DataFrame) -> list[tuple[int, int]]:
     return marks[:-1] if marks and marks[-1][0] == int(first["step"].max()) else marks
 
 
-def loss_curves(losses: pd.DataFrame, title: str = "Training loss per step") -> go.Figure:
+def loss_curves(losses: pd.DataFrame, validation: pd.DataFrame | None = None,
+                title: str | None = None) -> go.Figure:
     """Loss per optimizer step, one line per run (colour per configuration, dash per seed), with
-    dotted lines where the first run's epochs end. losses: review.loss_frame."""
+    dotted lines where the first run's epochs end. losses: review.loss_frame.
+
+    validation (review.validation_frame): each run's validation loss as diamonds on the same axis and
+    its validation accuracy as open squares on a second axis (right, percent), at the step where
+    each epoch ended. Every trace's `meta["series"]` is "train_loss", "val_loss" or "val_accuracy".
+    """
+    has_validation = validation is not None and not validation.empty
+    title = title or ("Training loss per step, validation after each epoch" if has_validation
+                      else "Training loss per step")
     if losses.empty:
         return _empty("loss", title, "no training metrics (imported predictions and baselines have none)")
     fig = go.Figure()
-    colors = _colors(losses["name"])
+    colors = _colors(list(losses["name"]) + (list(validation["name"]) if has_validation else []))
     dashes = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
     for name, part in losses.groupby("name", sort=False):
         for i, (run, curve) in enumerate(part.groupby("run", sort=False)):
@@ -143,11 +152,42 @@ def loss_curves(losses: pd.DataFrame, title: str = "Training loss per step") -> 
             fig.add_trace(go.Scatter(
                 x=curve["step"], y=curve["loss"], mode="lines", name=f"{name} · {curve['seed'].iloc[0]}",
                 line=dict(color=colors[name], dash=dashes[i % len(dashes)]), customdata=curve["epoch"],
+                legendgroup=str(run), meta={"series": "train_loss", "run": str(run)},
                 hovertemplate="step %{x}, epoch %{customdata:.2f}: loss %{y:.4f}<extra>" + str(run) + "</extra>"))
+    if has_validation:
+        for name, part in validation.groupby("name", sort=False):
+            for i, (run, points) in enumerate(part.groupby("run", sort=False)):
+                points = points.sort_values("step")
+                label, dash = f"{name} · {points['seed'].iloc[0]}", dashes[i % len(dashes)]
+                epochs = points["epoch"].astype(float)
+                fig.add_trace(go.Scatter(
+                    x=points["step"], y=points["val_loss"], mode="lines+markers", name=f"{label} val loss",
+                    line=dict(color=colors[name], dash=dash, width=1), legendgroup=str(run),
+                    marker=dict(symbol="diamond", size=9, color=colors[name], line=dict(width=1, color="white")),
+                    customdata=np.c_[epochs, points["val_clips"].astype(float)],
+                    meta={"series": "val_loss", "run": str(run)},
+                    hovertemplate="validation after epoch %{customdata[0]:.2f} (step %{x}, %{customdata[1]:.0f} "
+                                  "clips): loss %{y:.4f}<extra>" + str(run) + "</extra>"))
+                fig.add_trace(go.Scatter(
+                    x=points["step"], y=points["val_accuracy"], mode="lines+markers", yaxis="y2",
+                    name=f"{label} val accuracy", line=dict(color=colors[name], dash="dot", width=1),
+                    marker=dict(symbol="square-open", size=9, color=colors[name], line=dict(width=2)),
+                    legendgroup=str(run), customdata=epochs, meta={"series": "val_accuracy", "run": str(run)},
+                    hovertemplate="validation after epoch %{customdata:.2f} (step %{x}): accuracy %{y:.1f}%"
+                                  "<extra>" + str(run) + "</extra>"))
     for step, epoch in epoch_boundaries(losses):
         fig.add_vline(x=step, line=dict(dash="dot", color="grey", width=1),
                       annotation_text=f"epoch {epoch}", annotation_position="top")
-    return _layout(fig, "loss", title, xaxis=dict(title="optimizer step"), yaxis=dict(title="loss"))
+    extra: dict[str, Any] = dict(xaxis=dict(title="optimizer step"),
+                                 yaxis=dict(title="loss (validation: two-class log loss)" if has_validation
+                                            else "loss"))
+    if has_validation:
+        extra["yaxis2"] = dict(title="validation accuracy (%)", overlaying="y", side="right", range=[0, 102],
+                               showgrid=False)
+    fig = _layout(fig, "loss", title, **extra)
+    if has_validation:
+        fig.update_layout(margin=dict(r=60))
+    return fig
 
 
 def seed_strip(points: pd.DataFrame, intervals: pd.DataFrame,

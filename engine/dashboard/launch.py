@@ -19,6 +19,7 @@ folders.
 
 from __future__ import annotations
 
+import glob
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -705,6 +706,38 @@ def opro_progress(job: dict) -> dict | None:
             "best_balanced_accuracy": progress.get("best_balanced_accuracy"), "eta_s": progress.get("eta_s")}
 
 
+def _flag(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+
+def evaluation_progress(job: dict) -> dict | None:
+    """Live progress of a running evaluation job (clips scored), from evaluations/<name>/progress.json
+    of the run it scores, or of the base-model run it made (<run-name> or <run-name>-N); or None.
+
+    {step, total_steps, fraction, eta_s, clips_per_s}: steps are clips.
+    """
+    argv = [str(a) for a in job.get("argv") or []]
+    name = _flag(argv, "--name")
+    if not name:
+        return None
+    if control := _flag(argv, "--control"):
+        name = f"{name}-{control}"
+    if job.get("run_dir"):
+        candidates = [Path(job["run_dir"])]
+    elif (stem := _flag(argv, "--run-name")) and (runs_dir := _flag(argv, "--runs-dir")):
+        candidates = [Path(runs_dir) / stem, *Path(runs_dir).glob(f"{glob.escape(stem)}-[0-9]*")]
+    else:
+        return None
+    found = [p for p in (rf.read_evaluation_progress(c, name) for c in candidates if c.is_dir()) if p]
+    if not found:
+        return None
+    progress = max(found, key=lambda p: str(p.get("updated_at") or ""))  # the newest, if a name was reused
+    total = progress["total_clips"]
+    scored = min(int(progress.get("clips_scored") or 0), total)
+    return {"step": scored, "total_steps": total, "fraction": scored / total if total else 0.0,
+            "eta_s": progress.get("eta_s"), "clips_per_s": progress.get("clips_per_s")}
+
+
 def format_eta(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -712,6 +745,21 @@ def format_eta(seconds: float | None) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def training_runs(job_list: Iterable[dict], limit: int = 30) -> list[Path]:
+    """Run folders of the queue's training jobs that exist: running first, then queued, then the
+    rest newest first (at most `limit`); each once."""
+    rank = {rf.RUNNING: 0, rf.QUEUED: 1}
+    ordered = sorted((job for job in job_list if (job.get("argv") or [None])[0] == "train" and job.get("run_dir")),
+                     key=lambda job: job.get("job_id", ""), reverse=True)
+    ordered.sort(key=lambda job: rank.get(job.get("state"), 2))  # stable: newest first within each group
+    seen: dict[str, Path] = {}
+    for job in ordered:
+        path = Path(job["run_dir"])
+        if path.name not in seen and path.is_dir():
+            seen[path.name] = path
+    return list(seen.values())[:limit]
 
 
 def sweep_runs(job_list: Iterable[dict]) -> dict[str, list[str]]:

@@ -671,6 +671,31 @@ def loss_frame(named_runs: Iterable[tuple[str, Any, rf.RunInfo]]) -> pd.DataFram
     return pd.DataFrame(rows, columns=["name", "run", "seed", "step", "epoch", "loss"])
 
 
+VALIDATION_COLUMNS = ["name", "run", "seed", "step", "epoch", "val_loss", "val_accuracy", "val_balanced_accuracy",
+                      "val_clips"]
+
+
+def validation_frame(named_runs: Iterable[tuple[str, Any, rf.RunInfo]]) -> pd.DataFrame:
+    """The validation points of metrics.jsonl (one per epoch of runs trained with val_data) of
+    (name, seed key, run) triples; accuracies in percent."""
+    rows = []
+    for name, key, info in named_runs:
+        try:
+            points = rf.read_validation_metrics(info.path)
+        except (OSError, rf.RunFolderError):
+            continue
+        for m in points:
+            values = [m.get(k) for k in ("step", "val_loss", "val_accuracy")]
+            if all(_is_number(v) and math.isfinite(v) for v in values):
+                rows.append({"name": name, "run": info.run_id, "seed": seed_text(key), "step": int(m["step"]),
+                             "epoch": m.get("epoch") if _is_number(m.get("epoch")) else None,
+                             "val_loss": float(m["val_loss"]), "val_accuracy": 100 * float(m["val_accuracy"]),
+                             "val_balanced_accuracy": (100 * float(m["val_balanced_accuracy"])
+                                                       if _is_number(m.get("val_balanced_accuracy")) else None),
+                             "val_clips": m.get("val_clips")})
+    return pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

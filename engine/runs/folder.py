@@ -441,6 +441,14 @@ def read_status(run_dir: Path) -> dict:
     return status
 
 
+def run_is_active(run_dir: Path) -> bool:
+    """True while the run is queued or running (read_status: a dead process reads as crashed)."""
+    try:
+        return read_status(run_dir).get("state") in ACTIVE_STATES
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError, RunFolderError):
+        return False
+
+
 def read_progress(run_dir: Path) -> dict | None:
     """The `progress` of a run's status.json when it has steps to count, else None (also when the
     status is missing or being replaced)."""
