@@ -51,9 +51,9 @@ def live_progress() -> None:
         run_id = Path(job["run_dir"]).name if job.get("run_dir") else None
         if run_id in listed:
             continue
-        last_line = jobs.job_log_tail(root, job["job_id"], 400).strip().splitlines()[-1:] or [""]
+        last_line = review.last_log_line(jobs.job_log_tail(root, job["job_id"], 2000))
         st.caption(f"Job {job['job_id']} ({job['state']}): `python -m engine {' '.join(job['argv'][:3])} ...` "
-                   f"{last_line[0]}")
+                   f"{last_line}")
 
 
 if active_runs or active_jobs:

@@ -285,3 +285,29 @@ def test_results_loss_curve_grows_with_metrics_jsonl_while_the_run_trains(empty_
     figure = chart(at, "loss")
     assert figure.layout.yaxis2.title.text == "validation accuracy (%)"
     assert [shape.x0 for shape in figure.layout.shapes] == [6]  # the end of epoch 1 (epoch 2 ends the run)
+
+
+@pytest.mark.parametrize(("log", "shown"), [
+    ("step 3/12 loss 0.5\n/venv/lib/python3.11/site-packages/torch/x.py:12: UserWarning: slow path\n"
+     "  warnings.warn(\n", "step 3/12 loss 0.5"),
+    ("loading\n/a/b.py:7: FutureWarning: `x` is deprecated\n  return f(\n\n", "loading"),
+    ("/a/b.py:7: FutureWarning: `x` is deprecated\n  warnings.warn(\n", "/a/b.py:7: FutureWarning: `x` is deprecated"),
+    ("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad\n", "ValueError: bad"),
+    ("", ""),
+])
+def test_status_line_is_the_last_meaningful_log_line(log, shown):
+    assert review.last_log_line(log) == shown
+
+
+def test_overview_job_line_skips_the_echoed_warning_source(empty_workspace, no_worker):
+    from engine import jobs
+    from tests.test_app_ops import running_job
+
+    job_id = running_job(empty_workspace, ["demo", "--runs-dir", str(empty_workspace)], None)
+    (jobs.store.job_dir(empty_workspace, job_id) / jobs.store.JOB_LOG).write_text(
+        "synthesising demo audio ...\n/venv/lib/site-packages/transformers/x.py:40: FutureWarning: old\n"
+        "  warnings.warn(\n", encoding="utf-8")
+    at = page("pages/overview.py")
+    assert_clean(at)
+    (line,) = [c.value for c in at.caption if c.value.startswith(f"Job {job_id}")]
+    assert line.endswith("synthesising demo audio ...") and "warnings.warn(" not in line

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -294,6 +295,29 @@ class Progress:
         if self.total_steps:
             parts.append(f"ETA {format_eta(self.eta_s)}")
         return " · ".join(parts)
+
+
+# "path/to/file.py:12: UserWarning: text": Python's warning line; the indented line after it echoes the source
+_WARNING_LINE = re.compile(r"^\S.*:\d+: \w*Warning: ")
+
+
+def last_log_line(text: str) -> str:
+    """The last line of a log worth a status line: blank lines and Python warnings (the
+    "file:line: XWarning: ..." line and the source line echoed under it) are skipped; if nothing
+    else is left, the last warning itself."""
+    lines = text.splitlines()
+    last_warning = ""
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i]
+        if not line.strip():
+            continue
+        if _WARNING_LINE.match(line):
+            last_warning = last_warning or line.strip()
+            continue
+        if line[:1].isspace() and i > 0 and _WARNING_LINE.match(lines[i - 1]):
+            continue  # the source echo ("  warnings.warn(") under a warning line
+        return line.strip()
+    return last_warning
 
 
 def active_progress(runs: Iterable[rf.RunInfo]) -> list[Progress]:
