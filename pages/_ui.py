@@ -257,11 +257,11 @@ def job_name(job: dict) -> str:
 
 
 def live_job_list(root: Path, command: str | None, cancel: Callable[[str], None], cancel_help: str,
-                  progress_text: Callable[[dict], tuple[float, str] | None], empty_text: str,
-                  columns: Callable[[dict], dict] | None = None) -> list[dict]:
+                  empty_text: str, columns: Callable[[dict], dict] | None = None,
+                  progress_text: Callable[[dict], tuple[float, str] | None] = launch.progress_line) -> list[dict]:
     """The queue's jobs of one engine command (every job when None): a table (newest first, plus
-    `columns(job)`), then for each active job a Cancel button and its progress bar (progress_text)
-    or state, and the log of a running one. While a job is active all of it is re-read every 2 s
+    `columns(job)`), then for each active job a Cancel button and its progress bar (progress_text:
+    steps, clips scored or prompts scored) or state, and the log of a running one. While a job is active all of it is re-read every 2 s
     (a fragment); when one ends the whole page reruns, which stops the polling. Returns the jobs
     as first read."""
     import pandas as pd

@@ -13,8 +13,8 @@ from engine.dashboard import opro_review
 from engine.dashboard import review
 from engine.config import DEFAULT_LABELS
 from engine.dashboard.review import workspace_signature
-from pages._ui import (BASE, banner, cached_runs, cancel_callback, job_name, job_queue_health, known_data_sets,
-                       live_job_list, pick_data, pick_target, workspace)
+from pages._ui import (BASE, banner, cached_runs, cancel_callback, job_queue_health, known_data_sets, live_job_list,
+                       pick_data, pick_target, workspace)
 
 AUDIO_CHOICES = {"real audio": None, "silence control": "silence", "shuffle control": "shuffle"}
 OWN_PROMPT, OPRO_PROMPT, CUSTOM_PROMPT = "The run's own prompt", "The best prompt of an OPRO run", "Custom text"
@@ -142,19 +142,6 @@ def evaluation_columns(job: dict) -> dict:
             "prompt": argv[argv.index("--prompt") + 1] if "--prompt" in argv else "(the run's own)"}
 
 
-def scoring_progress(job: dict) -> tuple[float, str] | None:
-    progress = launch.evaluation_progress(job)
-    if not progress:
-        return None
-    speed = f", {progress['clips_per_s']:.1f} clips/s" if progress["clips_per_s"] else ""
-    columns = evaluation_columns(job)
-    evaluation = f"{columns['evaluation']}-{columns['control']}" if columns["control"] else columns["evaluation"]
-    return progress["fraction"], (f"{job_name(job)} / {evaluation}: "
-                                  f"{progress['step']}/{progress['total_steps']} clips scored{speed}, "
-                                  f"ETA {launch.format_eta(progress['eta_s'])}")
-
-
-live_job_list(root, "eval", cancel_job, progress_text=scoring_progress, columns=evaluation_columns,
-              empty_text="No evaluation jobs yet.",
+live_job_list(root, "eval", cancel_job, columns=evaluation_columns, empty_text="No evaluation jobs yet.",
               cancel_help="Queued: removed from the queue. Running: stopped at once; the evaluation it was writing "
                           "is not stored (an older one of the same name stays).")

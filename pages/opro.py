@@ -120,18 +120,7 @@ if message := st.session_state.pop("opro_cancel_message", None):
     st.info(message)
 
 
-def search_progress(job: dict) -> tuple[float, str] | None:
-    progress = launch.opro_progress(job)
-    if not progress:
-        return None
-    iteration = f", iteration {progress['iteration']}/{progress['iterations']}" if progress["iterations"] else ""
-    return progress["fraction"], (
-        f"{_ui.job_name(job)}: prompt {progress['step']}/{progress['total_steps']}{iteration}, best dev balanced "
-        f"accuracy {review.pct(progress['best_balanced_accuracy'])}, ETA {launch.format_eta(progress['eta_s'])}")
-
-
-_ui.live_job_list(root, "opro", cancel_job, progress_text=search_progress,
-                  empty_text="No prompt-optimisation jobs yet: queued searches appear here.",
+_ui.live_job_list(root, "opro", cancel_job, empty_text="No prompt-optimisation jobs yet: queued searches appear here.",
                   cancel_help="Queued: removed from the queue. Running: asked to stop after the current candidate; "
                               "the prompts scored so far stay in history.jsonl (its best so far remains usable).")
 

@@ -11,7 +11,7 @@ from engine.dashboard import launch
 from engine.runs import folder as rf
 from engine.config import PRESET_LABELS
 from engine.dashboard import charts, review
-from pages._ui import banner, cancel_callback, job_name, job_queue_health, live_job_list, workspace
+from pages._ui import banner, cancel_callback, job_queue_health, live_job_list, workspace
 
 MAX_PREVIEW_COMMANDS = 12
 LIVE_CURVE_EVERY = "3s"
@@ -109,23 +109,9 @@ if message := st.session_state.pop("train_cancel_message", None):
     st.info(message)
 
 
-def training_progress(job: dict) -> tuple[float, str] | None:
-    """A training job's step, loss, speed and ETA; other jobs in the queue show their state."""
-    if (job.get("argv") or [None])[0] != "train":
-        return None
-    progress = launch.job_progress(job)
-    if not progress:
-        return None
-    loss = f"{progress['loss']:.4f}" if progress["loss"] is not None else "?"
-    speed = f"{progress['samples_per_s']:.2f}" if progress["samples_per_s"] else "?"
-    return progress["fraction"], (f"{job_name(job)}: step {progress['step']}/{progress['total_steps']}, loss {loss}, "
-                                  f"{speed} samples/s, ETA {launch.format_eta(progress['eta_s'])}")
-
-
-job_list = live_job_list(root, None, cancel_job, progress_text=training_progress,
-                         empty_text="No jobs yet: launched runs appear here.",
-                         cancel_help="Queued: removed from the queue. Running: asked to stop at the next step and "
-                                     "save its adapter; killed if it has not stopped after 20 s.")
+job_list = live_job_list(root, None, cancel_job, empty_text="No jobs yet: launched runs appear here.",
+                         cancel_help="Queued: removed from the queue. Running: asked to stop (a training run at the "
+                                     "next step, saving its adapter); killed if it has not stopped after 20 s.")
 active = [job for job in job_list if job.get("state") in rf.ACTIVE_STATES]
 
 sweeps = launch.sweep_runs(job_list)

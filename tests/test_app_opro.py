@@ -242,3 +242,28 @@ def test_evaluate_with_an_opro_prompt_or_a_custom_one(opro_workspace, no_worker,
     at.radio(key="eval_prompt_choice").set_value("The run's own prompt").run()
     assert at.text_input(key="eval_name").value == "test"
     assert "--prompt" not in at.dataframe[0].value["command"][0]
+
+
+def test_running_search_shows_candidates_scored_and_the_list_follows_it(opro_workspace, no_worker):
+    from tests.test_app_ops import running_job
+
+    run_dir = opro_workspace / "opro-cfg-s3"
+    rf.write_status(run_dir, rf.RUNNING, **rf.mark_process(run_dir),  # this test process: alive
+                    progress={"step": 3, "total_steps": 12, "iteration": 1, "iterations": 3,
+                              "best_balanced_accuracy": 0.8125, "eta_s": 90})
+    job_id = running_job(opro_workspace, ["opro", "--run", str(opro_workspace / "cfg-s1")], run_dir)
+    at = page("opro").run()
+    assert_clean(at)
+    (bar,) = at.get("progress")
+    assert bar.proto.value == 25
+    assert bar.proto.text == ("opro-cfg-s3: prompt 3/12, iteration 1/3, best dev balanced accuracy 81.2%, "
+                              "ETA 1m30s")
+    assert at.button(key=f"cancel_{job_id}")
+    rf.update_status(run_dir, progress={"step": 6, "total_steps": 12, "iteration": 2, "iterations": 3,
+                                        "best_balanced_accuracy": 0.875, "eta_s": 60})
+    at.run()
+    (bar,) = at.get("progress")
+    assert bar.proto.value == 50 and "prompt 6/12, iteration 2/3" in bar.proto.text
+    jobs.store.update_job(opro_workspace, job_id, lambda job: {"state": rf.SUCCEEDED})
+    at.run()
+    assert at.get("progress") == [] and list(frame(at, "state")["state"]) == [rf.SUCCEEDED]

@@ -37,7 +37,7 @@ from engine.tasks.opro import PROPOSER_EDIT, PROPOSER_MODEL, PROPOSER_SELF, PROP
 from engine.tasks.opro import TEST_NAME as OPRO_TEST_NAME
 from engine.tasks.opro import OproSettings
 from engine.tasks.train import train_argv
-from engine.dashboard.review import run_seed
+from engine.dashboard.review import pct, run_seed
 from engine.tasks.evaluate import CONTROLS
 
 # Fields a sweep may list several values of, with the type of one value.
@@ -736,6 +736,33 @@ def evaluation_progress(job: dict) -> dict | None:
     scored = min(int(progress.get("clips_scored") or 0), total)
     return {"step": scored, "total_steps": total, "fraction": scored / total if total else 0.0,
             "eta_s": progress.get("eta_s"), "clips_per_s": progress.get("clips_per_s")}
+
+
+def _job_label(job: dict) -> str:
+    return Path(job["run_dir"]).name if job.get("run_dir") else str(job.get("job_id"))
+
+
+def progress_line(job: dict) -> tuple[float, str] | None:
+    """(fraction done, one line) of a running train, eval or OPRO job from what its run records,
+    or None when it records nothing countable yet (the job lists then show its state)."""
+    command = (job.get("argv") or [None])[0]
+    if command == "train" and (progress := job_progress(job)):
+        loss = f"{progress['loss']:.4f}" if progress["loss"] is not None else "?"
+        speed = f"{progress['samples_per_s']:.2f}" if progress["samples_per_s"] else "?"
+        return progress["fraction"], (f"{_job_label(job)}: step {progress['step']}/{progress['total_steps']}, "
+                                      f"loss {loss}, {speed} samples/s, ETA {format_eta(progress['eta_s'])}")
+    if command == "eval" and (progress := evaluation_progress(job)):
+        argv = [str(a) for a in job.get("argv") or []]
+        name = "-".join(filter(None, (_flag(argv, "--name"), _flag(argv, "--control"))))
+        speed = f", {progress['clips_per_s']:.1f} clips/s" if progress["clips_per_s"] else ""
+        return progress["fraction"], (f"{_job_label(job)} / {name}: {progress['step']}/{progress['total_steps']} "
+                                      f"clips scored{speed}, ETA {format_eta(progress['eta_s'])}")
+    if command == "opro" and (progress := opro_progress(job)):
+        iteration = f", iteration {progress['iteration']}/{progress['iterations']}" if progress["iterations"] else ""
+        return progress["fraction"], (
+            f"{_job_label(job)}: prompt {progress['step']}/{progress['total_steps']}{iteration}, best dev balanced "
+            f"accuracy {pct(progress['best_balanced_accuracy'])}, ETA {format_eta(progress['eta_s'])}")
+    return None
 
 
 def format_eta(seconds: float | None) -> str:
