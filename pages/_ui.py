@@ -278,9 +278,9 @@ def live_job_list(root: Path, command: str | None, cancel: Callable[[str], None]
             st.info(empty_text)
             return
         rows = launch.job_rows(job_list)
-        if columns is not None:
-            for row, job in zip(rows, job_list):  # both newest first
-                row.update(columns(job))
+        if columns is not None:  # right after the run's name, where they are read without scrolling
+            rows = [dict([*list(row.items())[:3], *columns(job).items(), *list(row.items())[3:]])
+                    for row, job in zip(rows, job_list)]  # both newest first; job, command, run come first
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         for job in (job for job in job_list if job.get("state") in rf.ACTIVE_STATES):
             left, right = st.columns([5, 1], vertical_alignment="center")

@@ -85,8 +85,10 @@ def loss_section(members: list[rf.RunInfo]) -> None:
     named = [(m.config_label, review.run_seed(m) if review.run_seed(m) is not None else m.run_id, m) for m in members]
 
     def draw() -> None:
-        st.plotly_chart(charts.loss_curves(review.loss_frame(named), review.validation_frame(named)),
-                        key="results_loss")
+        losses, validation = review.loss_frame(named), review.validation_frame(named)
+        st.plotly_chart(charts.loss_curves(losses, validation), key="results_loss")
+        if not validation.empty:
+            st.plotly_chart(charts.validation_accuracy_chart(validation, losses), key="results_validation")
 
     if not any(m.state in rf.ACTIVE_STATES for m in members):
         draw()

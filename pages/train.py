@@ -131,8 +131,11 @@ st.header("Training curves")
 def draw_curves(run_dir: Path) -> None:
     info = rf.read_run(run_dir)
     named = [(info.config_label, info.seed if info.seed is not None else info.run_id, info)]
-    st.plotly_chart(charts.loss_curves(review.loss_frame(named), review.validation_frame(named)), key="train_curves")
-    if not info.config.get("val_data"):
+    losses, validation = review.loss_frame(named), review.validation_frame(named)
+    st.plotly_chart(charts.loss_curves(losses, validation), key="train_curves")
+    if not validation.empty:
+        st.plotly_chart(charts.validation_accuracy_chart(validation, losses), key="train_validation")
+    elif not info.config.get("val_data"):
         st.caption("Trained without val_data: no validation points. With a validation set, each epoch ends with "
                    "a scoring pass over it (validation loss and accuracy, drawn here).")
 

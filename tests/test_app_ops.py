@@ -91,10 +91,15 @@ def grow_metrics(run_dir: Path, first: int, last: int, val_epochs: int = 0) -> N
 
 
 def loss_chart(at):
+    """The traces of the page's loss chart and, when drawn, its validation accuracy chart, by series."""
     from tests.test_app_review import chart
 
-    figure = chart(at, "loss")
-    return {trace.meta["series"]: trace for trace in figure.data}
+    traces = {trace.meta["series"]: trace for trace in chart(at, "loss").data}
+    try:
+        traces.update({trace.meta["series"]: trace for trace in chart(at, "validation_accuracy").data})
+    except AssertionError:  # no validation points: no second chart
+        pass
+    return traces
 
 
 # ---------------------------------------------------------------- Train
@@ -165,7 +170,9 @@ def test_train_page_follows_the_loss_curve_and_the_validation_points(workspace, 
     traces = loss_chart(at)
     assert list(traces["train_loss"].x) == list(range(1, 9))
     assert list(traces["val_loss"].x) == [6] and list(traces["val_loss"].y) == [pytest.approx(0.6)]
-    assert list(traces["val_accuracy"].y) == [pytest.approx(62.5)] and traces["val_accuracy"].yaxis == "y2"
+    assert traces["val_loss"].yaxis == "y2"  # the two-class log loss has an axis of its own
+    assert list(traces["val_accuracy"].x) == [6] and list(traces["val_accuracy"].y) == [pytest.approx(62.5)]
+    assert list(traces["val_balanced_accuracy"].y) == [50.0]
 
 
 def test_train_resume_sweep_requeues_unfinished_runs(workspace, no_worker, tmp_path):

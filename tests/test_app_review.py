@@ -283,8 +283,10 @@ def test_results_loss_curve_grows_with_metrics_jsonl_while_the_run_trains(empty_
     assert list(traces["val_loss"].x) == [6, 12] and list(traces["val_loss"].y) == [pytest.approx(0.6), 0.3]
     assert list(traces["val_accuracy"].y) == [pytest.approx(62.5), 75.0]
     figure = chart(at, "loss")
-    assert figure.layout.yaxis2.title.text == "validation accuracy (%)"
+    assert figure.layout.yaxis2.title.text == "validation log loss (two-class)"
     assert [shape.x0 for shape in figure.layout.shapes] == [6]  # the end of epoch 1 (epoch 2 ends the run)
+    accuracy = chart(at, "validation_accuracy")
+    assert [shape.x0 for shape in accuracy.layout.shapes] == [6] and accuracy.layout.xaxis.range == figure.layout.xaxis.range
 
 
 @pytest.mark.parametrize(("log", "shown"), [

@@ -134,60 +134,100 @@ def loss_curves(losses: pd.DataFrame, validation: pd.DataFrame | None = None,
     """Loss per optimizer step, one line per run (colour per configuration, dash per seed), with
     dotted lines where the first run's epochs end. losses: review.loss_frame.
 
-    validation (review.validation_frame): each run's validation loss as diamonds on the same axis and
-    its validation accuracy as open squares on a second axis (right, percent), at the step where
-    each epoch ended. Every trace's `meta["series"]` is "train_loss", "val_loss" or "val_accuracy".
+    validation (review.validation_frame): each run's validation loss, diamonds at the step where
+    each epoch ended, on a second axis (right): it is the two-class log loss of the decision, not
+    the training loss's full-vocabulary cross-entropy, so the scales differ. Its accuracy is
+    validation_accuracy_chart's. Every trace's `meta["series"]` is "train_loss" or "val_loss".
     """
     has_validation = validation is not None and not validation.empty
-    title = title or ("Training loss per step, validation after each epoch" if has_validation
+    title = title or ("Training loss per step, validation loss after each epoch" if has_validation
                       else "Training loss per step")
     if losses.empty:
         return _empty("loss", title, "no training metrics (imported predictions and baselines have none)")
     fig = go.Figure()
     colors = _colors(list(losses["name"]) + (list(validation["name"]) if has_validation else []))
-    dashes = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
     for name, part in losses.groupby("name", sort=False):
         for i, (run, curve) in enumerate(part.groupby("run", sort=False)):
             curve = curve.sort_values("step")
             fig.add_trace(go.Scatter(
                 x=curve["step"], y=curve["loss"], mode="lines", name=f"{name} · {curve['seed'].iloc[0]}",
-                line=dict(color=colors[name], dash=dashes[i % len(dashes)]), customdata=curve["epoch"],
+                line=dict(color=colors[name], dash=DASHES[i % len(DASHES)]), customdata=curve["epoch"],
                 legendgroup=str(run), meta={"series": "train_loss", "run": str(run)},
                 hovertemplate="step %{x}, epoch %{customdata:.2f}: loss %{y:.4f}<extra>" + str(run) + "</extra>"))
     if has_validation:
         for name, part in validation.groupby("name", sort=False):
             for i, (run, points) in enumerate(part.groupby("run", sort=False)):
                 points = points.sort_values("step")
-                label, dash = f"{name} · {points['seed'].iloc[0]}", dashes[i % len(dashes)]
-                epochs = points["epoch"].astype(float)
                 fig.add_trace(go.Scatter(
-                    x=points["step"], y=points["val_loss"], mode="lines+markers", name=f"{label} val loss",
-                    line=dict(color=colors[name], dash=dash, width=1), legendgroup=str(run),
-                    marker=dict(symbol="diamond", size=9, color=colors[name], line=dict(width=1, color="white")),
-                    customdata=np.c_[epochs, points["val_clips"].astype(float)],
+                    x=points["step"], y=points["val_loss"], mode="lines+markers", yaxis="y2",
+                    name=f"{name} · {points['seed'].iloc[0]} validation",
+                    line=dict(color=colors[name], dash=DASHES[i % len(DASHES)], width=1), legendgroup=str(run),
+                    marker=dict(symbol="diamond", size=10, color=colors[name], line=dict(width=1, color="white")),
+                    customdata=np.c_[points["epoch"].astype(float), points["val_clips"].astype(float)],
                     meta={"series": "val_loss", "run": str(run)},
                     hovertemplate="validation after epoch %{customdata[0]:.2f} (step %{x}, %{customdata[1]:.0f} "
-                                  "clips): loss %{y:.4f}<extra>" + str(run) + "</extra>"))
+                                  "clips): log loss %{y:.4f}<extra>" + str(run) + "</extra>"))
+    _epoch_lines(fig, losses)
+    if not has_validation:
+        return _layout(fig, "loss", title, xaxis=dict(title="optimizer step"), yaxis=dict(title="loss"))
+    fig = _layout(fig, "loss", title, xaxis=dict(title="optimizer step", range=_step_range(losses)),
+                  yaxis=dict(title="training loss"),
+                  yaxis2=dict(title="validation log loss (two-class)", overlaying="y", side="right", showgrid=False,
+                              rangemode="tozero", tickformat=".2f", zeroline=False))
+    fig.update_layout(margin=dict(r=60))
+    return fig
+
+
+def validation_accuracy_chart(validation: pd.DataFrame, losses: pd.DataFrame | None = None,
+                              title: str = "Validation accuracy after each epoch") -> go.Figure:
+    """Each run's validation accuracy (markers) and balanced accuracy (open markers, dotted) in percent at
+    the step where each epoch ended; x axis and epoch lines as loss_curves' when `losses` is given, so the
+    two charts line up. validation: review.validation_frame."""
+    if validation.empty:
+        return _empty("validation_accuracy", title, "no validation data (train with val_data)")
+    fig = go.Figure()
+    colors = _colors(list(losses["name"]) if losses is not None and not losses.empty else validation["name"])
+    for name, part in validation.groupby("name", sort=False):
+        for i, (run, points) in enumerate(part.groupby("run", sort=False)):
+            points = points.sort_values("step")
+            label, color = f"{name} · {points['seed'].iloc[0]}", colors.get(name, PALETTE[0])
+            fig.add_trace(go.Scatter(
+                x=points["step"], y=points["val_accuracy"], mode="lines+markers", name=f"{label} accuracy",
+                line=dict(color=color, dash=DASHES[i % len(DASHES)], width=1.5),
+                marker=dict(symbol="square", size=9, color=color), customdata=points["epoch"].astype(float),
+                meta={"series": "val_accuracy", "run": str(run)},
+                hovertemplate="after epoch %{customdata:.2f} (step %{x}): accuracy %{y:.1f}%<extra>" + str(run)
+                              + "</extra>"))
+            if points["val_balanced_accuracy"].notna().any():
                 fig.add_trace(go.Scatter(
-                    x=points["step"], y=points["val_accuracy"], mode="lines+markers", yaxis="y2",
-                    name=f"{label} val accuracy", line=dict(color=colors[name], dash="dot", width=1),
-                    marker=dict(symbol="square-open", size=9, color=colors[name], line=dict(width=2)),
-                    legendgroup=str(run), customdata=epochs, meta={"series": "val_accuracy", "run": str(run)},
-                    hovertemplate="validation after epoch %{customdata:.2f} (step %{x}): accuracy %{y:.1f}%"
-                                  "<extra>" + str(run) + "</extra>"))
+                    x=points["step"], y=points["val_balanced_accuracy"], mode="markers",
+                    name=f"{label} balanced accuracy", marker=dict(symbol="square-open", size=11, color=color,
+                                                                   line=dict(width=2)),
+                    customdata=points["epoch"].astype(float), meta={"series": "val_balanced_accuracy", "run": str(run)},
+                    hovertemplate="after epoch %{customdata:.2f} (step %{x}): balanced accuracy %{y:.1f}%<extra>"
+                                  + str(run) + "</extra>"))
+    if losses is not None and not losses.empty:
+        _epoch_lines(fig, losses, annotate=False)
+    fig = _layout(fig, "validation_accuracy", title,
+                  xaxis=dict(range=_step_range(losses if losses is not None and not losses.empty else validation)),
+                  yaxis=dict(title="accuracy (%)", range=[0, 104], tickvals=[0, 25, 50, 75, 100]))
+    fig.update_layout(height=VALIDATION_HEIGHT, margin=dict(r=60), legend=dict(y=-0.15))
+    return fig
+
+
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+VALIDATION_HEIGHT = 260
+
+
+def _step_range(frame: pd.DataFrame) -> list[float]:
+    """The x range of a step axis, half a step of room at each end."""
+    return [float(frame["step"].min()) - 0.5, float(frame["step"].max()) + 0.5]
+
+
+def _epoch_lines(fig: go.Figure, losses: pd.DataFrame, annotate: bool = True) -> None:
     for step, epoch in epoch_boundaries(losses):
         fig.add_vline(x=step, line=dict(dash="dot", color="grey", width=1),
-                      annotation_text=f"epoch {epoch}", annotation_position="top")
-    extra: dict[str, Any] = dict(xaxis=dict(title="optimizer step"),
-                                 yaxis=dict(title="loss (validation: two-class log loss)" if has_validation
-                                            else "loss"))
-    if has_validation:
-        extra["yaxis2"] = dict(title="validation accuracy (%)", overlaying="y", side="right", range=[0, 102],
-                               showgrid=False)
-    fig = _layout(fig, "loss", title, **extra)
-    if has_validation:
-        fig.update_layout(margin=dict(r=60))
-    return fig
+                      **(dict(annotation_text=f"epoch {epoch}", annotation_position="top") if annotate else {}))
 
 
 def seed_strip(points: pd.DataFrame, intervals: pd.DataFrame,
