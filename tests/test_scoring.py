@@ -283,3 +283,34 @@ def test_a_failed_scoring_leaves_no_progress_file_or_empty_folder(tmp_path, monk
         evaluate.evaluate_clips(None, [Clip()] * 8, None, tmp_path, "test", SYSTEM, PROMPT, ["SPEECH", "NONSPEECH"],
                                 producer={}, audio=Audio())
     assert not (tmp_path / "evaluations").joinpath("test").exists()
+
+
+@pytest.mark.slow
+def test_a_cancelled_evaluation_of_a_run_stores_nothing(trained, demo_data, capsys, monkeypatch):
+    """SIGTERM (the queue's cancel) during the scoring: exit code 3, no evaluation folder, no progress file."""
+    import os
+    import signal
+
+    from engine.tasks import evaluate
+
+    real_score_audio = evaluate.score_audio
+
+    def cancelled_after_the_first_batch(*args, on_batch=None, **kwargs):
+        def then_cancel(scored, total):
+            on_batch(scored, total)
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at once, inside this call
+
+        return real_score_audio(*args, on_batch=then_cancel, **kwargs)
+
+    def outside_the_engine(signum, frame):  # reached only if eval installed no handler of its own
+        raise RuntimeError("SIGTERM reached the test's handler: the evaluation does not handle a cancel")
+
+    monkeypatch.setattr(evaluate, "score_audio", cancelled_after_the_first_batch)
+    previous = signal.signal(signal.SIGTERM, outside_the_engine)
+    try:
+        assert run(capsys, "eval", "--run", trained, "--test-csv", demo_data["test"], "--name", "cancelled") == 3
+        assert signal.getsignal(signal.SIGTERM) is outside_the_engine  # eval's handler was removed again
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "cancelled: evaluation cancelled" in capsys.readouterr().err
+    assert not rf.evaluation_dir(trained, "cancelled").exists()

@@ -23,7 +23,7 @@ from engine.runs import folder as rf
 from engine import cliargs
 from engine.config import CONTROLS, DEFAULT_LABELS, DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, ConfigError, EvalConfig
 from engine.labels import DEFAULT_LABEL_SET
-from engine.runs.lifecycle import run_lifecycle
+from engine.runs.lifecycle import StopRequested, StopSignal, run_lifecycle
 from engine.runs.predictions import SPEECH, make_record, save_predictions_file, write_evaluation
 
 log = logging.getLogger("engine.tasks.evaluate")
@@ -265,7 +265,17 @@ def eval_main(args: argparse.Namespace) -> int:
         if args.prompt_from:
             prompt = optimised_prompt(find_run(args.prompt_from, args.runs_dir), words)
         if args.run:
-            out = _score_into(args, run_dir, model_id, quantization, adapter, producer, system_prompt, prompt, words)
+            # No lifecycle here (the run is finished): a cancel (SIGTERM) stops the scoring at once,
+            # through the same cleanup as an error, and stores nothing.
+            stop = StopSignal(interrupt=True).install()
+            try:
+                out = _score_into(args, run_dir, model_id, quantization, adapter, producer, system_prompt, prompt,
+                                  words)
+            except StopRequested:
+                print(f"cancelled: evaluation {name} of {run_dir} not stored", file=sys.stderr)
+                return 3
+            finally:
+                stop.restore()
         else:
             root = rf.runs_root(args.runs_dir)
             stem = args.run_name or f"{'base' if args.base else 'checkpoint'}-{Path(model_id).name}-{time.strftime('%Y%m%d-%H%M%S')}"
