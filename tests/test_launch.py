@@ -55,12 +55,12 @@ def test_full_sweep_expands_to_the_cartesian_product(train_csv):
     # seeds of one configuration share its label (so they aggregate); the 18 configurations differ
     labels = Counter(cell["config"]["label"] for cell in plan.cells)
     assert len(labels) == 18 and set(labels.values()) == {5}
-    assert "Attention+MLP r8 a16" in labels
+    assert "Attention+MLP · r8 · α16" in labels
     first = plan.cells[0]
     assert first["run_name"] == "attn-r8-a16-s42"
     assert first["config"]["lora_r"] == 8 and first["config"]["lora_alpha"] == 16.0
     rows = plan.rows()
-    assert rows[0] == {"run": "attn-r8-a16-s42", "configuration": "Attention-Only r8 a16", "targets": "attention",
+    assert rows[0] == {"run": "attn-r8-a16-s42", "configuration": "Attention-Only · r8 · α16", "targets": "attention",
                        "lora_r": 8, "lora_alpha": 16.0, "seed": 42, "check": "ok", "folder": "new"}
 
 
