@@ -314,9 +314,33 @@ def filter_overview(frame: pd.DataFrame, kinds: Iterable[str] = (), statuses: It
         keep &= frame["status"].map(status_group).isin(statuses)
     text = text.strip().lower()
     if text:
-        haystack = frame["name"].fillna("") + " " + frame["configuration"].fillna("")
+        haystack = pd.Series("", index=frame.index)
+        for column in ("name", "configuration"):  # a configurations table has no run names
+            if column in frame:
+                haystack += frame[column].fillna("").astype(str) + " "
         keep &= haystack.str.lower().str.contains(text, regex=False)
     return frame[keep].reset_index(drop=True)
+
+
+RESULTS_PAGE = "pages/results.py"
+
+
+def results_link(row: Mapping[str, Any], evaluation: str | None) -> tuple[dict[str, str] | None, str | None]:
+    """Where a click on an Overview row leads: (Results page query parameters, None), or
+    (None, why not) for a row that cannot be opened.
+
+    A run row opens that run's evaluation, a configuration row (no "name") the configuration."""
+    if "name" not in row:
+        params = {"config": str(row["configuration"])}
+    elif str(row.get("status") or "").startswith("unreadable"):
+        return None, f"{row['name']} cannot be opened: its folder is {row['status']}"
+    else:
+        params = {"run": str(row["name"])}
+        # the run's own evaluation: a run without the one shown opens on its preferred one
+        evaluation = row["evaluation"] if isinstance(row.get("evaluation"), str) else None
+    if evaluation:
+        params["evaluation"] = evaluation
+    return params, None
 
 
 @dataclass
@@ -419,7 +443,13 @@ def configurations(runs: Iterable[rf.RunInfo]) -> list[Configuration]:
     by_run = {info.run_id: c.name for c in out for info in c.runs}
     opro = [info for info in readable if info.kind == rf.KIND_OPRO]
     out += _group(opro, lambda info: opro_configuration_label(info.config, by_run), _opro_shared)
-    return sorted(out, key=lambda c: c.name.lower())
+    return sorted(out, key=lambda c: natural_key(c.name))
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key reading digit runs as numbers: "r8" before "r16", case ignored."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"([0-9]+)", text.lower()) if part)
 
 
 def opro_configuration_label(config: Mapping[str, Any], configuration_of_run: Mapping[str, str]) -> str:
