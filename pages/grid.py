@@ -85,16 +85,22 @@ if len({x, y, panel} - {None}) != len([f for f in (x, y, panel) if f]):
     st.error("Columns, rows and panels each need a field of their own.")
     st.stop()
 
-fixed = {}
 others = [f for f in fields if f not in (x, y, panel)]
-if others:
-    st.caption("Other settings that differ between these configurations: one value of each is shown.")
-    for column, name in zip(st.columns(min(len(others), 4)) * 4, others):
-        values = grid.sorted_values(grid.value_of(c.config, name) for c in candidates)
-        texts = [review.config_value_text(v) for v in values]
-        default = review.config_value_text(grid.default_fixed(candidates, name))
-        chosen = column.selectbox(grid.field_title(name), texts, index=texts.index(default), key=f"grid_fixed_{name}")
-        fixed[name] = values[texts.index(chosen)]
+previous = {name[len("grid_fixed_"):]: value for name, value in st.session_state.items()
+            if isinstance(name, str) and name.startswith("grid_fixed_")}
+held = grid.fixed_fields(candidates, others, previous)
+fixed = {item.name: item.value for item in held}
+if held:
+    summary = ", ".join(f"{grid.field_title(item.name)} {review.config_value_text(item.value)}" for item in held)
+    with st.expander(f"Other settings that differ, one value each shown: {summary}"):
+        for column, item in zip(st.columns(min(len(held), 4)) * 8, held):
+            texts = [review.config_value_text(v) for v in item.values]
+            key = f"grid_fixed_{item.name}"
+            if st.session_state.get(key) not in texts:
+                st.session_state[key] = review.config_value_text(item.value)
+            column.selectbox(grid.field_title(item.name), texts, key=key)
+        fixed = {item.name: item.values[[review.config_value_text(v) for v in item.values].index(
+            st.session_state[f"grid_fixed_{item.name}"])] for item in held}
 
 all_aggregates = aggregates(str(root), signature, evaluation)
 layout = grid.build_grid({c.name: all_aggregates[c.name] for c in candidates}, x, y, panel, fixed, metric)

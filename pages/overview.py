@@ -10,7 +10,7 @@ from engine import jobs
 from engine.dashboard import review
 from engine.ops.disk import run_usage
 from engine.dashboard.review import workspace_signature
-from engine.runs.predictions import CLASSES
+from engine.runs.predictions import CLASSES, SPEECH
 from pages import _ui
 
 root = _ui.workspace()
@@ -91,8 +91,8 @@ if "overview_view" not in st.session_state:
 if evaluations and st.session_state.get("overview_evaluation") not in evaluations:
     wanted = params.get("evaluation")
     st.session_state["overview_evaluation"] = wanted if wanted in evaluations else evaluations[0]
-view_column, evaluation_column, kind_column, status_column, search_column, columns_column = st.columns(
-    [2, 2, 2, 2, 3, 1.2], vertical_alignment="bottom")
+view_column, evaluation_column, _, columns_column = st.columns([3, 2, 4, 1.4], vertical_alignment="bottom")
+kind_column, status_column, search_column = st.columns([2, 2, 3], vertical_alignment="bottom")
 view = view_column.segmented_control("Show", [RUNS, CONFIGURATIONS], key="overview_view",
                                      help="Configurations: one row per configuration (its seeds together).") or RUNS
 if evaluations:
@@ -120,53 +120,59 @@ else:
 search = search_column.text_input("Name or configuration contains", key="overview_search")
 shown = review.filter_overview(table, kinds, statuses, search)
 
-RUN_COLUMNS = {  # key -> header; the accuracy headers name the evaluation they show
-    "name": st.column_config.TextColumn("Run", pinned=True, width="medium"),
-    "configuration": st.column_config.TextColumn("Configuration", width="medium"),
-    "seed": st.column_config.NumberColumn("Seed", format="%d", width="small"),
-    "kind": st.column_config.TextColumn("Kind", width="small"),
-    "status": st.column_config.TextColumn("Status", width="small"),
-    "attempts": st.column_config.NumberColumn("Attempts", format="%d", width="small",
+RUN_COLUMNS = {  # key -> header; the first accuracy header names the evaluation all of them show
+    "name": st.column_config.TextColumn("Run", pinned=True, width=180),
+    "configuration": st.column_config.TextColumn("Configuration", width=200),
+    "seed": st.column_config.NumberColumn("Seed", format="%d", width=55),
+    "kind": st.column_config.TextColumn("Kind", width=70),
+    "status": st.column_config.TextColumn("Status", width=85),
+    "attempts": st.column_config.NumberColumn("Attempts", format="%d", width=70,
                                               help="Tries of this run: a resumed sweep keeps failed ones aside"),
-    "overall": st.column_config.NumberColumn(f"{shown_evaluation} accuracy", format="%.1f%%", width="small"),
-    **{cls: st.column_config.NumberColumn(f"{shown_evaluation} {cls}", format="%.1f%%", width="small")
+    "overall": st.column_config.NumberColumn(f"{shown_evaluation} accuracy", format="%.1f%%", width=110,
+                                             help=f"Accuracy on the {shown_evaluation} evaluation"),
+    **{cls: st.column_config.NumberColumn(cls, format="%.1f%%", width=80 if cls == SPEECH else 92,
+                                          help=f"{shown_evaluation} accuracy on the {cls} clips")
        for cls in CLASSES},
-    "clips": st.column_config.NumberColumn(f"{shown_evaluation} clips", format="%d", width="small"),
-    "trainable %": st.column_config.NumberColumn("Trainable", format="%.4f%%", width="small"),
-    "adapter MB": st.column_config.NumberColumn("Adapter", format="%.3f MB", width="small"),
-    "created": st.column_config.TextColumn("Created", width="medium"),
-    "size MB": st.column_config.NumberColumn("On disk", format="%.2f MB", width="small",
+    "clips": st.column_config.NumberColumn("Clips", format="%d", width=60,
+                                           help=f"Clips in the {shown_evaluation} evaluation"),
+    "trainable %": st.column_config.NumberColumn("Trainable", format="%.4f%%", width=85),
+    "adapter MB": st.column_config.NumberColumn("Adapter", format="%.3f MB", width=85),
+    "created": st.column_config.TextColumn("Created", width=190),
+    "size MB": st.column_config.NumberColumn("On disk", format="%.2f MB", width=85,
                                              help="Earlier attempts included"),
-    "slurm job": st.column_config.TextColumn("Slurm job", width="small"),
+    "slurm job": st.column_config.TextColumn("Slurm job", width=85),
 }
 CONFIGURATION_COLUMNS = {
-    "configuration": st.column_config.TextColumn("Configuration", pinned=True, width="large"),
-    "kind": st.column_config.TextColumn("Kind", width="small"),
-    "seeds": st.column_config.NumberColumn("Seeds", format="%d", width="small",
+    "configuration": st.column_config.TextColumn("Configuration", pinned=True, width=270),
+    "kind": st.column_config.TextColumn("Kind", width=70),
+    "seeds": st.column_config.NumberColumn("Seeds", format="%d", width=60,
                                            help=f"Runs with a {shown_evaluation} evaluation"),
-    "seed list": st.column_config.TextColumn("Seed list", width="small"),
-    "mean": st.column_config.NumberColumn(f"{shown_evaluation} accuracy, mean", format="%.1f%%", width="small"),
-    "interval": st.column_config.TextColumn(review.INTERVAL_NAME, width="medium",
-                                            help="Percentile interval of the mean over seeds, resampling seeds "
-                                                 "and clips within class (docs/STATISTICS.md); inside [0, 100]"),
-    **{f"{cls} mean": st.column_config.NumberColumn(f"{cls}, mean", format="%.1f%%", width="small")
+    "seed list": st.column_config.TextColumn("Seed list", width=110),
+    "mean": st.column_config.NumberColumn(f"{shown_evaluation} accuracy, mean", format="%.1f%%", width=145),
+    "interval": st.column_config.TextColumn("95% bootstrap interval", width=175,
+                                            help=f"{review.INTERVAL_NAME}: percentile interval of the mean over "
+                                                 "seeds, resampling seeds and clips within class "
+                                                 "(docs/STATISTICS.md); always inside [0, 100]"),
+    **{f"{cls} mean": st.column_config.NumberColumn(f"{cls}, mean", format="%.1f%%", width=120,
+                                                    help=f"Mean {shown_evaluation} accuracy on the {cls} clips")
        for cls in CLASSES},
-    "balanced mean": st.column_config.NumberColumn("Balanced, mean", format="%.1f%%", width="small"),
-    "trainable %": st.column_config.NumberColumn("Trainable", format="%.4f%%", width="small"),
-    "adapter MB": st.column_config.NumberColumn("Adapter", format="%.3f MB", width="small"),
-    "runs": st.column_config.NumberColumn("Runs", format="%d", width="small"),
-    "note": st.column_config.TextColumn("Note", width="medium"),
+    "balanced mean": st.column_config.NumberColumn("Balanced, mean", format="%.1f%%", width=110),
+    "trainable %": st.column_config.NumberColumn("Trainable", format="%.4f%%", width=85),
+    "adapter MB": st.column_config.NumberColumn("Adapter", format="%.3f MB", width=85),
+    "runs": st.column_config.NumberColumn("Runs", format="%d", width=55),
+    "note": st.column_config.TextColumn("Note", width=200),
 }
 if view == RUNS:
     available = {k: v for k, v in RUN_COLUMNS.items()
                  if k != "slurm job" or shown["slurm job"].notna().any()}  # never used Slurm: no column
-    default = ["name", "configuration", "seed", "kind", "status", "overall", *CLASSES, "clips", "created"]
+    # what fits at 1440 px; Kind, Created, sizes and Slurm are a click away in Columns
+    default = ["name", "configuration", "seed", "status", "overall", *CLASSES, "clips"]
     if (shown["attempts"] > 1).any():
-        default.insert(5, "attempts")
+        default.insert(4, "attempts")
     picker_key = "overview_run_columns"
 else:
     available = CONFIGURATION_COLUMNS
-    default = ["configuration", "seeds", "mean", "interval", *(f"{cls} mean" for cls in CLASSES), "trainable %"]
+    default = ["configuration", "seeds", "mean", "interval", *(f"{cls} mean" for cls in CLASSES)]
     picker_key = "overview_configuration_columns"
 pinned = "name" if view == RUNS else "configuration"
 with columns_column.popover("Columns", icon=":material/view_column:"):
@@ -188,10 +194,12 @@ else:
     st.caption(f"{len(shown)} of {len(table)} configurations on the **{shown_evaluation}** evaluation: mean over "
                f"the seeds evaluated and its {review.INTERVAL_NAME}. Click a row to open the configuration.")
 event = st.dataframe(shown, hide_index=True, width="stretch", key=f"overview_{what}_table", on_select="rerun",
-                     selection_mode="single-row", column_order=column_order, column_config=available,
+                     selection_mode=["single-row", "single-cell"], column_order=column_order, column_config=available,
                      placeholder="—", height=min(36 * (len(shown) + 1) + 3, 700))
 
-selected = event.selection.rows if event is not None and hasattr(event, "selection") else []
+selection = event.selection if event is not None and hasattr(event, "selection") else None
+# A click on any cell opens its row, as does the row's box on the left.
+selected = (list(selection.rows) or [cell[0] for cell in selection.cells]) if selection else []
 if selected:
     query, problem = review.results_link(shown.iloc[selected[0]].to_dict(), evaluation)
     if problem:

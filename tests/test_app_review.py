@@ -298,7 +298,7 @@ def test_overview_columns_name_their_evaluation_and_a_click_opens_the_run(grid_w
     speech, nonspeech = grid_counts(16, 32, "attention+mlp", 2)
     assert frame.loc["My-sweep-attn+mlp-r16-a32-s2", "overall"] == pytest.approx(100 * (speech + nonspeech) / GRID_CLIPS)
     labels = column_labels(at.dataframe[0])
-    assert labels["overall"] == "test accuracy" and labels[SPEECH] == "test SPEECH"
+    assert labels["overall"] == "test accuracy" and labels[SPEECH] == SPEECH and labels["clips"] == "Clips"
     assert at.dataframe[0].proto.placeholder == "—"
     at.selectbox(key="overview_evaluation").set_value("val").run()
     assert column_labels(at.dataframe[0])["overall"] == "val accuracy"
@@ -307,7 +307,8 @@ def test_overview_columns_name_their_evaluation_and_a_click_opens_the_run(grid_w
     at.multiselect(key="overview_run_columns").set_value(["overall"]).run()
     assert list(at.dataframe[0].proto.column_order) == ["name", "overall"]
     row = list(at.dataframe[0].value["name"]).index("My-sweep-attn+mlp-r16-a32-s2")
-    click_row(at, "overview_runs_table", row)
+    at.session_state["overview_runs_table"] = {"selection": {"rows": [], "columns": [], "cells": [(row, "overall")]}}
+    at.run()  # a click on any cell of the row, not only on its box
     assert_clean(at)
     assert at.title[0].value == "Results"
     assert at.query_params["run"] == "My-sweep-attn+mlp-r16-a32-s2" and at.query_params["evaluation"] == "val"
@@ -325,7 +326,8 @@ def test_overview_configuration_rows_give_seeds_mean_and_interval(grid_workspace
     assert table.loc[name, "mean"] == pytest.approx(sum(expected) / 2) and table.loc[name, "seeds"] == 2
     assert 0 <= table.loc[name, "ci low"] <= table.loc[name, "mean"] <= table.loc[name, "ci high"] <= 100
     assert list(table.index)[:2] == ["My sweep · r8 · α16 · attention", "My sweep · r8 · α16 · attention+MLP"]
-    assert column_labels(at.dataframe[0])["interval"] == review.INTERVAL_NAME
+    assert column_labels(at.dataframe[0])["interval"] == "95% bootstrap interval"
+    assert review.INTERVAL_NAME in json.loads(at.dataframe[0].proto.columns)["interval"]["help"]
     click_row(at, "overview_configurations_table", list(table.index).index(name))
     assert_clean(at)
     assert at.title[0].value == "Results" and at.query_params["config"] == name
@@ -355,7 +357,7 @@ def test_grid_page_shows_the_sweep_and_opens_a_cell(grid_workspace, monkeypatch)
     assert_clean(at)
     assert at.selectbox(key="grid_fixed_targets").value == "attention"
     at.selectbox(key="grid_fixed_targets").set_value("attention+mlp").run()
-    assert len(chart(at, "grid").data) == 1 and at.query_params["x"] == "lora_r" and "panel" not in at.query_params
+    assert len(chart(at, "grid").data) == 2 and at.query_params["x"] == "lora_r" and "panel" not in at.query_params
     cell = next(o for o in at.selectbox(key="grid_cell").options if o.endswith("My sweep · r16 · α16 · attention+MLP"))
     at.selectbox(key="grid_cell").set_value(cell).run()
     at.button(key="grid_open").click().run()

@@ -521,13 +521,16 @@ def test_grid_lays_a_rank_alpha_targets_sweep_out_with_seed_means(grid_runs):
 
     figure = charts.grid_heatmap(layout.cells, layout.x_values, layout.y_values, layout.panel_values,
                                  "rank r", "alpha α", "accuracy", review.INTERVAL_NAME)
-    assert figure.layout.meta["chart"] == "grid" and len(figure.data) == 2
+    assert figure.layout.meta["chart"] == "grid" and len(figure.data) == 4  # a heatmap and its click layer per panel
     mlp = next(t for t in figure.data if t.name == "attention+mlp")
+    clicks = next(t for t in figure.data if t.name == "attention+mlp cells")
+    assert {(x, y, c[0]) for x, y, c in zip(clicks.x, clicks.y, clicks.customdata)} == {
+        (str(r), str(a), layout.configuration_at(r, a, "attention+mlp")) for r in GRID_RANKS for a in GRID_ALPHAS}
     assert list(mlp.x) == ["8", "16"] and list(mlp.y) == ["16", "32"]
     name = layout.configuration_at(16, 32, "attention+mlp")
     assert mlp.customdata[1][1][0] == name  # row alpha 32, column rank 16
     assert mlp.z[1][1] == pytest.approx(layout.cells.set_index("configuration").loc[name, "mean"])
-    assert "seeds" in mlp.hovertemplate and review.INTERVAL_NAME in mlp.hovertemplate
+    assert "seeds" in clicks.hovertemplate and review.INTERVAL_NAME in clicks.hovertemplate
 
 
 def test_opro_runs_group_by_the_configuration_they_searched(grid_runs, tmp_path):

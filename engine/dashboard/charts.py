@@ -303,16 +303,23 @@ def grid_heatmap(cells: pd.DataFrame, x_values: Sequence[Any], y_values: Sequenc
             seeds = f"{row['seeds']} seed{'s' if row['seeds'] != 1 else ''}"
             labels[i][j] = f"<b>{row['mean']:.1f}%</b><br>{row['interval']}<br>{seeds}"
             custom[i][j] = [row["configuration"], row["interval"], row["seed list"], row["seeds"], f"{row['mean']:.1f}"]
+        hover = ("<b>%{customdata[0]}</b><br>mean %{customdata[4]}% over %{customdata[3]} seed(s)<br>"
+                 f"{interval_name} " "%{customdata[1]}<br>seeds %{customdata[2]}<extra></extra>")
         fig.add_trace(go.Heatmap(
             x=xs, y=ys, z=z, text=labels, texttemplate="%{text}", customdata=custom, coloraxis="coloraxis",
-            xgap=3, ygap=3, name=text(panel),
-            hovertemplate=("<b>%{customdata[0]}</b><br>mean %{customdata[4]}% over %{customdata[3]} seed(s)<br>"
-                           f"{interval_name} " "%{customdata[1]}<br>seeds %{customdata[2]}<extra></extra>")),
-            row=1, col=column)
+            xgap=3, ygap=3, name=text(panel), hoverinfo="skip"), row=1, col=column)
+        # Heatmaps take no point selections: an invisible square marker on each cell carries the
+        # hover and the click (customdata[0] = the configuration).
+        shown = part.to_dict("records")
+        fig.add_trace(go.Scatter(
+            x=[text(r["x"]) for r in shown], y=[text(r["y"]) for r in shown], mode="markers", name=f"{text(panel)} cells",
+            marker=dict(symbol="square", size=70, color="rgba(0,0,0,0)"), showlegend=False,
+            customdata=[[r["configuration"], r["interval"], r["seed list"], r["seeds"], f"{r['mean']:.1f}"] for r in shown],
+            hovertemplate=hover), row=1, col=column)
         fig.update_xaxes(title_text=x_title, type="category", categoryorder="array", categoryarray=xs,
                          row=1, col=column)
     fig.update_yaxes(title_text=y_title, type="category", categoryorder="array", categoryarray=ys, row=1, col=1)
-    fig.update_yaxes(type="category", categoryorder="array", categoryarray=ys)
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=ys, autorange="reversed")  # rows read down
     _layout(fig, "grid", title, coloraxis=dict(colorscale="Viridis", cmin=low, cmax=high if high > low else low + 1,
                                                colorbar=dict(title=dict(text="%"))))
     fig.update_layout(height=max(HEIGHT, 140 + 110 * len(ys)), clickmode="event+select")

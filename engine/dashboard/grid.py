@@ -102,6 +102,41 @@ def default_fixed(configs: Sequence[review.Configuration], name: str) -> Any:
 
 
 @dataclass
+class FixedField:
+    """A swept field held at one value: the values there are to choose from, and the one shown."""
+
+    name: str
+    values: list[Any]
+    value: Any
+
+
+def fixed_fields(configs: Sequence[review.Configuration], names: Sequence[str],
+                 chosen: Mapping[str, Any] | None = None) -> list[FixedField]:
+    """The fields among `names` that still need a value once the earlier ones are fixed.
+
+    Fields are fixed in order; each narrows the configurations the next one is chosen from, so a
+    field that is constant among the configurations left asks for nothing (a separate sweep or
+    the demo runs differ in many settings, but one choice usually settles them all). A value in
+    `chosen` (as value or text) is kept when it is still there, else the most common one is taken.
+    """
+    chosen = dict(chosen or {})
+    text = review.config_value_text
+    pool = list(configs)
+    out = []
+    for name in names:
+        values = sorted_values(value_of(c.config, name) for c in pool)
+        if len(values) < 2:
+            continue
+        wanted = text(chosen[name]) if name in chosen else None
+        value = next((v for v in values if text(v) == wanted), None)
+        if value is None:
+            value = default_fixed(pool, name)
+        out.append(FixedField(name, values, value))
+        pool = [c for c in pool if text(value_of(c.config, name)) == text(value)]
+    return out
+
+
+@dataclass
 class Grid:
     """The cells of one layout, the axis values in order, and what the layout left out."""
 
