@@ -314,6 +314,12 @@ def test_a_resumed_sweep_skips_finished_cells_and_keeps_failed_attempts(root):
     assert {j["sweep_id"] for j in queued} == {"sweep-1"}
     assert queued[0]["argv"] == ["train", "--config", str(root / failed / rf.CONFIG), "--run-dir", str(root / failed)]
 
+    # The Overview folds the kept attempt into its run's row: it reads the name _move_aside gave it.
+    from engine.dashboard import review
+    assert review.attempt_of(f"{failed}.attempt1") == (failed, 1)
+    table = review.overview_table(rf.list_runs(root)).set_index("name")
+    assert f"{failed}.attempt1" not in table.index and table.loc[failed, "attempts"] == 2
+
     again = jobs.enqueue_sweep(root, cells)  # enqueued cells are not enqueued twice
     assert again["enqueued"] == {} and set(again["skipped"].values()) == {
         "already succeeded", "already queued or running"}

@@ -133,7 +133,7 @@ def test_command_preview_text_and_round_trip(train_csv, tmp_path):
     run_dir = tmp_path / "runs" / cell["run_name"]
     command = launch.train_command(cell["config"], run_dir)
     assert command == (
-        "python -m engine train --label 'Attention+MLP r8' --model tiny --targets attention+mlp --lora-r 8 "
+        "python -m engine train --label 'Attention+MLP · r8' --model tiny --targets attention+mlp --lora-r 8 "
         f"--num-epochs 2 --learning-rate 0.001 --train-data {train_csv} --skip-bad-audio "
         f"--filter-duration 500:3000 --run-dir {run_dir}")
     # the real CLI reads the preview back into the same configuration
