@@ -107,7 +107,10 @@ if evaluation:
     params["evaluation"] = evaluation
 shown_evaluation = evaluation or "evaluation"
 
-if view == CONFIGURATIONS and evaluation:
+if view == CONFIGURATIONS and not evaluation:
+    st.info("No run has an evaluation yet: configuration rows need one (Evaluate, or an import of predictions).")
+    st.stop()
+if view == CONFIGURATIONS:
     table = configuration_table(str(root), signature, evaluation)
 else:
     table = overview(str(root), signature, evaluation)
