@@ -35,6 +35,7 @@ PAGES = {
         ("overview.py", "Overview", ":material/table_view:"),
         ("results.py", "Results", ":material/bar_chart:"),
         ("compare.py", "Compare", ":material/compare_arrows:"),
+        ("grid.py", "Grid", ":material/grid_on:"),
     ],
     "Run": [
         ("train.py", "Train", ":material/model_training:"),

@@ -61,8 +61,20 @@ if "compare_picks" not in st.session_state:
     st.session_state["compare_picks"] = [p for p in wanted if p in options]
 else:
     st.session_state["compare_picks"] = [p for p in st.session_state["compare_picks"] if p in options]
-picks = left.multiselect("Configurations or single evaluations (run/evaluation); the first is the reference A",
-                         options, key="compare_picks")
+seed_counts = {c.name: len(c.runs_with(evaluation)) for c in configs}
+
+
+def option_text(option: str) -> str:
+    """A configuration with its seed count ("OPRO of X · 3 seeds"); a single evaluation as run / evaluation."""
+    if option in seed_counts:
+        return f"{option} · {seed_counts[option]} seed{'s' if seed_counts[option] != 1 else ''}"
+    run_id, _, name = option.rpartition("/")
+    return f"{run_id} / {name} (one evaluation)"
+
+
+picks = left.multiselect("Configurations (every seed; OPRO searches of one configuration's seeds are one) or single "
+                         "evaluations; the first is the reference A", options, key="compare_picks",
+                         format_func=option_text)
 include_baselines = st.checkbox("Add baseline detectors scored on the same clips", value=True, key="compare_baselines")
 st.query_params["configs"] = picks
 st.query_params["evaluation"] = evaluation

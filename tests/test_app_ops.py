@@ -121,8 +121,8 @@ def test_train_preview_validation_launch_and_cancel(workspace, no_worker, tmp_pa
     assert any(m.startswith("**4 runs** in this launch") for m in texts(at.markdown))
     preview = at.dataframe[0].value
     assert list(preview["run"]) == ["attn-r8-a32-s42", "attn-r8-a32-s123", "attn-r16-a32-s42", "attn-r16-a32-s123"]
-    assert set(preview["configuration"]) == {"Attention-Only r8", "Attention-Only r16"}
-    assert at.code[0].value.startswith("python -m engine train --label 'Attention-Only r8' --model tiny --lora-r 8 ")
+    assert set(preview["configuration"]) == {"Attention-Only · r8", "Attention-Only · r16"}
+    assert at.code[0].value.startswith("python -m engine train --label 'Attention-Only · r8' --model tiny --lora-r 8 ")
     assert at.button(key="train_launch").label == "Launch 4 runs"
 
     at.text_input(key="train_lora_alpha").input("-5").run()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from engine.dashboard import review
@@ -313,3 +314,128 @@ def test_overview_job_line_skips_the_echoed_warning_source(empty_workspace, no_w
     assert_clean(at)
     (line,) = [c.value for c in at.caption if c.value.startswith(f"Job {job_id}")]
     assert line.endswith("synthesising demo audio ...") and "warnings.warn(" not in line
+
+
+# ---------------------------------------------------------------- overview views, grid, OPRO in Compare (no training)
+
+@pytest.fixture
+def grid_workspace(tmp_path, monkeypatch):
+    from tests.test_review import make_grid_workspace
+
+    root = make_grid_workspace(tmp_path / "grid")
+    monkeypatch.setenv(rf.RUNS_ROOT_ENV, str(root))
+    return root
+
+
+def column_labels(element) -> dict[str, str]:
+    """Column key -> header shown, from a dataframe element's column configuration."""
+    return {key: value.get("label") for key, value in json.loads(element.proto.columns).items()}
+
+
+def click_row(at: AppTest, key: str, row: int) -> AppTest:
+    """What a click on a row of st.dataframe(on_select="rerun", key=key) sends back."""
+    at.session_state[key] = {"selection": {"rows": [row], "columns": [], "cells": []}}
+    return at.run()
+
+
+def test_overview_columns_name_their_evaluation_and_a_click_opens_the_run(grid_workspace):
+    from tests.test_review import GRID_CLIPS, grid_counts
+
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert_clean(at)
+    assert at.selectbox(key="overview_evaluation").options == ["test", "val"]
+    frame = at.dataframe[0].value.set_index("name")
+    assert len(frame) == 16 and frame.loc["My-sweep-attn-r8-a16-s1", "attempts"] == 2  # the attempt is folded
+    speech, nonspeech = grid_counts(16, 32, "attention+mlp", 2)
+    assert frame.loc["My-sweep-attn+mlp-r16-a32-s2", "overall"] == pytest.approx(100 * (speech + nonspeech) / GRID_CLIPS)
+    labels = column_labels(at.dataframe[0])
+    assert labels["overall"] == "test accuracy" and labels[SPEECH] == SPEECH and labels["clips"] == "Clips"
+    assert at.dataframe[0].proto.placeholder == "—"
+    at.selectbox(key="overview_evaluation").set_value("val").run()
+    assert column_labels(at.dataframe[0])["overall"] == "val accuracy"
+    assert (at.dataframe[0].value["overall"] == 50.0).all() and at.query_params["evaluation"] == "val"
+    # The column picker: fewer columns, the run name stays pinned.
+    at.multiselect(key="overview_run_columns").set_value(["overall"]).run()
+    assert list(at.dataframe[0].proto.column_order) == ["name", "overall"]
+    row = list(at.dataframe[0].value["name"]).index("My-sweep-attn+mlp-r16-a32-s2")
+    at.session_state["overview_runs_table"] = {"selection": {"rows": [], "columns": [], "cells": [(row, "overall")]}}
+    at.run()  # a click on any cell of the row, not only on its box
+    assert_clean(at)
+    assert at.title[0].value == "Results"
+    assert at.query_params["run"] == "My-sweep-attn+mlp-r16-a32-s2" and at.query_params["evaluation"] == "val"
+
+
+def test_overview_configuration_rows_give_seeds_mean_and_interval(grid_workspace):
+    from tests.test_review import GRID_CLIPS, GRID_SEEDS, grid_counts
+
+    at = page("app.py", view="configurations")
+    assert_clean(at)
+    assert at.segmented_control(key="overview_view").value == "Configurations"
+    table = at.dataframe[0].value.set_index("configuration")
+    name = "My sweep · r16 · α32 · attention+MLP"
+    expected = [100 * sum(grid_counts(16, 32, "attention+mlp", s)) / GRID_CLIPS for s in GRID_SEEDS]
+    assert table.loc[name, "mean"] == pytest.approx(sum(expected) / 2) and table.loc[name, "seeds"] == 2
+    assert 0 <= table.loc[name, "ci low"] <= table.loc[name, "mean"] <= table.loc[name, "ci high"] <= 100
+    assert list(table.index)[:2] == ["My sweep · r8 · α16 · attention", "My sweep · r8 · α16 · attention+MLP"]
+    assert column_labels(at.dataframe[0])["interval"] == "95% bootstrap interval"
+    assert review.INTERVAL_NAME in json.loads(at.dataframe[0].proto.columns)["interval"]["help"]
+    click_row(at, "overview_configurations_table", list(table.index).index(name))
+    assert_clean(at)
+    assert at.title[0].value == "Results" and at.query_params["config"] == name
+    assert at.selectbox(key="results_config").value == name
+
+
+def test_grid_page_shows_the_sweep_and_opens_a_cell(grid_workspace, monkeypatch):
+    from tests.test_review import GRID_CLIPS, GRID_SEEDS, grid_counts
+
+    # The page alone (AppTest loses button clicks on a page reached by at.switch_page): its own
+    # switch to Results is recorded instead of followed.
+    opened = []
+    monkeypatch.setattr(st, "switch_page", lambda page, query_params=None: opened.append((page, query_params)))
+    at = page("pages/grid.py")
+    assert_clean(at)
+    assert at.title[0].value == "Grid"
+    assert (at.selectbox(key="grid_x").value, at.selectbox(key="grid_y").value,
+            at.selectbox(key="grid_panel").value) == ("lora_r", "lora_alpha", "targets")
+    heatmap = chart(at, "grid")
+    mlp = next(t for t in heatmap.data if t.name == "attention+mlp")
+    expected = [100 * sum(grid_counts(8, 32, "attention+mlp", s)) / GRID_CLIPS for s in GRID_SEEDS]
+    assert mlp.z[1][0] == pytest.approx(sum(expected) / 2)  # alpha 32 (row 2), rank 8 (column 1)
+    assert mlp.customdata[1][0][0] == "My sweep · r8 · α32 · attention+MLP"
+    assert not at.warning
+    # Two fields: the target set becomes a fixed setting with its own picker.
+    at.selectbox(key="grid_panel").set_value("(none)").run()
+    assert_clean(at)
+    assert at.selectbox(key="grid_fixed_targets").value == "attention"
+    at.selectbox(key="grid_fixed_targets").set_value("attention+mlp").run()
+    assert len(chart(at, "grid").data) == 2 and at.query_params["x"] == "lora_r" and "panel" not in at.query_params
+    cell = next(o for o in at.selectbox(key="grid_cell").options if o.endswith("My sweep · r16 · α16 · attention+MLP"))
+    at.selectbox(key="grid_cell").set_value(cell).run()
+    at.button(key="grid_open").click().run()
+    assert_clean(at)
+    assert opened == [("pages/results.py", {"config": "My sweep · r16 · α16 · attention+MLP", "evaluation": "test"})]
+
+
+def test_compare_pairs_a_configuration_with_its_opro_searches(grid_workspace):
+    from tests.test_opro_review import make_opro_run, search_history
+    from tests.test_review import GRID_SEEDS, fake_records
+    from engine.runs.predictions import write_evaluation
+
+    target = "My sweep · r16 · α32 · attention+MLP"
+    for seed in GRID_SEEDS:
+        run_dir = make_opro_run(grid_workspace, f"opro-s{seed}", "run", target, seed, search_history())
+        config = rf.read_json(run_dir / rf.CONFIG)
+        config["target"].update(run=f"My-sweep-attn+mlp-r16-a32-s{seed}",
+                                run_dir=str(grid_workspace / f"My-sweep-attn+mlp-r16-a32-s{seed}"))
+        config["adapter"] = str(grid_workspace / f"My-sweep-attn+mlp-r16-a32-s{seed}" / "adapter")
+        rf.atomic_write_json(run_dir / rf.CONFIG, config)
+        write_evaluation(run_dir, "test", fake_records(10, 10), {"model": "tiny"})
+    at = page("pages/compare.py", configs=[target, f"OPRO of {target}"])
+    assert_clean(at)
+    assert not at.error
+    picker = at.multiselect(key="compare_picks")
+    assert picker.value == [target, f"OPRO of {target}"]
+    assert f"OPRO of {target} · 2 seeds" in picker.options  # one configuration, not one pick per search
+    assert not any(str(grid_workspace) in o for o in picker.options)  # no paths in the labels
+    mcnemar = at.table[1].value
+    assert list(mcnemar.index) == ["seed 1", "seed 2"]

@@ -255,8 +255,8 @@ def test_expand_sweep_is_the_cartesian_product_with_deterministic_names():
     assert len(set(names)) == 8
     assert names[0] == "attn-r8-a32-s42" and names[-1] == "attn+mlp-r16-a32-s123"
     assert cells[0]["config"] == {**base, "seed": 42, "lora_r": 8, "targets": "attention",
-                                  "label": "Attention-Only r8"}
-    assert cells[-1]["config"]["label"] == "Attention+MLP r16"
+                                  "label": "Attention-Only · r8"}
+    assert cells[-1]["config"]["label"] == "Attention+MLP · r16"
     assert jobs.expand_sweep(base, {"seed": [42, 123], "lora_r": [8, 16],
                                     "targets": ["attention", "attention+mlp"]}) == cells
     for name in names:
@@ -314,6 +314,25 @@ def test_a_resumed_sweep_skips_finished_cells_and_keeps_failed_attempts(root):
     assert {j["sweep_id"] for j in queued} == {"sweep-1"}
     assert queued[0]["argv"] == ["train", "--config", str(root / failed / rf.CONFIG), "--run-dir", str(root / failed)]
 
+    # The Overview folds the kept attempt into its run's row: it reads the name _move_aside gave it.
+    from engine.dashboard import review
+    assert review.attempt_of(f"{failed}.attempt1") == (failed, 1)
+    table = review.overview_table(rf.list_runs(root)).set_index("name")
+    assert f"{failed}.attempt1" not in table.index and table.loc[failed, "attempts"] == 2
+
     again = jobs.enqueue_sweep(root, cells)  # enqueued cells are not enqueued twice
     assert again["enqueued"] == {} and set(again["skipped"].values()) == {
         "already succeeded", "already queued or running"}
+
+
+def test_sweep_labels_read_as_words_and_folder_names_stay_short():
+    """A rank x alpha x targets sweep under a label of one's own: labels for people, names as before."""
+    cells = jobs.expand_sweep({"label": "My sweep", "seed": 1},
+                              {"lora_r": [8, 16], "lora_alpha": [16.0, 32.0], "targets": ["attention", "attention+mlp"]})
+    assert cells[3]["run_name"] == "My-sweep-attn+mlp-r8-a32-s1"
+    assert cells[3]["config"]["label"] == "My sweep · r8 · α32 · attention+MLP"
+    assert {c["config"]["label"] for c in cells} == {
+        f"My sweep · r{r} · α{a} · {t}" for r in (8, 16) for a in (16, 32) for t in ("attention", "attention+MLP")}
+    rates = jobs.expand_sweep({}, {"learning_rate": [2e-4, 1e-4], "targets": [["q_proj", "v_proj"]]})
+    assert [c["config"]["label"] for c in rates] == ["q_proj,v_proj · lr 0.0002", "q_proj,v_proj · lr 0.0001"]
+    assert jobs.sweep.label_part("epochs", 2.5) == "2.5 epochs" and jobs.sweep.label_part("warmup", 3) == "warmup 3"

@@ -55,12 +55,12 @@ def test_full_sweep_expands_to_the_cartesian_product(train_csv):
     # seeds of one configuration share its label (so they aggregate); the 18 configurations differ
     labels = Counter(cell["config"]["label"] for cell in plan.cells)
     assert len(labels) == 18 and set(labels.values()) == {5}
-    assert "Attention+MLP r8 a16" in labels
+    assert "Attention+MLP · r8 · α16" in labels
     first = plan.cells[0]
     assert first["run_name"] == "attn-r8-a16-s42"
     assert first["config"]["lora_r"] == 8 and first["config"]["lora_alpha"] == 16.0
     rows = plan.rows()
-    assert rows[0] == {"run": "attn-r8-a16-s42", "configuration": "Attention-Only r8 a16", "targets": "attention",
+    assert rows[0] == {"run": "attn-r8-a16-s42", "configuration": "Attention-Only · r8 · α16", "targets": "attention",
                        "lora_r": 8, "lora_alpha": 16.0, "seed": 42, "check": "ok", "folder": "new"}
 
 
@@ -133,7 +133,7 @@ def test_command_preview_text_and_round_trip(train_csv, tmp_path):
     run_dir = tmp_path / "runs" / cell["run_name"]
     command = launch.train_command(cell["config"], run_dir)
     assert command == (
-        "python -m engine train --label 'Attention+MLP r8' --model tiny --targets attention+mlp --lora-r 8 "
+        "python -m engine train --label 'Attention+MLP · r8' --model tiny --targets attention+mlp --lora-r 8 "
         f"--num-epochs 2 --learning-rate 0.001 --train-data {train_csv} --skip-bad-audio "
         f"--filter-duration 500:3000 --run-dir {run_dir}")
     # the real CLI reads the preview back into the same configuration

@@ -23,7 +23,7 @@ from engine.dashboard import opro_review
 from engine.dashboard import review
 from engine.runs import folder as rf
 from engine.stats import core as stats
-from engine.runs.predictions import NONSPEECH, SPEECH, make_record, write_evaluation
+from engine.runs.predictions import NONSPEECH, SPEECH, make_record, read_predictions, write_evaluation
 
 # ---------------------------------------------------------------- fake OPRO runs (docs/OPRO.md)
 
@@ -538,3 +538,16 @@ def test_history_line_format_round_trips(workspace):
             "balanced_accuracy", "log_likelihood", "per_class", "best_id", "best_balanced_accuracy", "time_s",
             "at"} <= set(line)
     assert (line["best_id"], line["best_balanced_accuracy"]) == (3, 0.875)
+
+
+def test_opro_runs_are_configurations_of_their_targets(runs, workspace):
+    """Compare lists OPRO searches as configurations: the seeds' searches of one training
+    configuration together, keyed by the adapters' seeds, named without paths."""
+    configs = {c.name: c for c in review.configurations(runs)}
+    assert {"OPRO of Cfg", "OPRO of Other", "OPRO of the base model (tiny)"} <= set(configs)
+    cfg = configs["OPRO of Cfg"]
+    assert [r.run_id for r in cfg.runs] == ["opro-cfg-s1", "opro-cfg-s2", "opro-cfg-s3"]
+    assert [r.run_id for r in cfg.runs_with("test")] == ["opro-cfg-s1", "opro-cfg-s2"]  # s3 is still running
+    assert not any(str(workspace) in name for name in configs)
+    (side,) = review.resolve_picks(runs, ["OPRO of Cfg"], "test", read_predictions)
+    assert list(side.records) == [1, 2]

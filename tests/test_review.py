@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from engine import jobs
 from engine.dashboard import charts
 from engine.dashboard import report
 from engine.dashboard import review
@@ -360,3 +362,210 @@ def test_report_and_compare_page_print_the_same_paired_findings():
     assert all(f"- {line}" in section for line in findings) and "- Note: few seeds" in section
     page = (Path(__file__).resolve().parents[1] / "pages" / "compare.py").read_text()
     assert "review.paired_findings(paired)" in page and "review.paired_notes(paired)" in page
+
+
+# ---------------------------------------------------------------- fake training runs (grid, overview, OPRO groups)
+
+GRID_CLIPS = 20  # clip-00 .. clip-09 SPEECH, clip-10 .. clip-19 NONSPEECH
+
+
+def fake_records(speech_right: int, nonspeech_right: int) -> list[dict]:
+    """Prediction records of the 20 grid clips: the first `speech_right` SPEECH clips and the first
+    `nonspeech_right` NONSPEECH clips right, the rest wrong."""
+    from engine.runs.predictions import make_record
+
+    out = []
+    for i in range(GRID_CLIPS):
+        label = SPEECH if i < GRID_CLIPS // 2 else NONSPEECH
+        right = (i < speech_right) if label == SPEECH else (i - GRID_CLIPS // 2 < nonspeech_right)
+        p_speech = 0.9 if (label == SPEECH) == right else 0.1
+        out.append(make_record(f"clip-{i:02d}", f"/audio/clip-{i:02d}.wav", label, p_speech, 0.0, 1.0))
+    return out
+
+
+def make_train_run(root: Path, name: str, label: str, seed: int, evaluations: dict[str, tuple[int, int]],
+                   created_at: str = "2026-01-01T00:00:00+0000", state: str = rf.SUCCEEDED, **fields) -> Path:
+    """A finished-looking training run folder (config, status, summary, evaluations) without training:
+    evaluations maps a name to (SPEECH right, NONSPEECH right) of fake_records."""
+    from engine.runs.predictions import write_evaluation
+
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    config = {"schema_version": 1, "kind": rf.KIND_TRAIN, "label": label, "model": "tiny", "seed": seed,
+              "lora_r": 16, "lora_alpha": 32.0, "targets": "attention", "learning_rate": 2e-4, **fields}
+    rf.atomic_write_json(run_dir / rf.CONFIG, config)
+    rf.write_status(run_dir, state, created_at=created_at)
+    rf.atomic_write_json(run_dir / rf.SUMMARY, {"trainable_percent": 0.5 * config["lora_r"] / 16,
+                                                "adapter_mb": 0.01 * config["lora_r"]})
+    for evaluation, (speech, nonspeech) in evaluations.items():
+        write_evaluation(run_dir, evaluation, fake_records(speech, nonspeech), {"model": "tiny"})
+    return run_dir
+
+
+GRID_RANKS, GRID_ALPHAS, GRID_TARGETS = (8, 16), (16, 32), ("attention", "attention+mlp")
+GRID_SEEDS = (1, 2)
+
+
+def grid_counts(rank: int, alpha: int, targets: str, seed: int) -> tuple[int, int]:
+    """(SPEECH right, NONSPEECH right) of one grid run: better with rank, alpha, MLP; seeds differ."""
+    speech = 4 + (rank // 8) + (alpha // 16) + (targets == "attention+mlp") + (seed - 1)
+    return min(speech, 10), 6 + (seed - 1)
+
+
+def make_grid_workspace(root: Path) -> Path:
+    """A rank {8, 16} x alpha {16, 32} x targets sweep over seeds 1 and 2, as expand_sweep labels it,
+    each run with a test and a val evaluation; plus one failed earlier attempt of a cell."""
+    for rank in GRID_RANKS:
+        for alpha in GRID_ALPHAS:
+            for targets in GRID_TARGETS:
+                label = jobs.expand_sweep({"label": "My sweep", "lora_r": rank, "lora_alpha": alpha, "seed": 1},
+                                          {"lora_r": [rank, 99], "lora_alpha": [alpha], "targets": [targets]}
+                                          )[0]["config"]["label"]
+                for seed in GRID_SEEDS:
+                    short = "attn+mlp" if targets == "attention+mlp" else "attn"
+                    make_train_run(root, f"My-sweep-{short}-r{rank}-a{alpha}-s{seed}", label, seed,
+                                   {"test": grid_counts(rank, alpha, targets, seed), "val": (5, 5)},
+                                   lora_r=rank, lora_alpha=float(alpha), targets=targets)
+    failed = make_train_run(root, "My-sweep-attn-r8-a16-s1.attempt1", "My sweep · r8 · α16 · attention", 1, {},
+                            state=rf.FAILED, lora_r=8, lora_alpha=16.0, targets="attention")
+    (failed / "padding.bin").write_bytes(b"x" * 1000)
+    return root
+
+
+@pytest.fixture()
+def grid_runs(tmp_path) -> list[rf.RunInfo]:
+    return rf.list_runs(make_grid_workspace(tmp_path / "grid"))
+
+
+def test_overview_shows_one_evaluation_and_folds_attempts(grid_runs):
+    sizes = {info.run_id: 2000 for info in grid_runs}
+    table = review.overview_table(grid_runs, sizes, evaluation="val").set_index("name")
+    assert "My-sweep-attn-r8-a16-s1.attempt1" not in table.index and len(table) == 16
+    row = table.loc["My-sweep-attn-r8-a16-s1"]
+    assert row["attempts"] == 2 and row["size MB"] == pytest.approx(0.004)  # the attempt's bytes count too
+    assert table.loc["My-sweep-attn-r16-a32-s2", "attempts"] == 1
+    assert set(table["evaluation"]) == {"val"} and (table["overall"] == 50.0).all()
+    test = review.overview_table(grid_runs, evaluation="test").set_index("name")
+    speech, nonspeech = grid_counts(16, 32, "attention+mlp", 2)
+    assert test.loc["My-sweep-attn+mlp-r16-a32-s2", "overall"] == pytest.approx(100 * (speech + nonspeech) / GRID_CLIPS)
+    assert test.loc["My-sweep-attn+mlp-r16-a32-s2", SPEECH] == pytest.approx(10 * speech)
+    # A run without that evaluation has empty cells, not another evaluation's numbers.
+    missing = review.overview_table(grid_runs, evaluation="dev").set_index("name")
+    assert missing["overall"].isna().all() and missing["evaluation"].isna().all()
+    assert review.evaluation_names(grid_runs) == ["test", "val"]
+    assert review.attempt_of("a-s1.attempt12") == ("a-s1", 12) and review.attempt_of("a-s1") is None
+
+
+def test_configuration_overview_means_and_bootstrap_intervals(grid_runs):
+    configs = review.configurations(grid_runs)
+    assert len(configs) == 8 and all(len(c.runs) == 2 for c in configs)  # the failed attempt is left out
+    aggregates = review.seed_aggregates(configs, "test", read_predictions, n_boot=400)
+    table = review.configuration_overview(aggregates).set_index("configuration")
+    name = "My sweep · r16 · α32 · attention+MLP"
+    row = table.loc[name]
+    per_seed = [100 * sum(grid_counts(16, 32, "attention+mlp", s)) / GRID_CLIPS for s in GRID_SEEDS]
+    assert (row["seeds"], row["seed list"], row["runs"]) == (2, "1, 2", 2)
+    assert row["mean"] == pytest.approx(sum(per_seed) / 2)
+    # The clip+seed bootstrap, recomputed here by hand: resample seeds, then clips within class.
+    rng = np.random.default_rng(7)
+    correct = {s: np.array([r["correct"] for r in fake_records(*grid_counts(16, 32, "attention+mlp", s))])
+               for s in GRID_SEEDS}
+    draws = []
+    for _ in range(4000):
+        seeds = rng.choice(GRID_SEEDS, size=2)
+        clips = np.concatenate([rng.integers(0, 10, 10), 10 + rng.integers(0, 10, 10)])
+        draws.append(np.mean([100 * correct[s][clips].mean() for s in seeds]))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    assert row["ci low"] == pytest.approx(low, abs=3.0) and row["ci high"] == pytest.approx(high, abs=3.0)
+    assert 0 <= row["ci low"] <= row["mean"] <= row["ci high"] <= 100
+    assert row["interval"] == review.format_interval([row["ci low"], row["ci high"]], 1.0)
+    assert row[f"{SPEECH} mean"] == pytest.approx(10 * (grid_counts(16, 32, "attention+mlp", 1)[0] +
+                                                      grid_counts(16, 32, "attention+mlp", 2)[0]) / 2)
+    assert row["trainable %"] == pytest.approx(0.5) and row["adapter MB"] == pytest.approx(0.16)
+    none = review.configuration_overview(review.seed_aggregates(configs, "dev", read_predictions, n_boot=10))
+    assert none["mean"].isna().all() and set(none["note"]) == {"no dev evaluation"}
+
+
+def test_grid_lays_a_rank_alpha_targets_sweep_out_with_seed_means(grid_runs):
+    from engine.dashboard import grid
+
+    configs = grid.training_configurations(review.configurations(grid_runs), "test")
+    fields = grid.swept_fields(configs)
+    assert fields == ["lora_r", "lora_alpha", "targets"]
+    assert grid.default_axes(fields) == ("lora_r", "lora_alpha", "targets")
+    aggregates = review.seed_aggregates(configs, "test", read_predictions, n_boot=200)
+    layout = grid.build_grid(aggregates, "lora_r", "lora_alpha", "targets")
+    assert (layout.x_values, layout.y_values, layout.panel_values) == ([8, 16], [16, 32], ["attention", "attention+mlp"])
+    assert len(layout.cells) == 8 and not layout.clashes and not layout.left_out
+    for rank in GRID_RANKS:
+        for alpha in GRID_ALPHAS:
+            for targets in GRID_TARGETS:
+                name = layout.configuration_at(rank, alpha, targets)
+                cell = layout.cells.set_index("configuration").loc[name]
+                expected = [100 * sum(grid_counts(rank, alpha, targets, s)) / GRID_CLIPS for s in GRID_SEEDS]
+                assert cell["mean"] == pytest.approx(sum(expected) / 2)
+                assert cell["ci low"] <= cell["mean"] <= cell["ci high"] and cell["seeds"] == 2
+                assert name == f"My sweep · r{rank} · α{alpha} · {'attention+MLP' if '+' in targets else 'attention'}"
+    # Two fields only: the third is fixed at one value; the others are left out, named.
+    flat = grid.build_grid(aggregates, "lora_alpha", "lora_r", fixed={"targets": "attention+mlp"}, metric=SPEECH)
+    assert len(flat.cells) == 4 and len(flat.left_out) == 4 and flat.configuration_at(16, 8).endswith("attention+MLP")
+    assert flat.cells.set_index("configuration").loc[flat.configuration_at(32, 16), "mean"] == pytest.approx(
+        10 * (grid_counts(16, 32, "attention+mlp", 1)[0] + grid_counts(16, 32, "attention+mlp", 2)[0]) / 2)
+    # Without fixing it, two configurations share each cell: shown once, and said.
+    clashing = grid.build_grid(aggregates, "lora_r", "lora_alpha")
+    assert len(clashing.cells) == 4 and len(clashing.clashes) == 4 and "2 configurations" in clashing.clashes[0]
+    with pytest.raises(ValueError, match="its own field"):
+        grid.build_grid(aggregates, "lora_r", "lora_r")
+    choices = grid.cell_choices(layout)
+    assert len(choices) == 8 and set(choices.values()) == set(layout.cells["configuration"])
+
+    figure = charts.grid_heatmap(layout.cells, layout.x_values, layout.y_values, layout.panel_values,
+                                 "rank r", "alpha α", "accuracy", review.INTERVAL_NAME)
+    assert figure.layout.meta["chart"] == "grid" and len(figure.data) == 4  # a heatmap and its click layer per panel
+    mlp = next(t for t in figure.data if t.name == "attention+mlp")
+    clicks = next(t for t in figure.data if t.name == "attention+mlp cells")
+    assert {(x, y, c[0]) for x, y, c in zip(clicks.x, clicks.y, clicks.customdata)} == {
+        (str(r), str(a), layout.configuration_at(r, a, "attention+mlp")) for r in GRID_RANKS for a in GRID_ALPHAS}
+    assert list(mlp.x) == ["8", "16"] and list(mlp.y) == ["16", "32"]
+    name = layout.configuration_at(16, 32, "attention+mlp")
+    assert mlp.customdata[1][1][0] == name  # row alpha 32, column rank 16
+    assert mlp.z[1][1] == pytest.approx(layout.cells.set_index("configuration").loc[name, "mean"])
+    assert "seeds" in clicks.hovertemplate and review.INTERVAL_NAME in clicks.hovertemplate
+
+
+def test_opro_runs_group_by_the_configuration_they_searched(grid_runs, tmp_path):
+    """OPRO searches of seeds 1 and 2 of one sweep cell are one configuration, named without paths,
+    whose seeds pair with the training runs' seeds in Compare."""
+    from tests.test_opro_review import TEST_MASKS, make_opro_run, search_history
+
+    root = grid_runs[0].path.parent
+    target = "My sweep · r16 · α32 · attention+MLP"
+    for seed in GRID_SEEDS:
+        run_dir = make_opro_run(root, f"opro-s{seed}", "run", target, seed, search_history(), test_masks=None)
+        config = rf.read_json(run_dir / rf.CONFIG)
+        target_run = f"My-sweep-attn+mlp-r16-a32-s{seed}"
+        config["target"].update(run=target_run, run_dir=str(root / target_run))
+        config.update(adapter=str(root / target_run / "adapter"), search_seed=seed)
+        rf.atomic_write_json(run_dir / rf.CONFIG, config)
+        from engine.runs.predictions import write_evaluation
+        write_evaluation(run_dir, "test", fake_records(10, 9 - seed), {"model": "tiny"})
+    make_opro_run(root, "opro-base", "base", "Base model", None, search_history(), test_masks=None)
+    runs = rf.list_runs(root)
+    configs = {c.name: c for c in review.configurations(runs)}
+    opro = configs[f"OPRO of {target}"]
+    assert [r.run_id for r in opro.runs] == ["opro-s1", "opro-s2"] and opro.kind == rf.KIND_OPRO
+    assert "OPRO of the base model (tiny)" in configs
+    assert not any(str(root) in name or "adapter" in name for name in configs)
+    (side_a, side_b) = review.resolve_picks(runs, [target, f"OPRO of {target}"], "test", read_predictions)
+    assert list(side_b.records) == [1, 2] == list(side_a.records)
+    paired = review.paired_comparison(side_a, side_b)
+    assert [row["pair"] for row in paired["rows"]] == ["seed 1", "seed 2"]
+    # Searches with other settings stay apart, told apart by the setting, not by a path.
+    other = make_opro_run(root, "opro-long-s1", "run", target, 1, search_history(), test_masks=None)
+    config = rf.read_json(other / rf.CONFIG)
+    config["target"].update(run="My-sweep-attn+mlp-r16-a32-s1")
+    config.update(iterations=5, adapter=str(root / "x" / "adapter"), dev_data=str(root / "dev-long.csv"))
+    rf.atomic_write_json(other / rf.CONFIG, config)
+    names = sorted(c.name for c in review.configurations(rf.list_runs(root)) if c.name.startswith(f"OPRO of {target}"))
+    assert names == [f"OPRO of {target} · dev_data=dev-long.csv, iterations=5",
+                     f"OPRO of {target} · dev_data=dev.csv, iterations=2"]

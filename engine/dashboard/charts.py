@@ -346,3 +346,61 @@ def opro_curve(points: pd.DataFrame, best: pd.DataFrame, final: bool = True,
     return _layout(fig, "opro_curve", title,
                    xaxis=dict(title="iteration (0 = original prompt)", tickmode="array", tickvals=iterations),
                    yaxis=dict(title="dev balanced accuracy (%)", range=[max(0, low - 10), 102]))
+
+
+def grid_heatmap(cells: pd.DataFrame, x_values: Sequence[Any], y_values: Sequence[Any],
+                 panel_values: Sequence[Any] = (None,), x_title: str = "", y_title: str = "",
+                 metric_title: str = "accuracy", interval_name: str = "95% interval") -> go.Figure:
+    """Mean accuracy per configuration as a heatmap over two fields, one panel per value of a third.
+
+    cells: engine.dashboard.grid's CELL_COLUMNS (panel, x, y, configuration, mean, ci low, ci high,
+    seeds, seed list, interval; percent). Each cell is written "81.2%" over its interval; hovering
+    gives the configuration, the interval and the seeds. Every cell carries its configuration's
+    name as customdata[0], so a click (a point selection) says which configuration it was. One
+    colour scale for all panels.
+    """
+    title = f"Mean {metric_title} over seeds, {interval_name}"
+    if cells.empty:
+        return _empty("grid", title, "no configuration with this evaluation")
+    from plotly.subplots import make_subplots
+
+    def text(value: Any) -> str:
+        return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+    panels = list(panel_values) or [None]
+    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[text(p) for p in panels] if panels != [None] else None)
+    xs, ys = [text(v) for v in x_values], [text(v) for v in y_values]
+    low, high = float(cells["mean"].min()), float(cells["mean"].max())
+    for column, panel in enumerate(panels, start=1):
+        part = cells if panel is None else cells[cells["panel"].map(text) == text(panel)]
+        z = [[None] * len(xs) for _ in ys]
+        labels = [[""] * len(xs) for _ in ys]
+        custom = [[["", "", "", "", ""]] * len(xs) for _ in ys]
+        for row in part.to_dict("records"):
+            i, j = ys.index(text(row["y"])), xs.index(text(row["x"]))
+            z[i][j] = row["mean"]
+            seeds = f"{row['seeds']} seed{'s' if row['seeds'] != 1 else ''}"
+            labels[i][j] = f"<b>{row['mean']:.1f}%</b><br>{row['interval']}<br>{seeds}"
+            custom[i][j] = [row["configuration"], row["interval"], row["seed list"], row["seeds"], f"{row['mean']:.1f}"]
+        hover = ("<b>%{customdata[0]}</b><br>mean %{customdata[4]}% over %{customdata[3]} seed(s)<br>"
+                 f"{interval_name} " "%{customdata[1]}<br>seeds %{customdata[2]}<extra></extra>")
+        fig.add_trace(go.Heatmap(
+            x=xs, y=ys, z=z, text=labels, texttemplate="%{text}", customdata=custom, coloraxis="coloraxis",
+            xgap=3, ygap=3, name=text(panel), hoverinfo="skip"), row=1, col=column)
+        # Heatmaps take no point selections: an invisible square marker on each cell carries the
+        # hover and the click (customdata[0] = the configuration).
+        shown = part.to_dict("records")
+        fig.add_trace(go.Scatter(
+            x=[text(r["x"]) for r in shown], y=[text(r["y"]) for r in shown], mode="markers", name=f"{text(panel)} cells",
+            marker=dict(symbol="square", size=70, color="rgba(0,0,0,0)"), showlegend=False,
+            customdata=[[r["configuration"], r["interval"], r["seed list"], r["seeds"], f"{r['mean']:.1f}"] for r in shown],
+            hovertemplate=hover), row=1, col=column)
+        fig.update_xaxes(title_text=x_title, type="category", categoryorder="array", categoryarray=xs,
+                         row=1, col=column)
+    fig.update_yaxes(title_text=y_title, type="category", categoryorder="array", categoryarray=ys, row=1, col=1)
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=ys, autorange="reversed")  # rows read down
+    _layout(fig, "grid", title, coloraxis=dict(colorscale="Viridis", cmin=low, cmax=high if high > low else low + 1,
+                                               colorbar=dict(title=dict(text="%"))))
+    fig.update_layout(height=max(HEIGHT, 140 + 110 * len(ys)), clickmode="event+select")
+    return fig

@@ -36,8 +36,13 @@ METRICS = (OVERALL, SPEECH, NONSPEECH)
 PER_RUN_FIELDS = frozenset({"seed", "schema_version", "source_file", "source_sha256", "column_mapping",
                             "device", "num_workers", "run_name"})
 # Columns of the overview table, in order.
-OVERVIEW_COLUMNS = ("name", "configuration", "seed", "kind", "status", "evaluation", "clips", "overall",
+OVERVIEW_COLUMNS = ("name", "configuration", "seed", "kind", "status", "attempts", "evaluation", "clips", "overall",
                     *CLASSES, "trainable %", "adapter MB", "created", "size MB", "slurm job")
+# A failed sweep cell's earlier try, moved aside by engine.jobs.sweep._move_aside ("<run>.attemptN").
+ATTEMPT_NAME = re.compile(r"^(?P<run>.+)\.attempt(?P<n>[0-9]+)$")
+# OPRO config fields that belong to one target run (its folder, adapter, seed): left out when OPRO
+# runs are grouped into the configuration of the runs they searched for.
+OPRO_PER_TARGET_FIELDS = frozenset({"target", "adapter", "search_seed", "label"})
 CLIP_OUTCOMES = ("false positive", "false negative", "correct")
 
 Loader = Callable[[Path], list[dict]]
@@ -173,10 +178,38 @@ def run_seed(info: rf.RunInfo) -> int | None:
         return None
 
 
-def overview_row(info: rf.RunInfo, size_bytes: int | None = None) -> dict[str, Any]:
-    """One overview row; a broken folder gives status "unreadable: why" instead of raising."""
+def attempt_of(name: str) -> tuple[str, int] | None:
+    """("attn-r8-a16-s42", 1) for the moved-aside attempt "attn-r8-a16-s42.attempt1", else None."""
+    match = ATTEMPT_NAME.match(name)
+    return (match["run"], int(match["n"])) if match else None
+
+
+def superseded_attempts(runs: Iterable[rf.RunInfo]) -> dict[str, list[str]]:
+    """Run id -> its earlier attempts' folder names, for attempts whose run folder exists."""
+    runs = list(runs)
+    ids = {info.run_id for info in runs}
+    out: dict[str, list[str]] = {}
+    for info in runs:
+        parsed = attempt_of(info.run_id)
+        if parsed and parsed[0] in ids:
+            out.setdefault(parsed[0], []).append(info.run_id)
+    return out
+
+
+def evaluation_names(runs: Iterable[rf.RunInfo]) -> list[str]:
+    """Every evaluation name of the readable runs, "test" first, then by name."""
+    names = {e for info in runs if info.readable for e in info.evaluations}
+    return sorted(names, key=lambda n: (n != DEFAULT_EVALUATION, n))
+
+
+def overview_row(info: rf.RunInfo, size_bytes: int | None = None, evaluation: str | None = None) -> dict[str, Any]:
+    """One overview row; a broken folder gives status "unreadable: why" instead of raising.
+
+    The accuracies are those of `evaluation` (empty when the run has none of that name); without
+    one, of the run's preferred evaluation ("test", else its first).
+    """
     row: dict[str, Any] = dict.fromkeys(OVERVIEW_COLUMNS)
-    row.update(name=info.run_id, kind=info.kind)
+    row.update(name=info.run_id, kind=info.kind, attempts=1)
     row["size MB"] = None if size_bytes is None else size_bytes / 1e6
     if not info.readable:
         row["status"] = f"unreadable: {info.error}"
@@ -187,7 +220,8 @@ def overview_row(info: rf.RunInfo, size_bytes: int | None = None) -> dict[str, A
     row["adapter MB"] = info.summary.get("adapter_mb")
     slurm = info.status.get("slurm")
     row["slurm job"] = slurm.get("job_id") if isinstance(slurm, dict) else None
-    name = preferred_evaluation(info.evaluations)
+    name = preferred_evaluation(info.evaluations) if evaluation is None else (
+        evaluation if evaluation in info.evaluations else None)
     if name:
         row["evaluation"] = name
         try:
@@ -231,14 +265,33 @@ def _as_pct(fraction: float | None) -> float | None:
     return None if fraction is None else 100.0 * fraction
 
 
-def overview_table(runs: Iterable[rf.RunInfo], sizes: Mapping[str, int] | None = None) -> pd.DataFrame:
-    """Every run: name, configuration, seed, kind, status, accuracies in percent, trainable %,
-    adapter MB, created and size on disk (MB). Sorted newest first."""
+def overview_table(runs: Iterable[rf.RunInfo], sizes: Mapping[str, int] | None = None,
+                   evaluation: str | None = None) -> pd.DataFrame:
+    """Every run: name, configuration, seed, kind, status, attempts, accuracies in percent (of
+    `evaluation`, see overview_row), trainable %, adapter MB, created and size on disk (MB).
+    Sorted newest first.
+
+    A resumed sweep's earlier attempts ("<run>.attemptN") are folded into their run's row: they
+    count in its `attempts` and its size on disk, and are not rows of their own.
+    """
     sizes = sizes or {}
-    rows = [overview_row(info, sizes.get(info.run_id)) for info in runs]
+    runs = list(runs)
+    attempts = superseded_attempts(runs)
+    folded = {name for names in attempts.values() for name in names}
+    rows = []
+    for info in runs:
+        if info.run_id in folded:
+            continue
+        row = overview_row(info, sizes.get(info.run_id), evaluation)
+        earlier = attempts.get(info.run_id, [])
+        if earlier:
+            row["attempts"] = 1 + len(earlier)
+            known = [sizes[name] for name in [info.run_id, *earlier] if name in sizes]
+            row["size MB"] = sum(known) / 1e6 if known else None
+        rows.append(row)
     frame = pd.DataFrame(rows, columns=list(OVERVIEW_COLUMNS))
-    frame["seed"] = frame["seed"].astype("Int64")
-    frame["clips"] = frame["clips"].astype("Int64")
+    for column in ("seed", "clips", "attempts"):
+        frame[column] = frame[column].astype("Int64")
     for column in ("overall", SPEECH, NONSPEECH, "trainable %", "adapter MB", "size MB"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame.sort_values(["created", "name"], ascending=[False, True], na_position="last",
@@ -261,9 +314,33 @@ def filter_overview(frame: pd.DataFrame, kinds: Iterable[str] = (), statuses: It
         keep &= frame["status"].map(status_group).isin(statuses)
     text = text.strip().lower()
     if text:
-        haystack = frame["name"].fillna("") + " " + frame["configuration"].fillna("")
+        haystack = pd.Series("", index=frame.index)
+        for column in ("name", "configuration"):  # a configurations table has no run names
+            if column in frame:
+                haystack += frame[column].fillna("").astype(str) + " "
         keep &= haystack.str.lower().str.contains(text, regex=False)
     return frame[keep].reset_index(drop=True)
+
+
+RESULTS_PAGE = "pages/results.py"
+
+
+def results_link(row: Mapping[str, Any], evaluation: str | None) -> tuple[dict[str, str] | None, str | None]:
+    """Where a click on an Overview row leads: (Results page query parameters, None), or
+    (None, why not) for a row that cannot be opened.
+
+    A run row opens that run's evaluation, a configuration row (no "name") the configuration."""
+    if "name" not in row:
+        params = {"config": str(row["configuration"])}
+    elif str(row.get("status") or "").startswith("unreadable"):
+        return None, f"{row['name']} cannot be opened: its folder is {row['status']}"
+    else:
+        params = {"run": str(row["name"])}
+        # the run's own evaluation: a run without the one shown opens on its preferred one
+        evaluation = row["evaluation"] if isinstance(row.get("evaluation"), str) else None
+    if evaluation:
+        params["evaluation"] = evaluation
+    return params, None
 
 
 @dataclass
@@ -346,10 +423,6 @@ def shared_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in PER_RUN_FIELDS}
 
 
-def _fingerprint(config: Mapping[str, Any]) -> str:
-    return json.dumps(shared_config(config), sort_keys=True, default=str)
-
-
 @dataclass
 class Configuration:
     """Runs that differ only by seed."""
@@ -378,26 +451,153 @@ def configurations(runs: Iterable[rf.RunInfo]) -> list[Configuration]:
 
     Two groups with the same label (say Attention-Only at rank 8 and at rank 16) get the
     fields that tell them apart appended to the name: "Attention-Only · lora_r=8".
+
+    OPRO runs group by what they searched for: the searches of the seeds of one training
+    configuration, with the same search settings, are one configuration "OPRO of <that
+    configuration>" whose seeds are the adapters' seeds (so they pair with the training runs);
+    searches on the base model group as "OPRO of the base model (<model>)", seeded by their
+    search seed. A sweep's earlier attempts ("<run>.attemptN" next to <run>) are left out.
     """
+    runs = list(runs)
+    folded = {name for names in superseded_attempts(runs).values() for name in names}
+    readable = [info for info in runs if info.readable and info.run_id not in folded]
+    plain = [info for info in readable if info.kind != rf.KIND_OPRO]
+    out = _group(plain, lambda info: info.config_label, shared_config)
+    by_run = {info.run_id: c.name for c in out for info in c.runs}
+    opro = [info for info in readable if info.kind == rf.KIND_OPRO]
+    out += _group(opro, lambda info: opro_configuration_label(info.config, by_run), _opro_shared)
+    return sorted(out, key=lambda c: natural_key(c.name))
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key reading digit runs as numbers: "r8" before "r16", case ignored."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"([0-9]+)", text.lower()) if part)
+
+
+def opro_configuration_label(config: Mapping[str, Any], configuration_of_run: Mapping[str, str]) -> str:
+    """"OPRO of <the target run's configuration>" (the target's label when that run is gone), or
+    "OPRO of the base model (<model>)"; no paths."""
+    target = config.get("target") if isinstance(config.get("target"), Mapping) else {}
+    if target.get("kind") == "base":
+        return f"OPRO of the base model ({Path(str(config.get('model') or '?')).name})"
+    run = target.get("run")
+    name = configuration_of_run.get(str(run)) if run else None
+    return f"OPRO of {name or target.get('config_label') or run or '?'}"
+
+
+def _opro_shared(config: Mapping[str, Any]) -> dict[str, Any]:
+    """An OPRO config's search settings: what makes searches of different seeds one configuration."""
+    shared = {k: v for k, v in shared_config(config).items() if k not in OPRO_PER_TARGET_FIELDS}
+    target = config.get("target") if isinstance(config.get("target"), Mapping) else {}
+    shared["target_kind"] = target.get("kind")
+    return shared
+
+
+def _group(runs: Sequence[rf.RunInfo], label_of: Callable[[rf.RunInfo], str],
+           shared_of: Callable[[Mapping[str, Any]], dict]) -> list[Configuration]:
     groups: dict[tuple[str, str], list[rf.RunInfo]] = {}
     for info in runs:
-        if info.readable:
-            groups.setdefault((info.config_label, _fingerprint(info.config)), []).append(info)
+        key = (label_of(info), json.dumps(shared_of(info.config), sort_keys=True, default=str))
+        groups.setdefault(key, []).append(info)
     by_label: dict[str, list[tuple[str, str]]] = {}
     for key in groups:
         by_label.setdefault(key[0], []).append(key)
     out = []
     for label, keys in by_label.items():
-        shared = {key: shared_config(groups[key][0].config) for key in keys}
+        shared = {key: shared_of(groups[key][0].config) for key in keys}
         differing = _differing_fields(list(shared.values())) if len(keys) > 1 else []
         for key in keys:
             members = sorted(groups[key], key=_run_order)
             name = label
             if differing:
                 flat = _flatten(shared[key])
-                name += " · " + ", ".join(f"{f}={config_value_text(flat.get(f))}" for f in differing[:3])
+                name += " · " + ", ".join(f"{f}={_name_text(flat.get(f))}" for f in differing[:3])
             out.append(Configuration(name, label, members[0].kind, shared[key], members))
-    return sorted(out, key=lambda c: c.name.lower())
+    return out
+
+
+def _name_text(value: Any) -> str:
+    """A config value as a configuration name shows it: a path by its last part."""
+    text = config_value_text(value)
+    return Path(text).name or text if isinstance(value, str) and os.sep in text else text
+
+
+CONFIGURATION_COLUMNS = ("configuration", "kind", "seeds", "seed list", "mean", "interval", "ci low", "ci high",
+                         *(f"{cls} mean" for cls in CLASSES), "balanced mean", "trainable %", "adapter MB", "runs",
+                         "note")
+# The interval the overview and the grid show for a configuration's mean: stats.aggregate_seeds'
+# clip+seed bootstrap, a percentile interval, hence always inside [0, 100].
+INTERVAL_NAME = "95% bootstrap interval (seeds and clips)"
+
+
+@dataclass
+class SeedAggregate:
+    """A configuration's seeds on one evaluation: stats.aggregate_seeds, or why there is none."""
+
+    configuration: Configuration
+    evaluation: str
+    seeds: list[Any] = field(default_factory=list)
+    stats: dict | None = None
+    error: str | None = None
+
+
+def seed_aggregates(configs: Iterable[Configuration], evaluation: str, load: Loader,
+                    n_boot: int = stats.DEFAULT_N_BOOT) -> dict[str, SeedAggregate]:
+    """Configuration name -> its seeds' aggregate on `evaluation` (percent; docs/STATISTICS.md).
+
+    A configuration with no run evaluated so gets stats None; one whose predictions cannot be
+    read gets the reason in `error` (the others are still computed).
+    """
+    out = {}
+    for config in configs:
+        members = config.runs_with(evaluation)
+        entry = SeedAggregate(config, evaluation)
+        if members:
+            try:
+                side = _side(config.name, config.kind, evaluation, members, config.config, load)
+                entry.seeds = list(side.records)
+                entry.stats = stats.aggregate_seeds(side.records, n_boot=n_boot)
+            except (OSError, ValueError, KeyError, TypeError, rf.RunFolderError) as exc:
+                entry.error = f"{evaluation} predictions cannot be read: {_reason(exc)}"
+        out[config.name] = entry
+    return out
+
+
+def configuration_overview(aggregates: Mapping[str, SeedAggregate]) -> pd.DataFrame:
+    """One row per configuration: seeds evaluated, mean accuracy over them with its bootstrap
+    interval (INTERVAL_NAME), per-class and balanced means (percent), trainable %, adapter MB, runs."""
+    rows = []
+    for name, entry in aggregates.items():
+        config = entry.configuration
+        agg = entry.stats or {}
+        overall = agg.get("overall") or {}
+        ci = overall.get("bootstrap_ci")
+        summaries = [info.summary for info in config.runs]
+        row = {"configuration": name, "kind": config.kind, "seeds": len(entry.seeds) if entry.stats else 0,
+               "seed list": ", ".join(map(str, entry.seeds)), "mean": overall.get("mean"),
+               "interval": format_interval(ci, 1.0) if ci else None,
+               "ci low": ci[0] if ci else None, "ci high": ci[1] if ci else None,
+               "balanced mean": (agg.get("balanced") or {}).get("mean"),
+               "trainable %": _single_number(s.get("trainable_percent") for s in summaries),
+               "adapter MB": _single_number(s.get("adapter_mb") for s in summaries),
+               "runs": len(config.runs),
+               "note": entry.error or (None if entry.stats else f"no {entry.evaluation} evaluation")}
+        for cls in CLASSES:
+            row[f"{cls} mean"] = (agg.get(cls) or {}).get("mean")
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(CONFIGURATION_COLUMNS))
+    for column in ("mean", "ci low", "ci high", *(f"{cls} mean" for cls in CLASSES), "balanced mean",
+                   "trainable %", "adapter MB"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame["seeds"] = frame["seeds"].astype("Int64")
+    return frame
+
+
+def _single_number(values: Iterable[Any]) -> float | None:
+    """The value the runs share (first when they differ, as for seeds of one config), else None."""
+    numbers = [v for v in values if _is_number(v)]
+    return numbers[0] if numbers else None
 
 
 def evaluation_options(runs: Iterable[rf.RunInfo]) -> list[str]:

@@ -67,8 +67,8 @@ def expand_sweep(base: dict, lists: dict[str, list]) -> list[dict]:
 
     Names are deterministic, e.g. "attn-r16-a32-s42" (label or target preset, then rank, alpha,
     seed and any other swept field). When more than the seed varies, each cell's "label" names
-    its configuration (e.g. "Attention-Only r8"), so seeds of one cell aggregate together. A base
-    label that is just a preset's name (as TrainConfig.to_dict() fills it in) counts as unset, and
+    its configuration for people (e.g. "My sweep · r8 · α16 · attention+MLP", see label_part), so
+    seeds of one cell aggregate together. A base label that is just a preset's name (as TrainConfig.to_dict() fills it in) counts as unset, and
     the derived keys target_modules and effective_batch are dropped (train recomputes them).
     """
     from engine.config import PRESET_LABELS
@@ -104,11 +104,33 @@ def expand_sweep(base: dict, lists: dict[str, list]) -> list[dict]:
         non_seed = [k for k in swept if k != "seed"]
         if non_seed:
             label = base_label or PRESET_LABELS.get(target_key, target_key)
-            extra = [f"{_NAME_TAGS.get(k, k)}{_name_value(config[k])}" for k in non_seed
-                     if not (k == "targets" and not base_label)]
-            config["label"] = " ".join([label, *extra])
+            shown = [k for k in non_seed if not (k == "targets" and not base_label)]
+            config["label"] = " · ".join([label, *(label_part(k, config[k]) for k in _label_order(shown))])
         cells.append({"run_name": name, "config": config})
     return cells
+
+
+# How a swept field reads in a configuration's label ("My sweep · r8 · α16 · attention+MLP");
+# run folder names keep the short tags above.
+_LABEL_FORMS = {"lora_r": "r{}", "lora_alpha": "α{}", "learning_rate": "lr {}", "epochs": "{} epochs",
+                "lora_dropout": "dropout {}", "max_steps": "{} steps", "quantization": "{}"}
+_TARGET_TEXT = {"attention": "attention", "attention+mlp": "attention+MLP"}
+_LABEL_FIRST = ("lora_r", "lora_alpha")  # rank and alpha first, the target set last: the order a grid reads
+
+
+def label_part(key: str, value: Any) -> str:
+    """One swept value as a configuration label shows it: "r8", "α16", "lr 0.0002", "attention+MLP"."""
+    if key == "targets":
+        text = value if isinstance(value, str) else "+".join(str(v) for v in value)
+        return _TARGET_TEXT.get(text, text)
+    form = _LABEL_FORMS.get(key)
+    return form.format(_name_value(value)) if form else f"{key} {_name_value(value)}"
+
+
+def _label_order(keys: list[str]) -> list[str]:
+    first = [k for k in _LABEL_FIRST if k in keys]
+    last = [k for k in keys if k == "targets"]
+    return first + [k for k in keys if k not in first and k not in last] + last
 
 
 def _name_value(value: Any) -> str:
