@@ -48,8 +48,7 @@ DATASET_JSON = "dataset.json"
 MANIFEST = "manifest.csv"
 CLIPS_DIR = "clips"
 SHA_CHARS = 8
-# A data set's folder is "<name>-<sha8>", and that must be a valid run-style name (128 characters).
-MAX_NAME_CHARS = 128 - SHA_CHARS - 1
+MAX_NAME_CHARS = 64  # leaves room for -<sha8> and the suffixes evaluation names get (-opro, -silence)
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 # Left out of a zip without comment: what archivers and file browsers add by themselves.
 _JUNK_PARTS = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
@@ -473,7 +472,7 @@ def _store(root: Path, name: str, layout: str, candidates: list[_Candidate], ref
     sha256 = _content_sha256(usable)
     for stored in list_datasets(root):
         if stored.sha256 == sha256:
-            stored.reused = True
+            stored.reused, stored.refused = True, refused  # what this upload left out, not the first one
             return stored
 
     dataset_id = f"{name}-{sha256[:SHA_CHARS]}"
@@ -504,7 +503,7 @@ def _store(root: Path, name: str, layout: str, candidates: list[_Candidate], ref
     except OSError:
         existing = read_dataset(dataset.folder)
         if existing is not None and existing.sha256 == sha256:  # stored meanwhile by another upload
-            existing.reused = True
+            existing.reused, existing.refused = True, refused
             return existing
         raise DatasetError(f"cannot store the data set: {dataset.folder} exists and holds something else") from None
     return dataset
