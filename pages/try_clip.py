@@ -67,10 +67,8 @@ if results:
         st.subheader("Scores")
         columns = clip_matrix.matrix_columns(results["adapters"], cached_runs(root))
         matrix = clip_matrix.clip_matrix(results["rows"], columns, results["clips"])
-        styled = matrix.texts.style.apply(lambda _texts: clip_matrix.cell_colours(matrix), axis=None)
-        st.dataframe(styled, width="stretch",
-                     column_config={name: st.column_config.TextColumn(name, help=f"Configuration {group}")
-                                    for group, names in matrix.groups.items() for name in names})
+        # st.table, not st.dataframe: a few clips x adapters, every cell readable at once (and in the page text)
+        st.table(matrix.texts.style.apply(lambda _texts: clip_matrix.cell_colours(matrix), axis=None))
         st.caption("One row per clip, one column per adapter, grouped by configuration; a configuration with several "
                    "seeds ends with the mean p(SPEECH) over them (label at 0.5). Cells: p(SPEECH), the softmax "
                    "over the log-probabilities of the two answer words, and the prediction at 0.5; blue SPEECH, "

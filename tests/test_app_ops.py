@@ -286,11 +286,11 @@ def test_try_a_clip_scores_good_files_and_reports_bad_ones(workspace, monkeypatc
     assert not at.exception
     # only the decodable clip is sent, resampled to 16 kHz mono
     assert calls == [(["tone.wav"], ["cfg-s1", "base model (tiny)"], [8000])]
-    matrix = at.dataframe[0].value
+    matrix = at.table[0].value
     assert list(matrix.index) == ["tone.wav"]
     assert list(matrix.columns) == ["Cfg · seed 1", "base model (tiny)"]
     assert list(matrix.loc["tone.wav"]) == ["0.812 SPEECH", "0.812 SPEECH"]
-    table = at.table[0].value
+    table = at.table[1].value  # every score, in the expander below the matrix
     assert list(table["p(SPEECH)"]) == ["0.812", "0.812"] and list(table["prediction"]) == ["SPEECH", "SPEECH"]
     assert len(at.error) == 1  # the broken file's message stays next to it
 
@@ -314,7 +314,7 @@ def test_try_a_clip_matrix_groups_seeds_with_their_mean(workspace, monkeypatch):
     at.multiselect(key="clip_adapters").set_value(["other-s7", "cfg-s2", "cfg-s1"]).run()
     at.button(key="clip_score").click().run()
     assert not at.exception
-    matrix = at.dataframe[0].value
+    matrix = at.table[0].value
     # configurations in the order first picked, seeds ascending, then the mean over the seeds
     assert list(matrix.columns) == ["Other · seed 7", "Cfg · seed 1", "Cfg · seed 2", "Cfg · mean of 2 seeds"]
     assert list(matrix.loc["a.wav"]) == ["0.200 NONSPEECH", "0.900 SPEECH", "0.600 SPEECH", "0.750 SPEECH"]
