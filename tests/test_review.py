@@ -374,6 +374,31 @@ def test_static_export_that_hangs_is_stopped(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no half-made image, no scratch folder
 
 
+def test_static_export_retries_an_image_kaleido_did_not_make(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    monkeypatch.setattr(report, "static_export_problem", lambda: None)
+    calls = []
+
+    def child(work: Path, timeout_s: float) -> None:  # makes "a" at once, "b" only on the second try
+        calls.append(sorted(p.stem for p in work.glob("*.json")))
+        for spec in work.glob("*.json"):
+            if spec.stem == "a" or len(calls) > 1:
+                spec.with_suffix(".png").write_bytes(b"png")
+
+    monkeypatch.setattr(report, "_run_image_child", child)
+    figs = {"a": go.Figure(), "b": go.Figure()}
+    images, skipped = report.write_images(figs, tmp_path)
+    assert calls == [["a", "b"], ["b"]] and skipped is None
+    assert [p.name for p in images] == ["a.png", "b.png"]
+
+    monkeypatch.setattr(report, "_run_image_child", lambda work, timeout_s: None)  # exits well, makes nothing
+    (tmp_path / "none").mkdir()
+    images, skipped = report.write_images(figs, tmp_path / "none")
+    assert images == [] and skipped == "kaleido made no image of a, b (tried 2 times)"
+    assert list((tmp_path / "none").iterdir()) == []
+
+
 def test_report_matches_engine_json_commands(example_report):
     root, paths = example_report
     markdown = paths["markdown"].read_text()

@@ -193,39 +193,58 @@ def static_export_problem() -> str | None:
     return None
 
 
-def write_images(figs: dict[str, go.Figure], folder: Path,
-                 timeout_s: float = IMAGE_TIMEOUT_S) -> tuple[list[Path], str | None]:
+def write_images(figs: dict[str, go.Figure], folder: Path, timeout_s: float = IMAGE_TIMEOUT_S,
+                 attempts: int = 2) -> tuple[list[Path], str | None]:
     """PNG copies of `figs` in `folder` (stem.png); returns (paths, None), or ([], why none were written).
 
     kaleido runs in a child process of its own session, killed with its browser after
-    `timeout_s`; images appear (renamed into place) only when all were made.
+    `timeout_s`; a figure it did not make (seen on a loaded machine, with exit status 0) is tried
+    once more. Images appear (renamed into place) only when all were made.
     """
     if problem := static_export_problem():
         return [], problem
-    folder = Path(folder)
-    with tempfile.TemporaryDirectory(prefix=".images-", dir=folder) as work:
-        for stem, fig in figs.items():
-            (Path(work) / f"{stem}.json").write_text(fig.to_json(), encoding="utf-8")
-        command = [sys.executable, "-m", "engine.dashboard.report", "--images", work]
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            output, _ = process.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_session(process)
-            return [], (f"making the images took longer than {timeout_s:g} s (kaleido needs a working Chrome or "
-                        "Chromium; name one with $BROWSER_PATH)")
-        if process.returncode != 0:
-            lines = [line for line in (output or "").strip().splitlines() if line.strip()]
-            return [], f"kaleido failed: {lines[-1] if lines else f'exit status {process.returncode}'}"
+    folder = Path(folder).resolve()  # the child runs in the repository folder
+    with tempfile.TemporaryDirectory(prefix=".images-", dir=folder) as scratch:
+        work = Path(scratch)
+        missing = list(figs)
+        for _attempt in range(attempts):
+            for stem in missing:
+                (work / f"{stem}.json").write_text(figs[stem].to_json(), encoding="utf-8")
+            problem = _run_image_child(work, timeout_s)
+            if problem:
+                return [], problem
+            for spec in work.glob("*.json"):
+                spec.unlink()
+            missing = [stem for stem in figs if not (work / f"{stem}.{IMAGE_FORMAT}").is_file()]
+            if not missing:
+                break
+        else:
+            return [], f"kaleido made no image of {', '.join(missing)} (tried {attempts} times)"
         paths = []
         for stem in figs:
             image = folder / f"{stem}.{IMAGE_FORMAT}"
-            made = Path(work) / image.name
+            made = work / image.name
             os.chmod(made, 0o666 & ~rf.current_umask())
             os.replace(made, image)
             paths.append(image)
     return paths, None
+
+
+def _run_image_child(work: Path, timeout_s: float) -> str | None:
+    """Run _images_main on `work` in a child process; None when it ended well, else why not."""
+    command = [sys.executable, "-m", "engine.dashboard.report", "--images", str(work)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_session(process)
+        return (f"making the images took longer than {timeout_s:g} s (kaleido needs a working Chrome or "
+                "Chromium; name one with $BROWSER_PATH)")
+    if process.returncode != 0:
+        lines = [line for line in (output or "").strip().splitlines() if line.strip()]
+        return f"kaleido failed: {lines[-1] if lines else f'exit status {process.returncode}'}"
+    return None
 
 
 def _kill_session(process: subprocess.Popen) -> None:
