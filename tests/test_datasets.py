@@ -230,3 +230,12 @@ def test_stored_files_are_readable_by_others(root):
     assert stat.S_IMODE(dataset.folder.stat().st_mode) == 0o755
     for path in dataset.folder.rglob("*"):
         assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
+
+
+def test_a_datasets_folder_that_links_elsewhere_is_refused(root, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / ds.DATASETS_DIR).symlink_to(elsewhere)
+    with pytest.raises(ds.DatasetError, match="is a link; uploads are stored only inside the workspace"):
+        ds.ingest_zip(root, "linked", make_zip({"speech/a.wav": wav()}))
+    assert list(elsewhere.iterdir()) == []

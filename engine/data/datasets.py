@@ -549,6 +549,8 @@ class _staging:
 
     def __enter__(self) -> Path:
         self.base.mkdir(parents=True, exist_ok=True)
+        if self.base.is_symlink() or not rf.is_inside(self.base, self.base.parent):
+            raise DatasetError(f"{self.base} is a link; uploads are stored only inside the workspace")
         self.path = Path(tempfile.mkdtemp(prefix=".upload-", dir=self.base))
         return self.path
 
