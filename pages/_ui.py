@@ -1,5 +1,6 @@
-"""What every dashboard page shares: the workspace picker, the disk banner, cached readers, and the
-target and data pickers of the pages that queue jobs on runs (Evaluate, Prompt optimisation).
+"""What every dashboard page shares: the workspace picker, the disk banner, cached readers, the
+target and data pickers of the pages that queue jobs (Evaluate, Prompt optimisation, Train), and the
+upload of a labelled data set into the workspace.
 
 Pages import it as `pages._ui` (Streamlit puts app.py's folder on sys.path). Only light engine
 modules are used here: the dashboard process never imports torch.
@@ -17,6 +18,8 @@ import streamlit as st
 
 from engine import jobs
 from engine.dashboard import launch
+from engine.data import datasets
+from engine.labels import CLASSES
 from engine.runs import folder as rf
 from engine.config import DEFAULT_MODEL, QUANTIZATIONS
 from engine.ops.disk import low_space_warning
@@ -220,8 +223,11 @@ def pick_target(prefix: str, scorable: list[rf.RunInfo], label: str) -> Target:
 
 
 def known_data_sets(root: Path, signature: str) -> list[str]:
-    """Data sets the workspace's evaluations used, plus the demo manifests (re-read when a run changed)."""
-    return _known_data_sets(str(root), signature)
+    """Data sets the workspace's evaluations used and the demo manifests (re-read when a run changed),
+    then the uploaded data sets of <workspace>/_datasets (newest first)."""
+    found = list(_known_data_sets(str(root), signature))
+    uploaded = [str(dataset.manifest) for dataset in datasets.list_datasets(root)]
+    return [path for path in found if path not in uploaded] + uploaded
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -229,17 +235,119 @@ def _known_data_sets(root: str, signature: str) -> list[str]:
     return launch.known_test_sets(cached_runs(Path(root), signature), Path(root))
 
 
+def data_set_text(path: str) -> str:
+    """How a data set is shown in pickers: an uploaded one by its name, anything else by its path."""
+    where = Path(path)
+    if where.name == datasets.MANIFEST and where.parent.parent.name == datasets.DATASETS_DIR:
+        return f"{where.parent.name} (uploaded)"
+    return path
+
+
 def pick_data(label: str, key: str, known: list[str], index: int = 0, none_option: str | None = None,
-              help: str | None = None) -> str:
+              help: str | None = None, on_change: Callable[[], None] | None = None) -> str:
     """A data set from `known`, or any path typed in (selectbox <key>_choice, text input <key>_path).
 
-    With `none_option` the first choice means "no data" and gives "".
+    With `none_option` the first choice means "no data" and gives "". on_change runs when the
+    choice changes.
     """
     options = ([none_option] if none_option else []) + known + [OTHER_PATH]
-    choice = st.selectbox(label, options, index=min(index, len(options) - 1), key=f"{key}_choice", help=help)
+    choice = st.selectbox(label, options, index=min(index, len(options) - 1), key=f"{key}_choice", help=help,
+                          format_func=data_set_text, on_change=on_change)
     if choice == OTHER_PATH:
         return st.text_input(f"{label} path", key=f"{key}_path", placeholder="/data/test.csv")
     return "" if choice == none_option else choice
+
+
+TYPED = "(as typed above)"
+
+
+def data_set_shortcut(label: str, text_key: str, known: list[str]) -> None:
+    """A picker under a data path text input (key `text_key`): choosing a known data set, an uploaded
+    one included, fills the text input. Keyed <text_key>_pick."""
+    def fill() -> None:
+        picked = st.session_state[f"{text_key}_pick"]
+        if picked != TYPED:
+            st.session_state[text_key] = picked
+
+    st.selectbox(f"{label}: a data set of this workspace", [TYPED, *known], key=f"{text_key}_pick",
+                 format_func=data_set_text, on_change=fill,
+                 help="Fills the path above: data this workspace's evaluations used, the demo data, and the "
+                      "data sets uploaded on the Evaluate page.")
+
+
+ZIP_UPLOAD, FILES_UPLOAD = "A zip", "Audio files with a label each"
+PER_FILE = "A label per file"
+AUDIO_TYPES = ["wav", "flac", "mp3", "ogg", "oga", "opus", "aif", "aiff", "au"]
+
+
+def upload_data_set(root: Path, key: str, on_stored: Callable[[datasets.Dataset], None] | None = None) -> None:
+    """Upload a labelled data set into <workspace>/_datasets (widgets keyed <key>_...); on_stored(dataset)
+    runs after a successful upload, before the page reruns (it may set other widgets' values).
+
+    The outcome (stored or reused, with every refused file and its reason) stays shown until the
+    next upload.
+    """
+    outcome_key = f"{key}_outcome"
+
+    def store() -> None:
+        state = st.session_state
+        try:
+            if state[f"{key}_mode"] == ZIP_UPLOAD:
+                upload = state.get(f"{key}_zip")
+                if upload is None:
+                    raise datasets.DatasetError("choose a zip file first")
+                dataset = datasets.ingest_zip(root, state.get(f"{key}_name", ""), upload.getvalue())
+            else:
+                files = state.get(f"{key}_files") or []
+                if not files:
+                    raise datasets.DatasetError("choose audio files first")
+                batch = state.get(f"{key}_label", CLASSES[0])
+                labelled = [(f.name, f.getvalue(), state.get(f"{key}_label_{i}", CLASSES[0]) if batch == PER_FILE
+                             else batch) for i, f in enumerate(files)]
+                dataset = datasets.ingest_files(root, state.get(f"{key}_name", ""), labelled)
+        except (datasets.DatasetError, OSError) as exc:
+            state[outcome_key] = {"error": f"Nothing stored: {exc}"}
+            return
+        state[outcome_key] = {"dataset": dataset}
+        if on_stored:
+            on_stored(dataset)
+
+    with st.expander("Upload a labelled data set", expanded=outcome_key in st.session_state):
+        st.caption("A zip with speech/ and nonspeech/ folders, an audiofolder (metadata.csv with file_name,label), "
+                   "or a manifest (CSV/JSONL with path,label and any metadata columns) beside its clips; or audio "
+                   f"files with a label each. Stored in {root / datasets.DATASETS_DIR}/<name>-<hash>/ and offered "
+                   "like any other test set on Evaluate, Train and Prompt optimisation; the same content uploaded "
+                   "again reuses the stored copy.")
+        mode = st.radio("Upload", [ZIP_UPLOAD, FILES_UPLOAD], key=f"{key}_mode", horizontal=True)
+        st.text_input("Name", key=f"{key}_name", placeholder="heldout-march",
+                      help="Letters, digits, '.', '_', '+' or '-'; the folder adds the content hash. Evaluations of "
+                           "the data set are named after it.")
+        if mode == ZIP_UPLOAD:
+            ready = st.file_uploader("Zip file", type=["zip"], key=f"{key}_zip") is not None
+        else:
+            files = st.file_uploader("Audio files", type=AUDIO_TYPES, accept_multiple_files=True,
+                                     key=f"{key}_files") or []
+            ready = bool(files)
+            batch = st.selectbox("Label", [*CLASSES, PER_FILE], key=f"{key}_label",
+                                 help="One label for every file, or one per file.")
+            if batch == PER_FILE:
+                columns = st.columns(3)
+                for i, upload in enumerate(files):
+                    columns[i % 3].selectbox(upload.name, CLASSES, key=f"{key}_label_{i}")
+        st.button("Store the data set", key=f"{key}_store", on_click=store, disabled=not ready)
+        outcome = st.session_state.get(outcome_key)
+        if outcome and "error" in outcome:
+            st.error(outcome["error"], icon=":material/error:")
+        elif outcome:
+            dataset = outcome["dataset"]
+            if dataset.reused:
+                st.info(f"The same clips are already stored as {dataset.describe()}; that data set is used.")
+            else:
+                st.success(f"Stored {dataset.describe()} in {dataset.folder}.")
+            if dataset.refused:
+                st.warning(f"{len(dataset.refused)} file(s) of the upload are not in the data set:")
+                st.dataframe([{"file": r.file, "reason": r.reason} for r in dataset.refused], hide_index=True,
+                             width="stretch")
 
 
 def cancel_callback(root: Path, message_key: str) -> Callable[[str], None]:

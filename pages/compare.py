@@ -176,7 +176,10 @@ if st.button("Export report", key="export_report", type="primary"):
                                           for k, v in written.items()}
 written = st.session_state.get("report_written")
 if written and Path(written["markdown"]).is_file():
-    st.success(f"Report written to {written['folder']} (report.md, comparison.csv, figures/*.html).")
+    st.success(f"Report written to {written['folder']} (report.md, comparison.csv, figures/*.html"
+               + (", figures/*.png)." if written.get("images") else ")."))
+    if written.get("images_skipped"):
+        st.warning(f"No PNG figures: {written['images_skipped']}. The HTML figures and the report are complete.")
     left, right = st.columns(2)
     left.download_button("Download report.md", Path(written["markdown"]).read_bytes(), file_name="report.md",
                          mime="text/markdown", key="download_md")

@@ -33,8 +33,9 @@ used_fraction = volume["used"] / volume["total"] if volume["total"] else 0.0
 free_col, total_col, workspace_col = st.columns(3)
 free_col.metric("Free", disk.format_bytes(volume["free"]), help=f"On {volume['mount']}")
 total_col.metric("Volume size", disk.format_bytes(volume["total"]))
-workspace_col.metric("Workspace", disk.format_bytes(sum(row["total"] for row in runs) + disk.queue_usage(root)),
-                     help=str(root))
+shared = disk.shared_usage(root)
+workspace_col.metric("Workspace", disk.format_bytes(sum(row["total"] for row in runs) + disk.queue_usage(root)
+                                                    + sum(shared.values())), help=str(root))
 st.progress(min(1.0, used_fraction), text=f"{used_fraction:.0%} used on {volume['mount']}")
 
 # ---------------------------------------------------------------- runs
@@ -46,9 +47,11 @@ if runs:
     megabytes = st.column_config.NumberColumn(format="%.2f MB")
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={column: megabytes for column in (*disk.CATEGORIES, "total")})
-    st.caption(f"Job queue (job files and logs): {disk.format_bytes(disk.queue_usage(root))}.")
 else:
     st.info(f"No runs in {root}.")
+st.caption(f"Job queue (job files and logs): {disk.format_bytes(disk.queue_usage(root))}. "
+           + " ".join(f"{what.capitalize()} ({name}/): {disk.format_bytes(shared[name])}."
+                      for name, what in disk.SHARED_FOLDERS.items()))
 
 # ---------------------------------------------------------------- model cache
 st.subheader("Model cache")

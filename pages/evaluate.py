@@ -13,8 +13,9 @@ from engine.dashboard import opro_review
 from engine.dashboard import review
 from engine.config import DEFAULT_LABELS
 from engine.dashboard.review import workspace_signature
-from pages._ui import (BASE, banner, cached_runs, cancel_callback, job_queue_health, known_data_sets, live_job_list,
-                       pick_data, pick_target, workspace)
+from engine.data import datasets
+from pages._ui import (BASE, OTHER_PATH, banner, cached_runs, cancel_callback, job_queue_health, known_data_sets,
+                       live_job_list, pick_data, pick_target, upload_data_set, workspace)
 
 AUDIO_CHOICES = {"real audio": None, "silence control": "silence", "shuffle control": "shuffle"}
 OWN_PROMPT, OPRO_PROMPT, CUSTOM_PROMPT = "The run's own prompt", "The best prompt of an OPRO run", "Custom text"
@@ -44,15 +45,33 @@ if target.choice == BASE:
 # ---------------------------------------------------------------- with which prompt
 
 
+def chosen_test_data() -> str:
+    choice = st.session_state.get("eval_test_choice") or ""
+    return st.session_state.get("eval_test_path", "") if choice == OTHER_PATH else choice
+
+
+def default_name() -> str:
+    """test / test-opro, or for an uploaded data set its id (and id-opro): Compare then lists it by name."""
+    own = st.session_state.get("eval_prompt_choice", OWN_PROMPT) == OWN_PROMPT
+    dataset = datasets.dataset_of(root, chosen_test_data())
+    if dataset is not None:
+        return dataset.dataset_id if own else f"{dataset.dataset_id}-opro"
+    return DEFAULT_NAME if own else OTHER_PROMPT_NAME
+
+
 def suggest_name() -> None:
-    """Another prompt gets its own evaluation name by default, so the original evaluation is not
-    replaced silently; a name the user typed is left alone."""
-    own = st.session_state["eval_prompt_choice"] == OWN_PROMPT
-    current = st.session_state.get("eval_name", DEFAULT_NAME)
-    if own and current == OTHER_PROMPT_NAME:
-        st.session_state["eval_name"] = DEFAULT_NAME
-    elif not own and current == DEFAULT_NAME:
-        st.session_state["eval_name"] = OTHER_PROMPT_NAME
+    """Another prompt or another uploaded data set gets its own evaluation name by default, so no
+    evaluation is replaced silently; a name the user typed is left alone."""
+    automatic = {DEFAULT_NAME, OTHER_PROMPT_NAME}
+    for dataset in datasets.list_datasets(root):
+        automatic |= {dataset.dataset_id, f"{dataset.dataset_id}-opro"}
+    if st.session_state.get("eval_name", DEFAULT_NAME) in automatic:
+        st.session_state["eval_name"] = default_name()
+
+
+def use_uploaded(dataset: datasets.Dataset) -> None:
+    st.session_state["eval_test_choice"] = str(dataset.manifest)
+    suggest_name()
 
 
 prompt_choice = st.radio("Prompt", [OWN_PROMPT, OPRO_PROMPT, CUSTOM_PROMPT], key="eval_prompt_choice",
@@ -85,14 +104,16 @@ elif prompt_choice == CUSTOM_PROMPT:
                           help="Sent as --prompt; keep both answer words in it (e.g. SPEECH or NONSPEECH).")
 
 # ---------------------------------------------------------------- on what, how
-test_data = pick_data("Test data", "eval_test", known_data_sets(root, signature),
-                      help="Test sets this workspace was evaluated on, or any manifest (CSV/JSONL) or folder.")
+upload_data_set(root, "eval_upload", on_stored=use_uploaded)
+test_data = pick_data("Test data", "eval_test", known_data_sets(root, signature), on_change=suggest_name,
+                      help="Test sets this workspace was evaluated on, the uploaded data sets, or any manifest "
+                           "(CSV/JSONL) or folder.")
 if "eval_name" not in st.session_state:
-    st.session_state["eval_name"] = DEFAULT_NAME if prompt_choice == OWN_PROMPT else OTHER_PROMPT_NAME
+    st.session_state["eval_name"] = default_name()
 left, middle, right = st.columns([2, 1, 3])
 name = left.text_input("Evaluation name", key="eval_name",
                        help="Stored as evaluations/<name>/ in the run; controls add -silence / -shuffle. Another "
-                            "prompt than the run's own defaults to test-opro.")
+                            "prompt than the run's own defaults to test-opro; an uploaded data set to its name.")
 batch_size = middle.number_input("Batch size", min_value=1, max_value=256, value=8, step=1, key="eval_batch")
 audio = right.multiselect("Audio", list(AUDIO_CHOICES), default=["real audio"], key="eval_audio",
                           help="The audio-is-used controls replace every clip with silence of the same length, or "

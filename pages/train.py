@@ -11,10 +11,13 @@ from engine.dashboard import launch
 from engine.runs import folder as rf
 from engine.config import PRESET_LABELS
 from engine.dashboard import charts, review
-from pages._ui import banner, cancel_callback, job_queue_health, live_job_list, workspace
+from engine.dashboard.review import workspace_signature
+from pages._ui import (banner, cancel_callback, data_set_shortcut, job_queue_health, known_data_sets,
+                       live_job_list, workspace)
 
 MAX_PREVIEW_COMMANDS = 12
 LIVE_CURVE_EVERY = "3s"
+DATA_FIELDS = ("train_data", "val_data")  # paths typed in, or picked from the workspace's data sets
 
 root = workspace()
 st.title("Train")
@@ -34,7 +37,10 @@ def field_widget(spec: launch.FormField, initial):
         return st.checkbox(label, value=initial, key=key, help=spec.help)
     if spec.kind == "text_area":
         return st.text_area(label, value=initial, key=key, help=spec.help, height=80)
-    return st.text_input(label, value=initial, key=key, help=spec.help)
+    value = st.text_input(label, value=initial, key=key, help=spec.help)
+    if spec.name in DATA_FIELDS:
+        data_set_shortcut(spec.name, key, known_data)
+    return value
 
 
 # ---------------------------------------------------------------- the form
@@ -42,6 +48,7 @@ st.caption("Every field is a TrainConfig field (hover for its meaning). Several 
            "alphas, or several target presets, launch one run per combination; runs of one configuration that "
            "differ only in the seed are compared together.")
 demo = launch.demo_defaults(root)
+known_data = known_data_sets(root, workspace_signature(root))
 form = {}
 for title, specs in launch.form_sections():
     with st.expander(title, expanded=title in ("Configuration", "Data")):

@@ -1,12 +1,14 @@
-"""Try a clip: upload audio and score it with finished adapters and the base model, side by side."""
+"""Try a clip: upload audio and score it with finished adapters and the base model, as a clips x
+adapters matrix grouped by configuration."""
 
 import pandas as pd
 import streamlit as st
 
 from engine.ops import clip_worker
+from engine.dashboard import clip_matrix
 from engine.data.audio import AudioError, decode_bytes
 from engine.config import QUANTIZATIONS
-from pages._ui import banner, workspace
+from pages._ui import banner, cached_runs, workspace
 
 BASE = "base model"
 
@@ -50,28 +52,34 @@ for upload in uploads or []:
     decoded.append((name, audio))
     right.caption(f"{info.original_seconds:.2f} s, {info.original_sr} Hz, {info.channels} channel(s)"
                   + (" (the model hears the first 30 s)" if info.truncated else ""))
-    if results:
-        for row in results["rows"]:
-            if row["clip"] == name:
-                right.markdown(f"`{row['adapter']}`: p(SPEECH) **{row['p_speech']:.3f}**, {row['pred']}")
 
 if st.button("Score", key="clip_score", type="primary", disabled=not (decoded and picked)):
     with st.spinner("Scoring (the first request starts a scoring worker, which loads the model once) ..."):
         rows, errors = clip_worker.score_clips(root, decoded, picked)
-    st.session_state["clip_results"] = {"rows": rows, "errors": errors}
-    st.rerun()  # show each clip's scores next to it
+    st.session_state["clip_results"] = {"rows": rows, "errors": errors, "clips": [name for name, _ in decoded],
+                                        "adapters": [choice.label for choice in picked]}
+    st.rerun()
 
 if results:
     for error in results["errors"]:
         st.error(error, icon=":material/error:")
     if results["rows"]:
         st.subheader("Scores")
-        table = pd.DataFrame([{"clip": row["clip"], "adapter": row["adapter"], "p(SPEECH)": f"{row['p_speech']:.3f}",
-                               "prediction": row["pred"], "margin": f"{row['margin']:+.3f}", "ms": f"{row['ms']:.0f}"}
-                              for row in results["rows"]])
-        st.table(table.set_index(["clip", "adapter"]))
-        st.caption("p(SPEECH): softmax over the log-probabilities of the two answer words; prediction at 0.5. "
-                   "margin: log-probability of SPEECH minus NONSPEECH.")
+        columns = clip_matrix.matrix_columns(results["adapters"], cached_runs(root))
+        matrix = clip_matrix.clip_matrix(results["rows"], columns, results["clips"])
+        # st.table, not st.dataframe: a few clips x adapters, every cell readable at once (and in the page text)
+        st.table(matrix.texts.style.apply(lambda _texts: clip_matrix.cell_colours(matrix), axis=None))
+        st.caption("One row per clip, one column per adapter, grouped by configuration; a configuration with several "
+                   "seeds ends with the mean p(SPEECH) over them (label at 0.5). Cells: p(SPEECH), the softmax "
+                   "over the log-probabilities of the two answer words, and the prediction at 0.5; blue SPEECH, "
+                   "orange NONSPEECH, stronger the surer.")
+        with st.expander("Every score (margin, time)"):
+            table = pd.DataFrame([{"clip": row["clip"], "adapter": row["adapter"],
+                                   "p(SPEECH)": f"{row['p_speech']:.3f}", "prediction": row["pred"],
+                                   "margin": f"{row['margin']:+.3f}", "ms": f"{row['ms']:.0f}"}
+                                  for row in results["rows"]])
+            st.table(table.set_index(["clip", "adapter"]))
+            st.caption("margin: log-probability of SPEECH minus NONSPEECH.")
 
 workers = clip_worker.live_workers(root)
 if workers:

@@ -8,6 +8,7 @@ test_clip_worker.py and, end to end, in test_browser.py).
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine.ops import clip_worker
 from engine import jobs
+from engine.data import datasets
 from engine.runs import folder as rf
 
 PAGES = Path(__file__).resolve().parents[1] / "pages"
@@ -100,6 +102,14 @@ def loss_chart(at):
     except AssertionError:  # no validation points: no second chart
         pass
     return traces
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------- Train
@@ -195,7 +205,81 @@ def test_train_resume_sweep_requeues_unfinished_runs(workspace, no_worker, tmp_p
     assert (workspace / "attn-r16-a32-s2.attempt1").is_dir()
 
 
+def test_train_data_fields_offer_the_uploaded_data_sets(workspace, no_worker):
+    stored = datasets.ingest_zip(workspace, "val-set", zip_bytes({"speech/a.wav": wav_bytes(),
+                                                                  "nonspeech/b.wav": wav_bytes(seconds=0.4)}))
+    at = page("train").run()
+    assert not at.exception
+    picker = at.selectbox(key="train_val_data_pick")
+    assert str(stored.manifest) in picker.options or stored.dataset_id + " (uploaded)" in picker.options
+    picker.set_value(str(stored.manifest)).run()
+    assert not at.exception
+    assert at.text_input(key="train_val_data").value == str(stored.manifest)
+    at.selectbox(key="train_train_data_pick").set_value(str(stored.manifest)).run()
+    at.text_input(key="train_model").input("tiny").run()
+    assert texts(at.error) == []
+    assert f"--train-data {stored.manifest}" in at.code[0].value and f"--val-data {stored.manifest}" in at.code[0].value
+
+
 # ---------------------------------------------------------------- Evaluate
+
+def test_evaluate_uploads_a_zip_and_evaluates_it_under_its_name(workspace, no_worker):
+    trained_run(workspace, "cfg-s1", "Cfg", 1)
+    upload = zip_bytes({"set/speech/a.wav": wav_bytes(), "set/nonspeech/b.wav": wav_bytes(seconds=0.4),
+                        "set/speech/broken.wav": b"not audio", "../evil.wav": wav_bytes(),
+                        "set/laughter/c.wav": wav_bytes()})
+    at = page("evaluate").run()
+    assert not at.exception
+    assert at.button(key="eval_upload_store").disabled  # nothing chosen yet
+    at.text_input(key="eval_upload_name").input("heldout")
+    at.file_uploader(key="eval_upload_zip").set_value([("heldout.zip", upload, "application/zip")]).run()
+    at.button(key="eval_upload_store").click().run()
+    assert not at.exception
+    stored = datasets.list_datasets(workspace)
+    assert len(stored) == 1 and stored[0].n_clips == 2
+    dataset = stored[0]
+    assert texts(at.success) == [f"Stored {dataset.describe()} in {dataset.folder}."]
+    refused = next(frame.value for frame in at.dataframe if "reason" in frame.value).set_index("file")["reason"]
+    assert sorted(refused.index) == ["../evil.wav", "set/laughter/c.wav", "set/speech/broken.wav"]
+    assert refused["../evil.wav"].startswith("unsafe path")
+    assert not (workspace.parent / "evil.wav").exists()
+    # the stored set is now the test data, and the evaluation is named after it
+    assert at.selectbox(key="eval_test_choice").value == str(dataset.manifest)
+    assert at.text_input(key="eval_name").value == dataset.dataset_id
+    preview = next(frame.value for frame in at.dataframe if "command" in frame.value)
+    assert list(preview["evaluation"]) == [dataset.dataset_id]
+    assert f"--test-data {dataset.manifest}" in preview["command"][0]
+    # another prompt gets its own name, a name typed by hand is kept
+    at.radio(key="eval_prompt_choice").set_value("Custom text").run()
+    assert at.text_input(key="eval_name").value == f"{dataset.dataset_id}-opro"
+    at.text_input(key="eval_name").input("mine").run()
+    at.radio(key="eval_prompt_choice").set_value("The run's own prompt").run()
+    assert at.text_input(key="eval_name").value == "mine"
+
+    # the same zip again: reused, nothing new stored
+    at.button(key="eval_upload_store").click().run()
+    assert any(t.startswith(f"The same clips are already stored as {dataset.dataset_id}") for t in texts(at.info))
+    assert len(datasets.list_datasets(workspace)) == 1
+
+
+def test_evaluate_uploads_files_with_a_label_each(workspace, no_worker):
+    at = page("evaluate").run()
+    at.radio(key="eval_upload_mode").set_value("Audio files with a label each").run()
+    at.text_input(key="eval_upload_name").input("by-hand")
+    at.file_uploader(key="eval_upload_files").set_value([("one.wav", wav_bytes(), "audio/wav"),
+                                                         ("two.wav", wav_bytes(seconds=0.4), "audio/wav")]).run()
+    at.selectbox(key="eval_upload_label").set_value("A label per file").run()
+    at.selectbox(key="eval_upload_label_1").set_value("NONSPEECH").run()
+    at.button(key="eval_upload_store").click().run()
+    assert not at.exception
+    (dataset,) = datasets.list_datasets(workspace)
+    assert dataset.per_class == {"SPEECH": 1, "NONSPEECH": 1} and dataset.layout == "files"
+
+    at.text_input(key="eval_upload_name").input("../escape").run()
+    at.button(key="eval_upload_store").click().run()
+    assert any(e.startswith("Nothing stored: invalid data set name '../escape'") for e in texts(at.error))
+    assert len(datasets.list_datasets(workspace)) == 1
+
 
 def test_evaluate_every_seed_of_a_configuration(workspace, no_worker):
     test_csv = workspace / "test.csv"
@@ -305,12 +389,48 @@ def test_try_a_clip_scores_good_files_and_reports_bad_ones(workspace, monkeypatc
     assert not at.exception
     # only the decodable clip is sent, resampled to 16 kHz mono
     assert calls == [(["tone.wav"], ["cfg-s1", "base model (tiny)"], [8000])]
-    table = at.table[0].value
+    matrix = at.table[0].value
+    assert list(matrix.index) == ["tone.wav"]
+    assert list(matrix.columns) == ["Cfg · seed 1", "base model (tiny)"]
+    assert list(matrix.loc["tone.wav"]) == ["0.812 SPEECH", "0.812 SPEECH"]
+    table = at.table[1].value  # every score, in the expander below the matrix
     assert list(table["p(SPEECH)"]) == ["0.812", "0.812"] and list(table["prediction"]) == ["SPEECH", "SPEECH"]
     assert len(at.error) == 1  # the broken file's message stays next to it
 
 
+def test_try_a_clip_matrix_groups_seeds_with_their_mean(workspace, monkeypatch):
+    for seed in (2, 1):
+        trained_run(workspace, f"cfg-s{seed}", "Cfg", seed)
+    trained_run(workspace, "other-s7", "Other", 7)
+    scores = {("a.wav", "cfg-s1"): 0.9, ("a.wav", "cfg-s2"): 0.6, ("a.wav", "other-s7"): 0.2,
+              ("b.wav", "cfg-s1"): 0.3, ("b.wav", "cfg-s2"): 0.1, ("b.wav", "other-s7"): 0.55}
+
+    def fake_score(runs_root, clips, choices, **kwargs):
+        return ([{"clip": name, "adapter": c.label, "p_speech": scores[(name, c.label)],
+                  "pred": "SPEECH" if scores[(name, c.label)] >= 0.5 else "NONSPEECH", "margin": 0.0, "ms": 1.0}
+                 for name, _ in clips for c in choices], [])
+
+    monkeypatch.setattr(clip_worker, "score_clips", fake_score)
+    at = page("try_clip").run()
+    at.file_uploader(key="clip_upload").set_value([("a.wav", wav_bytes(), "audio/wav"),
+                                                   ("b.wav", wav_bytes(seconds=0.3), "audio/wav")]).run()
+    at.multiselect(key="clip_adapters").set_value(["other-s7", "cfg-s2", "cfg-s1"]).run()
+    at.button(key="clip_score").click().run()
+    assert not at.exception
+    matrix = at.table[0].value
+    # configurations in the order first picked, seeds ascending, then the mean over the seeds
+    assert list(matrix.columns) == ["Other · seed 7", "Cfg · seed 1", "Cfg · seed 2", "Cfg · mean of 2 seeds"]
+    assert list(matrix.loc["a.wav"]) == ["0.200 NONSPEECH", "0.900 SPEECH", "0.600 SPEECH", "0.750 SPEECH"]
+    assert list(matrix.loc["b.wav"]) == ["0.550 SPEECH", "0.300 NONSPEECH", "0.100 NONSPEECH", "0.200 NONSPEECH"]
+
+
 # ---------------------------------------------------------------- Disk
+
+def disk_format(n: int) -> str:
+    from engine.ops.disk import format_bytes
+
+    return format_bytes(n)
+
 
 def test_disk_preview_deletes_nothing_until_confirmed(workspace, tmp_path):
     done = trained_run(workspace, "done-s1", "Done", 1)
@@ -323,9 +443,13 @@ def test_disk_preview_deletes_nothing_until_confirmed(workspace, tmp_path):
     rf.write_status(failed, rf.FAILED, error="boom")
     (failed / "engine.log").write_text("boom\n")
 
+    stored = datasets.ingest_zip(workspace, "kept", zip_bytes({"speech/a.wav": wav_bytes()}))
+    stored_bytes = sum(p.stat().st_size for p in stored.folder.rglob("*") if p.is_file())
+
     at = page("disk").run()
     assert not at.exception
     assert [m.label for m in at.metric] == ["Free", "Volume size", "Workspace"]
+    assert any(f"Uploaded data sets (_datasets/): {disk_format(stored_bytes)}." in t for t in texts(at.caption))
     sizes = at.dataframe[0].value.set_index("run")
     assert sizes.loc["done-s1", "adapters"] > 0 and sizes.loc["broken-s2", "logs"] > 0
     at.text_input(key="disk_cache_dir").input(str(tmp_path / "no-cache")).run()

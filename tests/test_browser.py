@@ -159,12 +159,12 @@ def test_try_a_clip_upload_scores(app_server, browser_page, demo_workspace, tmp_
             page.keyboard.press("Escape")
         chooser.get_by_text("demo-attention-s42", exact=True).wait_for(timeout=RENDER_MS)
         page.get_by_role("button", name="Score", exact=True).click()
-        table = page.get_by_test_id("stTable").first
-        table.get_by_text("demo-attention-s42").wait_for(timeout=90_000)  # the worker loads the model first
+        table = page.get_by_test_id("stTable").first  # the clips x adapters matrix
+        table.get_by_text("seed 42").wait_for(timeout=90_000)  # the worker loads the model first
         text = table.inner_text()
-        assert "p(SPEECH)" in text and "probe-tone.wav" in text
-        # p(SPEECH) is shown as 0.ddd; the margin carries a sign, so it does not match
-        assert re.search(r"(?<![-+\d.])[01]\.\d{3}(?!\d)", text), text
+        assert "probe-tone.wav" in text and "SPEECH" in text
+        # each cell is p(SPEECH) as 0.ddd and the predicted label
+        assert re.search(r"(?<![-+\d.])[01]\.\d{3} (NON)?SPEECH", text), text
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "try_clip.png"), full_page=True)
         assert (ARTIFACTS / "try_clip.png").stat().st_size > 10_000

@@ -3,9 +3,13 @@ the statistics module's numbers, and the exported report matches the engine's --
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import shutil
+import stat
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -288,13 +292,113 @@ def test_report_files(example_report):
     assert folder.parent == root / report.REPORTS_DIR
     assert paths["markdown"].is_file() and paths["csv"].is_file()
     assert {p.name for p in paths["figures"]} == {"class_accuracy.html", "seed_distribution.html", "loss.html"}
-    assert (folder / "figures" / "plotly.min.js").is_file()  # one shared copy: opens offline
-    assert all("cdn.plot.ly" not in p.read_text() for p in paths["figures"])
+    # one plotly.js for every report of the workspace, loaded by relative path: opens offline
+    assert paths["plotly_js"] == root / report.REPORTS_DIR / report.PLOTLY_JS and paths["plotly_js"].is_file()
+    assert not list(folder.rglob("*.js"))
+    for page in paths["figures"]:
+        html = page.read_text()
+        assert "cdn.plot.ly" not in html and f'src="../../{report.PLOTLY_JS}"' in html
+        assert (page.parent / "../.." / report.PLOTLY_JS).resolve() == paths["plotly_js"].resolve()
     assert sorted(r.run_id for r in rf.list_runs(root)) == ["example-base", "example-lora-s42"]
     markdown = paths["markdown"].read_text()
     for heading in ("## Setup", "## Results", "## Training loss", "## Multi-seed statistics", "## Paired test",
                     "## Caveats"):
         assert heading in markdown
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kaleido") is None, reason="kaleido is not installed")
+def test_report_figures_as_png_beside_html(example_report):
+    root, paths = example_report
+    if paths["images_skipped"] and "Chrome" in paths["images_skipped"]:
+        pytest.skip(f"no usable browser here: {paths['images_skipped']}")
+    assert paths["images_skipped"] == ""
+    assert [p.name for p in paths["images"]] == ["class_accuracy.png", "seed_distribution.png", "loss.png"]
+    for image in paths["images"]:
+        assert png_size(image) == (report.IMAGE_WIDTH * report.IMAGE_SCALE, report.IMAGE_HEIGHT * report.IMAGE_SCALE)
+    markdown = paths["markdown"].read_text()
+    figures = markdown.split("## Figures")[1]
+    for stem in ("class_accuracy", "seed_distribution", "loss"):
+        assert f"](figures/{stem}.png)" in figures and f"](figures/{stem}.html)" in figures
+    assert not [p for p in (paths["folder"] / "figures").iterdir() if p.name.startswith(".")]  # scratch removed
+
+
+def test_report_files_are_readable_by_others_and_share_one_plotly_js(example_report):
+    root, first = example_report
+    old = os.umask(0o022)
+    try:
+        second = report.write_report(root, [BASE, LORA])
+    finally:
+        os.umask(old)
+    assert second["plotly_js"] == first["plotly_js"]
+    assert [p.name for p in (root / report.REPORTS_DIR).iterdir() if p.is_file()] == [report.PLOTLY_JS]
+    folder = second["folder"]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    for path in [second["markdown"], second["csv"], second["plotly_js"], *second["figures"], *second["images"]]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_atomic_writes_are_shareable_unless_private(tmp_path):
+    old = os.umask(0o027)
+    try:
+        rf.atomic_write_text(tmp_path / "shared.txt", "x")
+        rf.atomic_write_json(tmp_path / "key.json", {"authkey": "00"}, private=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode) == 0o640  # 0666 less the umask
+    assert stat.S_IMODE((tmp_path / "key.json").stat().st_mode) == 0o600
+
+
+def test_report_without_static_images_says_why_and_keeps_the_rest(demo_workspace, tmp_path, monkeypatch):
+    root = tmp_path / "ws"
+    for name in ("example-base", "example-lora-s42"):
+        shutil.copytree(demo_workspace / name, root / name)
+    monkeypatch.setattr(report, "static_export_problem", lambda: "the kaleido package is not installed")
+    paths = report.write_report(root, [BASE, LORA])
+    assert paths["images"] == [] and paths["images_skipped"] == "the kaleido package is not installed"
+    assert not list(paths["folder"].rglob("*.png")) and len(paths["figures"]) == 3
+    markdown = paths["markdown"].read_text()
+    assert "_Static images were skipped: the kaleido package is not installed." in markdown
+    assert "](figures/loss.html)" in markdown and "## Caveats" in markdown
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kaleido") is None, reason="kaleido is not installed")
+def test_static_export_that_hangs_is_stopped(tmp_path):
+    import plotly.graph_objects as go
+
+    images, skipped = report.write_images({"bar": go.Figure(go.Bar(y=[1, 2]))}, tmp_path, timeout_s=0.01)
+    assert images == [] and skipped.startswith("making the images took longer than 0.01 s")
+    assert list(tmp_path.iterdir()) == []  # no half-made image, no scratch folder
+
+
+def test_static_export_retries_an_image_kaleido_did_not_make(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    monkeypatch.setattr(report, "static_export_problem", lambda: None)
+    calls = []
+
+    def child(work: Path, timeout_s: float) -> None:  # makes "a" at once, "b" only on the second try
+        calls.append(sorted(p.stem for p in work.glob("*.json")))
+        for spec in work.glob("*.json"):
+            if spec.stem == "a" or len(calls) > 1:
+                spec.with_suffix(".png").write_bytes(b"png")
+
+    monkeypatch.setattr(report, "_run_image_child", child)
+    figs = {"a": go.Figure(), "b": go.Figure()}
+    images, skipped = report.write_images(figs, tmp_path)
+    assert calls == [["a", "b"], ["b"]] and skipped is None
+    assert [p.name for p in images] == ["a.png", "b.png"]
+
+    monkeypatch.setattr(report, "_run_image_child", lambda work, timeout_s: None)  # exits well, makes nothing
+    (tmp_path / "none").mkdir()
+    images, skipped = report.write_images(figs, tmp_path / "none")
+    assert images == [] and skipped == "kaleido made no image of a, b (tried 2 times)"
+    assert list((tmp_path / "none").iterdir()) == []
 
 
 def test_report_matches_engine_json_commands(example_report):

@@ -1,20 +1,35 @@
-"""Report export: a comparison as Markdown and CSV, its figures as standalone HTML.
+"""Report export: a comparison as Markdown and CSV, its figures as PNG images and interactive HTML.
 
 `write_report(root, selection)` writes `<root>/_reports/<timestamp>/` (the leading underscore
-keeps it out of run listings) with report.md, comparison.csv and figures/*.html; the figures
-share one plotly.min.js in that folder, so the report opens offline. The Markdown follows the
-order researchers write these notes in: setup, results, loss, seeds, paired test, caveats.
+keeps it out of run listings) with report.md, comparison.csv, figures/*.png and figures/*.html.
+The HTML figures load one plotly.js shared by every report of the workspace
+(`_reports/plotly-<version>.min.js`, by relative path, so a report opens offline and an export
+is not 4.8 MB heavier each time). The PNGs come from kaleido, which drives a Chrome or Chromium
+(found on PATH, e.g. Debian's chromium, or named by $BROWSER_PATH) in a child process with a
+time limit; without one the report says that the images were skipped and why. Files are 0644
+(less the umask), like files copied by hand. The Markdown follows the order researchers write
+these notes in: setup, results, loss, seeds, paired test, caveats, figures.
 No streamlit, no torch.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+import plotly
 import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
 
 from engine.dashboard import charts
 from engine.dashboard import review
@@ -22,6 +37,13 @@ from engine.runs import folder as rf
 from engine.dashboard.review import Comparison
 
 REPORTS_DIR = "_reports"
+FIGURES_DIR = "figures"
+# One copy per plotly version, so reports written before an upgrade keep the plotly.js they were made with.
+PLOTLY_JS = f"plotly-{plotly.__version__}.min.js"
+IMAGE_FORMAT = "png"
+IMAGE_WIDTH, IMAGE_HEIGHT, IMAGE_SCALE = 1000, 560, 2
+IMAGE_TIMEOUT_S = 120.0  # starting Chromium takes a few seconds; a broken one must not hang the export
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Config fields shown in each configuration's setup block, when present (others only in the diff).
 SETUP_FIELDS = ("label", "kind", "model", "quantization", "targets", "lora_r", "lora_alpha", "lora_dropout",
                 "epochs", "max_steps", "per_device_batch", "grad_accum", "effective_batch", "learning_rate",
@@ -149,11 +171,121 @@ def figures(comparison: Comparison) -> dict[str, go.Figure]:
     }
 
 
+def shared_plotly_js(root: Path) -> Path:
+    """`<root>/_reports/plotly-<version>.min.js`, written once for every report of the workspace."""
+    path = Path(root) / REPORTS_DIR / PLOTLY_JS
+    if not path.is_file():
+        rf.atomic_write_text(path, get_plotlyjs())
+    return path
+
+
+def write_figure_html(fig: go.Figure, path: Path, plotly_js: Path) -> Path:
+    """A standalone HTML figure loading `plotly_js` by its path relative to the figure."""
+    src = Path(os.path.relpath(plotly_js, Path(path).parent)).as_posix()
+    rf.atomic_write_text(path, fig.to_html(include_plotlyjs=src, full_html=True))
+    return path
+
+
+def static_export_problem() -> str | None:
+    """Why static images cannot be written here, or None when kaleido is installed."""
+    if importlib.util.find_spec("kaleido") is None:
+        return "the kaleido package is not installed (pip install -r requirements.txt)"
+    return None
+
+
+def write_images(figs: dict[str, go.Figure], folder: Path, timeout_s: float = IMAGE_TIMEOUT_S,
+                 attempts: int = 2) -> tuple[list[Path], str | None]:
+    """PNG copies of `figs` in `folder` (stem.png); returns (paths, None), or ([], why none were written).
+
+    kaleido runs in a child process of its own session, killed with its browser after
+    `timeout_s`; a figure it did not make (seen on a loaded machine, with exit status 0) is tried
+    once more. Images appear (renamed into place) only when all were made.
+    """
+    if problem := static_export_problem():
+        return [], problem
+    folder = Path(folder).resolve()  # the child runs in the repository folder
+    with tempfile.TemporaryDirectory(prefix=".images-", dir=folder) as scratch:
+        work = Path(scratch)
+        missing = list(figs)
+        for _attempt in range(attempts):
+            for stem in missing:
+                (work / f"{stem}.json").write_text(figs[stem].to_json(), encoding="utf-8")
+            problem = _run_image_child(work, timeout_s)
+            if problem:
+                return [], problem
+            for spec in work.glob("*.json"):
+                spec.unlink()
+            missing = [stem for stem in figs if not (work / f"{stem}.{IMAGE_FORMAT}").is_file()]
+            if not missing:
+                break
+        else:
+            return [], f"kaleido made no image of {', '.join(missing)} (tried {attempts} times)"
+        paths = []
+        for stem in figs:
+            image = folder / f"{stem}.{IMAGE_FORMAT}"
+            made = work / image.name
+            os.chmod(made, 0o666 & ~rf.current_umask())
+            os.replace(made, image)
+            paths.append(image)
+    return paths, None
+
+
+def _run_image_child(work: Path, timeout_s: float) -> str | None:
+    """Run _images_main on `work` in a child process; None when it ended well, else why not."""
+    command = [sys.executable, "-m", "engine.dashboard.report", "--images", str(work)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_session(process)
+        return (f"making the images took longer than {timeout_s:g} s (kaleido needs a working Chrome or "
+                "Chromium; name one with $BROWSER_PATH)")
+    if process.returncode != 0:
+        lines = [line for line in (output or "").strip().splitlines() if line.strip()]
+        return f"kaleido failed: {lines[-1] if lines else f'exit status {process.returncode}'}"
+    return None
+
+
+def _kill_session(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the browser kaleido started goes with it
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def _images_main(work: Path) -> None:
+    """The child of write_images: every <stem>.json in `work` -> <stem>.png beside it, one browser for all."""
+    specs = sorted(Path(work).glob("*.json"))
+    figs = [pio.from_json(spec.read_text(encoding="utf-8"), skip_invalid=True) for spec in specs]
+    pio.write_images(figs, [spec.with_suffix(f".{IMAGE_FORMAT}") for spec in specs], format=IMAGE_FORMAT,
+                     width=IMAGE_WIDTH, height=IMAGE_HEIGHT, scale=IMAGE_SCALE)
+
+
+def figures_markdown(titles: dict[str, str], images: Sequence[Path], html: Sequence[Path],
+                     images_skipped: str | None) -> str:
+    """The report's Figures section: each image inline with a link to its interactive version."""
+    lines = ["## Figures", ""]
+    if images_skipped:
+        lines += [f"_Static images were skipped: {images_skipped}. The interactive HTML figures below need no "
+                  f"extra software; they load ../../{PLOTLY_JS} from the reports folder._", ""]
+    by_stem = {Path(p).stem: p for p in images}
+    for page in html:
+        stem = Path(page).stem
+        title = titles.get(stem, stem)
+        if stem in by_stem:
+            lines += [f"![{title}]({FIGURES_DIR}/{Path(by_stem[stem]).name})", ""]
+        lines += [f"- [{title} (interactive)]({FIGURES_DIR}/{Path(page).name})", ""]
+    return "\n".join(lines)
+
+
 def write_report(root: Path, selection: Sequence[str], evaluation: str = review.DEFAULT_EVALUATION,
                  include_baselines: bool = True, comparison: Comparison | None = None,
                  runs: Sequence[rf.RunInfo] | None = None, load: review.Loader | None = None) -> dict[str, Any]:
     """Write the comparison of `selection` (configuration names or 'run/evaluation') into
-    <root>/_reports/<timestamp>/; returns {"folder", "markdown", "csv", "figures": [paths]}.
+    <root>/_reports/<timestamp>/; returns {"folder", "markdown", "csv", "figures": [html paths],
+    "images": [png paths], "images_skipped": why there are none ("" when there are), "plotly_js"}.
 
     Pass `comparison` when it is already built (the dashboard caches it); otherwise it is
     built from the run folders. Raises review.SelectionError or stats.PairingError.
@@ -163,16 +295,24 @@ def write_report(root: Path, selection: Sequence[str], evaluation: str = review.
         runs = rf.list_runs(root) if runs is None else runs
         comparison = review.compare(runs, selection, evaluation, load, include_baselines)
     folder = rf.unique_run_dir(Path(root) / REPORTS_DIR, time.strftime("%Y%m%d-%H%M%S"))
-    figure_dir = folder / "figures"
+    os.chmod(folder, 0o777 & ~rf.current_umask())
+    figure_dir = folder / FIGURES_DIR
     figure_dir.mkdir()
-    figure_paths, links = [], []
-    for stem, fig in figures(comparison).items():
-        path = figure_dir / f"{stem}.html"
-        # "directory": one plotly.min.js beside the figures, loaded by relative path (works offline).
-        fig.write_html(path, include_plotlyjs="directory", full_html=True)
-        figure_paths.append(path)
-        links.append((fig.layout.title.text or stem, f"figures/{path.name}"))
+    figs = figures(comparison)
+    plotly_js = shared_plotly_js(root)
+    html = [write_figure_html(fig, figure_dir / f"{stem}.html", plotly_js) for stem, fig in figs.items()]
+    images, images_skipped = write_images(figs, figure_dir)
+    titles = {stem: fig.layout.title.text or stem for stem, fig in figs.items()}
     markdown_path, csv_path = folder / "report.md", folder / "comparison.csv"
     rf.atomic_write_text(csv_path, comparison_csv(comparison))
-    rf.atomic_write_text(markdown_path, build_report(comparison, root, figure_links=links))
-    return {"folder": folder, "markdown": markdown_path, "csv": csv_path, "figures": figure_paths}
+    markdown = build_report(comparison, root).rstrip("\n") + "\n\n" + figures_markdown(titles, images, html,
+                                                                                        images_skipped)
+    rf.atomic_write_text(markdown_path, markdown)
+    return {"folder": folder, "markdown": markdown_path, "csv": csv_path, "figures": html, "images": images,
+            "images_skipped": images_skipped or "", "plotly_js": plotly_js}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Internal: the static-image child of write_report.")
+    parser.add_argument("--images", type=Path, required=True, help="folder of <stem>.json figures")
+    _images_main(parser.parse_args().images)

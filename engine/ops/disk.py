@@ -162,6 +162,16 @@ def queue_usage(runs_root: Path) -> int:
     return _tree_bytes(folder) if folder.is_dir() else 0
 
 
+# Workspace folders that are not runs (names owned by engine.data.datasets and engine.dashboard.report).
+SHARED_FOLDERS = {"_datasets": "uploaded data sets", "_reports": "exported reports"}
+
+
+def shared_usage(runs_root: Path) -> dict[str, int]:
+    """Bytes held by each folder of SHARED_FOLDERS (0 when absent)."""
+    return {name: _tree_bytes(Path(runs_root) / name) if (Path(runs_root) / name).is_dir() else 0
+            for name in SHARED_FOLDERS}
+
+
 # ---------------------------------------------------------------- model cache
 
 @dataclass
@@ -515,6 +525,7 @@ def disk_report(runs_root: Path, cache_dir: Path | None = None) -> dict:
         "warning": low_space_warning(runs_root),
         "runs": workspace_usage(runs_root),
         "queue_bytes": queue_usage(runs_root),
+        "shared_bytes": shared_usage(runs_root),
         "cache": {"cache_dir": str(cache.cache_dir), "rows": cache.rows, "note": cache.note,
                   "warnings": cache.warnings, "total": cache.total},
     }

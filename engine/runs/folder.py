@@ -131,12 +131,37 @@ def unique_run_dir(root: Path, name: str) -> Path:
 
 # ---------------------------------------------------------------- atomic writers, tolerant readers
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and os.replace: readers never see half a file."""
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where /proc says (os.umask can only set it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # set-and-restore: other threads creating files meanwhile would see 0o077
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: Path, text: str, private: bool = False) -> None:
+    """Write via a temp file in the same folder and os.replace: readers never see half a file.
+
+    The file gets the mode a plain open() would give (0666 less the umask, usually 0644), not
+    mkstemp's 0600: run folders and reports are read by colleagues and cluster jobs. private:
+    keep 0600 (a file holding a key).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if not private:
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -150,8 +175,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+def atomic_write_json(path: Path, obj: Any, private: bool = False) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", private)
 
 
 def _json_default(obj: Any) -> Any:

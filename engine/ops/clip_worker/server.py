@@ -283,12 +283,12 @@ def serve(runs_root: Path, model: str, quantization: str = "4bit", device: str =
         authkey = secrets.token_bytes(32)
         with socket.create_server(("127.0.0.1", 0), backlog=8) as server:
             port = server.getsockname()[1]
-            # mkstemp inside atomic_write_json creates the file 0600: only this user reads the key.
+            # private: the file stays 0600, only this user reads the key.
             rf.atomic_write_json(info_file, {
                 "pid": os.getpid(), "process_start_time": rf.process_start_time(os.getpid()), "port": port,
                 "authkey": authkey.hex(), "model": model, "quantization": quantization, "device": device,
                 "loaded_device": scorer.status().get("device"), "started_at": rf.now_iso(),
-                "idle_timeout_s": idle_timeout_s})
+                "idle_timeout_s": idle_timeout_s}, private=True)
             _say(f"clip worker {os.getpid()} ready on 127.0.0.1:{port} (idle timeout {idle_timeout_s:g} s)")
             _serve_connections(server, authkey, scorer, _IdleClock(idle_timeout_s))
     finally:
