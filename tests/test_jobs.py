@@ -210,6 +210,40 @@ def test_each_gpu_slot_gets_its_own_visible_device(root, monkeypatch):
     assert all(j["state"] == rf.SUCCEEDED for j in done.values())
 
 
+def test_jobs_per_gpu_runs_that_many_side_by_side_on_each_gpu(root, monkeypatch):
+    from engine.jobs.executor import write_jobs_per_gpu
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    write_jobs_per_gpu(root, 2)
+    ids = [enqueue_sleep(root, 1.5) for _ in range(4)]
+    assert jobs.run_worker(root, once=True, poll_s=0.05) == 0
+
+    done = [j for j in jobs.read_jobs(root) if j["job_id"] in ids]
+    assert sorted(j["cuda_visible_devices"] for j in done) == ["3", "3", "5", "5"]
+    assert sorted(j["slot"] for j in done) == [0, 1, 2, 3]
+    assert all(j["gpu_share"] == 2 and j["state"] == rf.SUCCEEDED for j in done)
+    assert max(j["started_at"] for j in done) < min(j["ended_at"] for j in done)  # all four at once
+
+
+def test_a_bad_jobs_per_gpu_setting_is_named_and_one_job_per_gpu_runs(root, monkeypatch):
+    from engine.jobs.executor import jobs_per_gpu, write_jobs_per_gpu
+
+    for bad in (0, 17, True, "2"):
+        with pytest.raises(jobs.JobError, match="jobs per GPU|jobs_per_gpu"):
+            write_jobs_per_gpu(root, bad)
+    settings = store.jobs_dir(root) / store.SETTINGS_FILE
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text('{"executor": "local", "jobs_per_gpu": "many"}')
+    with pytest.raises(jobs.JobError, match="jobs_per_gpu must be a whole number"):
+        jobs_per_gpu(root)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    first, second = enqueue_sleep(root, 0.3), enqueue_sleep(root, 0.3)
+    assert jobs.run_worker(root, once=True, poll_s=0.05) == 0
+    done = {j["job_id"]: j for j in jobs.read_jobs(root)}
+    assert done[first]["gpu_share"] == done[second]["gpu_share"] == 1
+    assert done[first]["ended_at"] <= done[second]["started_at"] or done[second]["ended_at"] <= done[first]["started_at"]
+
+
 def test_a_second_worker_returns_at_once_while_the_lock_is_held(root):
     lock = store.try_lock(store.jobs_dir(root) / store.WORKER_LOCK)
     try:

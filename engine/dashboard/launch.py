@@ -53,7 +53,7 @@ FORM_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Optimisation", ("epochs", "max_steps", "per_device_batch", "grad_accum", "learning_rate", "weight_decay",
                       "warmup_ratio", "scheduler", "max_grad_norm")),
     ("Prompt", ("system_prompt", "prompt", "label_words")),
-    ("Runtime", ("checkpoints", "device", "dtype", "gradient_checkpointing", "offload_embeddings",
+    ("Runtime", ("checkpoints", "device", "dtype", "gradient_checkpointing", "base_cache", "compile", "offload_embeddings",
                  "auto_micro_batch", "num_processes")),
 )
 OTHER_SECTION = "Other"  # fields added to TrainConfig but not yet placed above

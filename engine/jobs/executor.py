@@ -84,6 +84,46 @@ def workspace_executor_name(runs_root: Path) -> str:
     return name
 
 
+MAX_JOBS_PER_GPU = 16
+# Set in a job's environment when it shares its GPU: the job then keeps to 1/N of the GPU's
+# memory (engine.models.qwen2_audio.runtime.apply_gpu_share), so its automatic choices (micro-batch,
+# base cache) leave room for the others.
+GPU_SHARE_ENV = "QLORA_GPU_SHARE"
+
+
+def jobs_per_gpu(runs_root: Path) -> int:
+    """How many GPU jobs of this workspace share one GPU on this machine: `.jobs/settings.json`
+    "jobs_per_gpu", else 1. Several runs of a sweep side by side use a GPU that one run leaves
+    mostly idle (each training step is bound by the host, not the GPU)."""
+    path = store.jobs_dir(runs_root) / store.SETTINGS_FILE
+    try:
+        settings = rf.read_json(path)
+    except FileNotFoundError:
+        return 1
+    except (OSError, ValueError) as exc:
+        raise store.JobError(f"{path}: unreadable ({exc})") from None
+    value = settings.get("jobs_per_gpu", 1) if isinstance(settings, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_JOBS_PER_GPU:
+        raise store.JobError(f"{path}: jobs_per_gpu must be a whole number from 1 to {MAX_JOBS_PER_GPU} (got {value!r})")
+    return value
+
+
+def write_jobs_per_gpu(runs_root: Path, value: int) -> Path:
+    """Save "jobs_per_gpu" in the workspace's settings (other keys kept); new jobs use it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_JOBS_PER_GPU:
+        raise store.JobError(f"jobs per GPU must be a whole number from 1 to {MAX_JOBS_PER_GPU} (got {value!r})")
+    path = store.jobs_dir(runs_root) / store.SETTINGS_FILE
+    try:
+        document = rf.read_json(path)
+        document = document if isinstance(document, dict) else {}
+    except (OSError, ValueError):
+        document = {}
+    document["jobs_per_gpu"] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rf.atomic_write_json(path, document)
+    return path
+
+
 def job_executor_name(job: dict) -> str:
     """The kind that owns `job`: its handle's, its recorded one, else local (job files written
     before executors existed describe a local process)."""

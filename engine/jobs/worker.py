@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from engine.jobs import store, tracking
-from engine.jobs.executor import Executor, executor_named, job_executor_name, available, workspace_executor_name
+from engine.jobs.executor import (GPU_SHARE_ENV, Executor, available, executor_named, job_executor_name, jobs_per_gpu,
+                                  workspace_executor_name)
 from engine.jobs.store import _sync_run_status
 from engine.runs import folder as rf
 from engine.runs.lifecycle import is_disk_full
@@ -129,11 +130,25 @@ class Worker:
             if resource not in store.RESOURCES:
                 self._guarded(job["job_id"], self._fail_unstartable, job, f"unknown resource {resource!r}")
                 continue
-            capacity = len(used[resource]) + 1 if self._scheduler_queues() else self.slots[resource]
+            capacity = len(used[resource]) + 1 if self._scheduler_queues() else self._capacity(resource)
             free = [s for s in range(capacity) if s not in used[resource]]
             if free and self._guarded(job["job_id"], self._start, job["job_id"], free[0]):
                 used[resource].add(free[0])
         return tracked
+
+    def _capacity(self, resource: str) -> int:
+        """Jobs of `resource` at once: the slots, times the workspace's jobs per GPU for GPU jobs
+        (re-read each pass, so a changed setting applies to the next job started)."""
+        if resource != "gpu":
+            return self.slots[resource]
+        return self.slots["gpu"] * self._jobs_per_gpu()
+
+    def _jobs_per_gpu(self) -> int:
+        try:
+            return jobs_per_gpu(self.runs_root)
+        except store.JobError as exc:
+            self._report_once("jobs_per_gpu", f"{exc}; running one job per GPU")
+            return 1
 
     def _scheduler_queues(self) -> bool:
         """Whether the workspace's executor hands jobs to a scheduler that queues them itself
@@ -180,9 +195,13 @@ class Worker:
             module = job.get("module") or "engine"
             if not store.MODULE_PATTERN.match(module):
                 return _failed(job, f"module {module!r} refused")
-            env, cuda = {}, None
-            if job.get("resource") == "gpu" and slot < len(self.devices):
-                cuda = env["CUDA_VISIBLE_DEVICES"] = self.devices[slot]
+            env, cuda, sharing = {}, None, None
+            if job.get("resource") == "gpu" and self.devices:
+                sharing = self._jobs_per_gpu()
+                if slot < len(self.devices) * sharing:  # slots wrap round the GPUs: slot k on GPU k mod n
+                    cuda = env["CUDA_VISIBLE_DEVICES"] = self.devices[slot % len(self.devices)]
+                if sharing > 1:
+                    env[GPU_SHARE_ENV] = str(sharing)
             log_path = executor.log_path(job)
             try:
                 handle = executor.start(job, env)
@@ -190,7 +209,7 @@ class Worker:
                 return _failed(job, f"could not start: {exc}")
             started = True
             fields = {"state": rf.RUNNING, "executor": kind, "handle": handle, **_process_fields(handle),
-                      "started_at": rf.now_iso(), "slot": slot, "cuda_visible_devices": cuda, "log": str(log_path)}
+                      "started_at": rf.now_iso(), "slot": slot, "cuda_visible_devices": cuda, "gpu_share": sharing, "log": str(log_path)}
             # Remembered until job.json says so: a full disk at this write must not start it twice.
             self.unrecorded_starts[job_id] = fields
             return fields

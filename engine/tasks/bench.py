@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -202,25 +203,77 @@ def measure_scoring(model_dir: Path, n_clips: int, seconds: float, batch_sizes: 
     return out
 
 
-def measure_engine_training(model_dir: Path, steps: int, seconds: float, targets: str, work: Path) -> dict[str, Any]:
-    """The engine's own default recipe (train(), 4-bit, effective batch 16, auto micro-batch)."""
+def steady_state(metrics: list[dict], warmup: int, effective_batch: int, last: int | None = None) -> dict[str, Any]:
+    """Samples/s between the end of optimizer step `warmup` and step `last` (default: the last
+    step; the profiled steps are left out), from metrics.jsonl."""
+    timed = [r for r in metrics if r["step"] >= warmup and (last is None or r["step"] <= last)]
+    if len(timed) < 2:
+        return {"steady_samples_per_s": None, "steady_steps": 0}
+    seconds = timed[-1]["elapsed_s"] - timed[0]["elapsed_s"]
+    steps = timed[-1]["step"] - timed[0]["step"]
+    return {"steady_samples_per_s": round(steps * effective_batch / seconds, 2), "steady_steps": steps,
+            "steady_step_s": round(seconds / steps, 4)}
+
+
+def measure_engine_training(model_dir: Path, steps: int, seconds: float, targets: str, work: Path,
+                            warmup: int = 3, **overrides: Any) -> dict[str, Any]:
+    """`engine.tasks.train.train()` itself, the default recipe (4-bit, effective batch 16, auto
+    micro-batch) plus `overrides` (TrainConfig fields): steady-state samples/s after `warmup`
+    steps, and the end-to-end time from data loading to the adapter saved."""
     from engine.config import TrainConfig
     from engine.tasks.train import train
 
     manifest = write_manifest(work / f"data-{seconds:g}s", 16 * steps, seconds)
-    run_dir = work / f"engine-run-{seconds:g}s-{int(time.time())}"
+    run_dir = work / f"engine-run-{seconds:g}s-{time.time_ns()}"
+    profile = os.environ.get("QLORA_PROFILE_STEPS")
+    if profile:  # one table per variant, beside the results
+        os.environ["QLORA_PROFILE_OUT"] = str(work / f"profile-{seconds:g}s-{'-'.join(f'{k}_{v}' for k, v in overrides.items()) or 'default'}.txt")
+    t0 = time.perf_counter()
     summary = train(TrainConfig(model=str(model_dir), train_data=str(manifest), targets=targets, max_steps=steps,
-                                epochs=1, lora_dropout=0.0), run_dir)
-    keep = ("micro_batch", "grad_accum", "gradient_checkpointing", "samples_per_s", "peak_gpu_memory_mb",
-            "train_time_s", "final_train_loss", "trainable_params")
-    return {"clip_s": seconds, **{k: summary[k] for k in keep},
-            "losses": [r["loss"] for r in rf.read_metrics(run_dir)]}
+                                epochs=1, lora_dropout=0.0, **overrides), run_dir)
+    wall = time.perf_counter() - t0
+    metrics = rf.read_metrics(run_dir)
+    keep = ("micro_batch", "grad_accum", "gradient_checkpointing", "base_cache", "compiled_layers", "samples_per_s",
+            "peak_gpu_memory_mb", "train_time_s", "runtime_s", "final_train_loss", "trainable_params")
+    return {"clip_s": seconds, "overrides": overrides, **{k: summary.get(k) for k in keep},
+            **steady_state(metrics, warmup, summary["effective_batch"], int(profile.split(":")[0]) - 1 if profile else None),
+            "end_to_end_s": round(wall, 2),
+            "losses": [r["loss"] for r in metrics]}
+
+
+def measure_engine_eval(model_dir: Path, n_clips: int, seconds: float, batch_size: int, work: Path,
+                        extra: list[str] = ()) -> dict[str, Any]:
+    """`python -m engine eval --base` itself (in this process, through the CLI's own parser):
+    the evaluation's clips/s (scoring only) and the command's wall time (model load included)."""
+    from engine import cli
+
+    manifest = write_manifest(work / f"test-{seconds:g}s-{n_clips}", n_clips, seconds, seed=1)
+    name = f"bench-eval-{seconds:g}s-{time.time_ns()}"
+    argv = ["eval", "--base", "--model", str(model_dir), "--runs-dir", str(work), "--run-name", name,
+            "--test-data", str(manifest), "--batch-size", str(batch_size), *extra]
+    t0 = time.perf_counter()
+    code = cli.main(argv)
+    wall = time.perf_counter() - t0
+    evaluation = json.loads((work / name / "evaluations" / "test" / "evaluation.json").read_text())
+    return {"clip_s": seconds, "clips": n_clips, "batch_size": batch_size, "extra": list(extra), "exit": code,
+            "clips_per_s": evaluation.get("clips_per_s"), "scoring_s": evaluation.get("time_taken_s"),
+            "end_to_end_s": round(wall, 2), "base_cache": evaluation.get("base_cache")}
+
+
+def _variants(spec: str) -> list[str]:
+    return [v.strip() for v in spec.split(";")] if spec.strip() else [""]
 
 
 def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-dir", type=Path, default=Path("/tmp/qwen2-audio-7b-random"))
     p.add_argument("--build", action="store_true", help="build the random-weight 7B if missing")
-    p.add_argument("--what", default="train,score,engine", help="any of train, score, engine")
+    p.add_argument("--what", default="train,score,engine,eval",
+                   help="any of train (stock vs fast loop), score (stock vs fast scoring), engine (train()), eval (engine eval)")
+    p.add_argument("--engine-variants", default="base_cache=off;base_cache=on",
+                   help="train() runs, ';'-separated, each ','-separated TrainConfig overrides")
+    p.add_argument("--eval-variants", default="--base-cache off;--base-cache on",
+                   help="eval runs, ';'-separated extra eval flags (give as --eval-variants=...)")
+    p.add_argument("--eval-clips", type=int, default=1024)
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--warmup-steps", type=int, default=2)
     p.add_argument("--score-clips", type=int, default=256)
@@ -248,7 +301,7 @@ def bench_main(args: argparse.Namespace) -> int:
     t0 = time.time()
     model_dir = build_random_7b(args.model_dir) if args.build else args.model_dir
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d"),
-                               "build_s": round(time.time() - t0, 1), "train": [], "score": [], "engine": []}
+                               "build_s": round(time.time() - t0, 1), "train": [], "score": [], "engine": [], "eval": []}
     targets = list(TARGET_PRESETS[args.targets])
     what = set(args.what.split(","))
 
@@ -267,10 +320,21 @@ def bench_main(args: argparse.Namespace) -> int:
         if "score" in what:
             sizes = {p: (16 if p == "stock" else args.score_batch) for p in args.paths.split(",")}
             emit("score", measure_scoring(model_dir, args.score_clips, seconds, sizes))
+        if args.memory_cap_gb and ("engine" in what or "eval" in what):
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(args.memory_cap_gb * 2**30 / total)
         if "engine" in what:
-            if args.memory_cap_gb:
-                total = torch.cuda.get_device_properties(0).total_memory
-                torch.cuda.set_per_process_memory_fraction(args.memory_cap_gb * 2**30 / total)
-            record = measure_engine_training(model_dir, args.train_steps, seconds, args.targets, args.work)
-            emit("engine", {**record, "memory_cap_gb": args.memory_cap_gb})
+            for variant in _variants(args.engine_variants):
+                overrides = dict(item.split("=", 1) for item in variant.split(",") if item)
+                try:
+                    record = measure_engine_training(model_dir, args.train_steps, seconds, args.targets, args.work,
+                                                     args.warmup_steps, **overrides)
+                except Exception as exc:  # one failing variant must not lose the others' figures
+                    record = {"clip_s": seconds, "overrides": overrides, "error": f"{type(exc).__name__}: {exc}"}
+                    torch.cuda.empty_cache()
+                emit("engine", {**record, "memory_cap_gb": args.memory_cap_gb})
+        if "eval" in what:
+            for variant in _variants(args.eval_variants):
+                emit("eval", {**measure_engine_eval(model_dir, args.eval_clips, seconds, args.score_batch, args.work,
+                                                    variant.split()), "memory_cap_gb": args.memory_cap_gb})
     return 0

@@ -57,6 +57,15 @@ def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt
     return scores
 
 
+def use_base_cache(loaded, mode: str = "auto") -> dict:
+    """Score with the 4-bit base's dequantized weights kept (engine.models.base_cache); the
+    decision is recorded in every evaluation made with `loaded`."""
+    from engine.models import base_cache
+
+    loaded.base_cache = base_cache.prepare(loaded.model, mode, loaded.device).to_dict()
+    return loaded.base_cache
+
+
 def p_speech_from_scores(scores: np.ndarray) -> np.ndarray:
     """Probability of the positive class: the softmax over the class scores, at its column."""
     shifted = scores - scores.max(axis=1, keepdims=True)
@@ -159,6 +168,7 @@ def evaluate_clips(loaded, clips, report, run_dir: Path, name: str, system_promp
             "skipped": report_dict.get("bad_files", []), "truncated": report_dict.get("truncated", []),
             "time_taken_s": round(elapsed, 3), "clips_per_s": round(len(clips) / elapsed, 2) if elapsed else None,
             "batch_size": batch_size, "device": str(loaded.device),
+            "base_cache": getattr(loaded, "base_cache", None),
         }
         out = write_evaluation(run_dir, name, records, meta)
     finally:
@@ -222,6 +232,7 @@ def _score_into(args: argparse.Namespace, run_dir: Path, model_id: str, quantiza
     loaded = m.load_model(model_id, quantization, args.device, args.dtype)
     if adapter is not None:
         m.load_adapter(loaded, adapter)
+    use_base_cache(loaded, args.base_cache)
     name = f"{args.name}-{args.control}" if args.control else args.name
     out, _ = evaluate_clips(loaded, clips, report, run_dir, name, system_prompt, prompt, words, producer,
                             batch_size=args.batch_size, threshold=threshold, threshold_source=source,

@@ -129,14 +129,14 @@ def step_batches(order: list[int], clips, micro_batch: int, grad_accum: int, ran
             for start in range(0, len(order), per_step)]
 
 
+COMPILE_MIN_GPU_BYTES = 20 * 2**30
+
+
 def usable_gpu_bytes(device) -> int:
     """Memory this process may use on the GPU: the card, or less under a per-process cap."""
-    import torch
+    from engine.models.base_cache import usable_gpu_bytes as usable
 
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    total = torch.cuda.get_device_properties(index).total_memory
-    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(index)
-    return int(total * fraction)
+    return usable(device)
 
 
 def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch) -> tuple[int, int, bool]:
@@ -201,6 +201,18 @@ def validation_metrics(p_speech, labels) -> dict[str, Any]:
             "val_clips": int(len(truth))}
 
 
+def eager_if_compiled(compiled):
+    """Run compiled layers eagerly inside (scoring between and after training steps): their graphs
+    were made for training shapes with gradients; scoring would compile and capture new ones."""
+    import contextlib
+
+    import torch
+
+    if not compiled or not hasattr(torch.compiler, "set_stance"):
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
+
+
 def validate_epoch(loaded, model, clips, audio, cfg: TrainConfig) -> dict[str, Any]:
     """Score the validation clips with the model as it stands (eval mode, no grad), then put it back
     in train mode; validation_metrics of them.
@@ -219,7 +231,7 @@ def validate_epoch(loaded, model, clips, audio, cfg: TrainConfig) -> dict[str, A
     devices = [loaded.device] if loaded.device.type == "cuda" else []
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), eager_if_compiled(True):
             scores = score_audio(loaded, [audio.load(c) for c in clips], cfg.system_prompt, cfg.prompt,
                                  cfg.label_words)
     finally:
@@ -227,6 +239,57 @@ def validate_epoch(loaded, model, clips, audio, cfg: TrainConfig) -> dict[str, A
         np.random.set_state(numpy_state)
         model.train()
     return validation_metrics(p_speech_from_scores(scores), [c.label for c in clips])
+
+
+class StepProfiler:
+    """torch.profiler over optimizer steps FIRST..LAST when QLORA_PROFILE_STEPS="FIRST:LAST" is set;
+    the operator table goes to QLORA_PROFILE_OUT (default ./train-profile.txt). A diagnostic for
+    docs/PERFORMANCE.md; off (and free) otherwise."""
+
+    def __init__(self, first: int, last: int, out: Path, device):
+        self.first, self.last, self.out, self.device, self.prof = first, last, out, device, None
+
+    @classmethod
+    def from_env(cls, device) -> "StepProfiler":
+        spec = os.environ.get("QLORA_PROFILE_STEPS", "")
+        first, _, last = spec.partition(":")
+        if not spec:
+            return cls(0, -1, Path(), device)
+        return cls(int(first), int(last or first), Path(os.environ.get("QLORA_PROFILE_OUT", "train-profile.txt")),
+                   device)
+
+    def before_step(self, step: int) -> None:
+        if step == self.first:
+            import torch
+
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if self.device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+                torch.cuda.synchronize()
+            self.prof = torch.profiler.profile(activities=activities)
+            self.prof.__enter__()
+            self._t0 = time.perf_counter()
+
+    def after_step(self, step: int) -> None:
+        if self.prof is None or step != self.last:
+            return
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - self._t0
+        self.prof.__exit__(None, None, None)
+        sort = "cuda_time_total" if self.device.type == "cuda" else "cpu_time_total"
+        table = self.prof.key_averages().table(sort_by=sort, row_limit=40)
+        steps = self.last - self.first + 1
+        events = self.prof.key_averages()
+        gpu_us = sum(e.self_device_time_total for e in events) if self.device.type == "cuda" else 0
+        kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        head = (f"steps {self.first}-{self.last}: wall {wall / steps * 1e3:.1f} ms/step, GPU busy "
+                f"{gpu_us / steps / 1e3:.1f} ms/step, {kernels / steps:.0f} GPU kernels/step\n")
+        self.out.write_text(head + table)
+        log.info("profile written to %s: %s", self.out, head.strip())
+        self.prof = None
 
 
 def train(cfg: TrainConfig, run_dir: Path, stop: StopSignal | None = None,
@@ -262,7 +325,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
     import torch
 
     from engine.data.manifests import AudioCache, load_clips, require_both_classes
-    from engine.models import family_for
+    from engine.models import base_cache, family_for
     from engine.tasks import distributed as dist
 
     started = time.time()
@@ -297,6 +360,12 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
     if rank:
         torch.manual_seed(cfg.seed + rank)  # same LoRA init on every rank, different dropout masks
     model = loaded.model
+    cache = base_cache.prepare(model, cfg.base_cache, device,
+                               usable_gpu_bytes(device) if device.type == "cuda" else None)
+    compile_mode = cfg.compile
+    if compile_mode == "auto":  # under 20 GB the compiled graphs' buffers do not fit beside the model
+        compile_mode = "graphs" if device.type == "cuda" and usable_gpu_bytes(device) >= COMPILE_MIN_GPU_BYTES else "off"
+    compiled = m.compile_layers(loaded, cuda_graphs=compile_mode == "graphs") if compile_mode != "off" else 0
     plan = m.label_plan(loaded.processor.tokenizer, cfg.label_words)
     audio = AudioCache(max_seconds=cfg.max_clip_seconds)
     class_index = {name: DEFAULT_LABEL_SET.index(name) for name in DEFAULT_LABEL_SET}
@@ -337,6 +406,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
                  metrics["val_loss"], 100 * metrics["val_accuracy"], metrics["val_clips"])
 
     # ---- train
+    profiler = StepProfiler.from_env(device)
     model.train()
     step, samples, last_loss, t0 = 0, 0, math.nan, time.time()
     epoch_float = 0.0
@@ -346,15 +416,19 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
         steps = step_batches(order, train_clips, micro_batch, grad_accum, rank, world)
         step_clips = micro_batch * grad_accum * world
         for index, group in enumerate(steps):
+            profiler.before_step(step + 1)
             batches = [make([train_clips[i] for i in indices]) for indices in group]
             n_targets = sum(b.target_ids.numel() for b in batches)
-            step_loss = 0.0
+            weighted_losses = []
             for batch in batches:
                 with torch.autocast(device.type, dtype=loaded.dtype, enabled=loaded.dtype != torch.float32):
                     loss, count = m.answer_loss(model, batch)
                 # weight by tokens so the step's loss is the mean over all its answer tokens
-                (loss * (count / n_targets)).backward()
-                step_loss += loss.item() * count / n_targets
+                weighted = loss * (count / n_targets)
+                weighted.backward()
+                weighted_losses.append(weighted.detach())
+            # one host sync per step, not per micro-batch
+            step_loss = float(torch.stack(weighted_losses).sum()) if len(weighted_losses) > 1 else float(weighted_losses[0])
             # data-parallel: the mean over every rank's answer tokens (no-ops with one process)
             dist.all_reduce_grads(params, n_targets)
             step_loss = dist.weighted_mean(step_loss, n_targets)
@@ -382,6 +456,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
                 log.info("step %d/%d epoch %.2f loss %.4f", step, total_steps, epoch_float, step_loss)
             if world > 1:  # a signal received by any rank stops every rank after this same step
                 stop.signal = dist.max_over_ranks(stop.signal or 0) or None
+            profiler.after_step(step)
             if step >= total_steps or stop:
                 done = True
                 break
@@ -408,7 +483,8 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
         "micro_batch": micro_batch, "grad_accum": grad_accum, "num_processes": world,
         "effective_batch": micro_batch * grad_accum * world,
         "requested_split": [cfg.per_device_batch, cfg.grad_accum],
-        "gradient_checkpointing": checkpointing, "embeddings_on_cpu": offload, "device": str(device), "dtype": str(loaded.dtype).replace("torch.", ""),
+        "gradient_checkpointing": checkpointing, "embeddings_on_cpu": offload, "base_cache": cache.to_dict(),
+        "compile": compile_mode, "compiled_layers": compiled, "device": str(device), "dtype": str(loaded.dtype).replace("torch.", ""),
         "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "stopped_early": bool(stop),
         "data": {"train": train_report.to_dict(), "val": val_report.to_dict() if val_report else None},
@@ -422,9 +498,10 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
 
         model.eval()
         for name, clips, report in evaluations:
-            _, records = evaluate_clips(loaded, clips, report, run_dir, name, cfg.system_prompt, cfg.prompt,
-                                        cfg.label_words, audio=audio,
-                                        producer={"kind": "adapter", "run": run_dir.name, "adapter": str(adapter)})
+            with eager_if_compiled(compiled):
+                _, records = evaluate_clips(loaded, clips, report, run_dir, name, cfg.system_prompt, cfg.prompt,
+                                            cfg.label_words, audio=audio,
+                                            producer={"kind": "adapter", "run": run_dir.name, "adapter": str(adapter)})
             if name == "val" and clips is val_clips:  # the final validation point, from the same scores
                 log_validation(validation_metrics([r["p_speech"] for r in records], [r["label"] for r in records]),
                                step, epoch_float)

@@ -123,6 +123,7 @@ class LoadedModel:
     model_path: Path
     quantization: str
     family: ModelFamily = FAMILY  # the description: sample rate, chat template, runtime()
+    base_cache: dict | None = None  # engine.models.base_cache's decision, once one was made
 
     @property
     def hf(self):
@@ -138,12 +139,27 @@ def unwrap(model):
     return model
 
 
+def apply_gpu_share(device: torch.device) -> float:
+    """Keep to 1/N of the GPU's memory when the job queue runs N jobs on this GPU ($QLORA_GPU_SHARE,
+    set by the worker), so that automatic choices (micro-batch, base cache) leave the others room.
+    Returns the fraction in force."""
+    try:
+        share = int(os.environ.get("QLORA_GPU_SHARE", "1"))
+    except ValueError:
+        share = 1
+    if device.type != "cuda" or share <= 1:
+        return 1.0
+    torch.cuda.set_per_process_memory_fraction(1.0 / share, device.index if device.index is not None else 0)
+    return 1.0 / share
+
+
 def load_model(model: str, quantization: str = "4bit", device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load processor + Qwen2AudioForConditionalGeneration, 4/8-bit through bitsandbytes or plain."""
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
     path = resolve_model_path(model)
     dev = pick_device(device)
+    apply_gpu_share(dev)
     torch_dtype = pick_dtype(dtype, dev)
     processor = AutoProcessor.from_pretrained(path)
     kwargs: dict[str, Any] = dict(dtype=torch_dtype)
@@ -187,6 +203,19 @@ def attach_lora(loaded: LoadedModel, r: int, alpha: float, dropout: float, targe
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
                       bias="none", task_type="CAUSAL_LM")
     loaded.model = get_peft_model(hf, lora)
+
+
+def compile_layers(loaded: LoadedModel, cuda_graphs: bool = False) -> int:
+    """torch.compile each decoder layer of the language model and of the audio encoder in place.
+
+    Layers of one stack share their compiled code (parameters are graph inputs), so the cost is
+    one compilation per stack and shape; returns the number of layers wrapped.
+    """
+    hf = loaded.hf
+    layers = list(hf.model.language_model.layers) + list(hf.model.audio_tower.layers)
+    for layer in layers:
+        layer.compile(dynamic=None, mode="reduce-overhead" if cuda_graphs else None)
+    return len(layers)
 
 
 def input_embedding_bytes(loaded: LoadedModel) -> int:

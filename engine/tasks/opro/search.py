@@ -275,6 +275,9 @@ def optimise(settings: OproSettings, run_dir: Path, runs_root: Path,
             loaded = m.load_model(resolved["model"], resolved["quantization"], settings.device, settings.dtype)
             if resolved["adapter"] is not None:
                 m.load_adapter(loaded, resolved["adapter"])
+            from engine.tasks.evaluate import use_base_cache
+
+            use_base_cache(loaded)
             m.seed_everything(search_seed)
             proposer = make_proposer(settings.proposer, loaded, resolved["label_words"], search_seed,
                                      settings.max_prompt_chars, settings.top_k)
