@@ -4,7 +4,9 @@ and the jobs handed to Slurm with their state, pending reason and node."""
 import pandas as pd
 import streamlit as st
 
+from engine.jobs import executor as job_settings
 from engine.jobs import slurm
+from engine.jobs import store as jobs_store
 from pages import _ui
 
 root = _ui.workspace()
@@ -74,6 +76,25 @@ if saved:
         st.success(f"Saved to {path}. New jobs run {'on Slurm' if choice == 'slurm' else 'on this machine'}.")
     except slurm.SlurmError as exc:
         st.error(str(exc))
+
+st.subheader("This machine")
+try:
+    sharing = job_settings.jobs_per_gpu(root)
+except jobs_store.JobError as exc:
+    st.error(f"{exc}. Saving below replaces it.")
+    sharing = 1
+with st.form("local_settings"):
+    per_gpu = st.number_input("Jobs per GPU", 1, job_settings.MAX_JOBS_PER_GPU, sharing, key="cluster_jobs_per_gpu",
+                              help="Runs of a sweep side by side on one GPU. Each keeps to 1/N of the GPU's memory, "
+                                   "and its automatic choices (micro-batch, base cache, compiled graphs) follow "
+                                   "from that share (docs/PERFORMANCE.md: 8 runs on one H200 took 3.2x less time "
+                                   "than one after another).")
+    if st.form_submit_button("Save"):
+        try:
+            job_settings.write_jobs_per_gpu(root, int(per_gpu))
+            st.success(f"Saved: up to {int(per_gpu)} job(s) per GPU from the next job on.")
+        except jobs_store.JobError as exc:
+            st.error(str(exc))
 
 st.subheader("Slurm jobs")
 message_key = "cluster_cancel_message"

@@ -167,3 +167,16 @@ def test_cluster_page_saves_settings_and_refuses_bad_ones(empty_workspace, no_wo
     assert executor == "slurm" and settings.partition == "gpu" and settings.mem == "48G"
     assert settings.extra_sbatch == ["--constraint=a100"]
     assert page.caption[-1].value.startswith("No job of this workspace")
+
+
+def test_cluster_page_saves_jobs_per_gpu(empty_workspace, no_worker):
+    from streamlit.testing.v1 import AppTest
+
+    from engine.jobs.executor import jobs_per_gpu
+
+    page = AppTest.from_file(str(PAGES / "cluster.py"), default_timeout=60).run()
+    assert not page.exception and page.number_input(key="cluster_jobs_per_gpu").value == 1
+    page.number_input(key="cluster_jobs_per_gpu").set_value(4)
+    page.button(key="FormSubmitter:local_settings-Save").click().run()
+    assert not page.exception and jobs_per_gpu(empty_workspace) == 4
+    assert any("up to 4 job(s) per GPU" in s.value for s in page.success)
