@@ -149,7 +149,7 @@ def test_results_of_a_configuration(workspace):
                                    123: records(workspace, "demo-attention-mlp-s123")}, n_boot=100)
     assert at.metric[0].value == f"{seeds['overall']['mean']:.1f}%"
     # Every headline figure is a mean over the same seeds (ROC AUC and ECE once were seed 42's alone).
-    assert [m.label for m in at.metric] == ["Mean accuracy, 2 seeds", "Mean balanced accuracy, 2 seeds",
+    assert [m.label for m in at.metric] == ["Mean accuracy, 2 seeds", "Mean balanced, 2 seeds",
                                             "Mean ROC AUC, 2 seeds", "Mean ECE, 2 seeds", "Clips"]
     aucs = [stats.roc_auc(records(workspace, run)) for run in ("demo-attention-mlp-s42", "demo-attention-mlp-s123")]
     assert at.metric[2].value == f"{sum(aucs) / 2:.3f}"

@@ -475,7 +475,7 @@ def test_headline_metrics_are_all_means_over_seeds():
     summaries = {review.seed_text(k): stats.evaluation_summary(r) for k, r in side.records.items()}
     metrics, caption = review.headline_metrics(aggregate, summaries)
     labels = [m["label"] for m in metrics]
-    assert labels == ["Mean accuracy, 3 seeds", "Mean balanced accuracy, 3 seeds", "Mean ROC AUC, 3 seeds",
+    assert labels == ["Mean accuracy, 3 seeds", "Mean balanced, 3 seeds", "Mean ROC AUC, 3 seeds",
                       "Mean ECE, 3 seeds", "Clips"]
     aucs = [s["roc_auc"] for s in summaries.values()]
     assert metrics[2]["value"] == f"{sum(aucs) / 3:.3f}"

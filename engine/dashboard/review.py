@@ -808,8 +808,8 @@ def headline_metrics(aggregate: Mapping[str, Any], summaries: Mapping[str, dict]
             {"label": f"Mean accuracy, {k} seeds", "value": f"{overall['mean']:.1f}%",
              "help": f"{SEED_INTERVAL_NAME} {format_interval(overall['bootstrap_ci'], 1.0)}; SD {overall['sd']:.2f}; "
                      "per seed: " + ", ".join(f"{v:.1f}%" for v in overall["values"])},
-            {"label": f"Mean balanced accuracy, {k} seeds", "value": f"{balanced['mean']:.1f}%",
-             "help": f"{SEED_INTERVAL_NAME} {format_interval(balanced['bootstrap_ci'], 1.0)}; per seed: "
+            {"label": f"Mean balanced, {k} seeds", "value": f"{balanced['mean']:.1f}%",
+             "help": f"Balanced accuracy; {SEED_INTERVAL_NAME} {format_interval(balanced['bootstrap_ci'], 1.0)}; per seed: "
                      + ", ".join(f"{v:.1f}%" for v in balanced["values"])},
             {"label": f"Mean ROC AUC, {k} seeds", "value": "n/a" if auc is None else f"{auc:.3f}",
              "help": f"per seed: {auc_seeds}"},
@@ -820,7 +820,9 @@ def headline_metrics(aggregate: Mapping[str, Any], summaries: Mapping[str, dict]
                    f"{SEED_INTERVAL_NAME} {format_interval(overall['bootstrap_ci'], 1.0)}, balanced "
                    f"{format_interval(balanced['bootstrap_ci'], 1.0)} (clips within class and seeds resampled). "
                    "Each figure's help lists the per-seed values.")
-        notes = sorted({n for n in (overall.get("note"), balanced.get("note")) if n})
+        # The headline shows no t-interval, so a note on clipping it would only confuse here.
+        notes = sorted({part for n in (overall.get("note"), balanced.get("note")) if n for part in n.split("; ")
+                        if not part.startswith("t-interval clipped")})
         if notes:
             caption += " Note: " + "; ".join(notes) + "."
     metrics.append({"label": "Clips", "value": f"{first['n']:,}", "help": None})
