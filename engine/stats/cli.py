@@ -237,12 +237,14 @@ def _mcnemar_text(r: dict) -> str:
              "",
              f"McNemar ({_METHOD_NAMES[r['method']]}): statistic {r['statistic']:.4g}, "
              f"p = {r['p_value']:.4g}, {r['discordant']} discordant of {n} clips",
-             f"A - B: {r['diff_pts']:+.1f} points" if r["diff_pts"] is not None else "A - B: n/a"]
+             (f"A - B: {r['diff_pts']:+.1f} points, 95% CI {_interval(r['diff_ci'], 1.0)} (Newcombe, paired)"
+              if r["diff_pts"] is not None else "A - B: n/a")]
     if r["note"]:
         lines.append(f"note: {r['note']}")
     rows = [[cls, c["n"], _pct(c["acc_a"]), _pct(c["acc_b"]), c["only_a"], c["only_b"],
-             "n/a" if c["diff_pts"] is None else f"{c['diff_pts']:+.1f}"] for cls, c in r["per_class"].items()]
-    lines += ["", _table(["class", "n", "A", "B", "only A right", "only B right", "A - B (pts)"], rows)]
+             "n/a" if c["diff_pts"] is None else f"{c['diff_pts']:+.1f}", _interval(c["diff_ci"], 1.0)]
+            for cls, c in r["per_class"].items()]
+    lines += ["", _table(["class", "n", "A", "B", "only A right", "only B right", "A - B (pts)", "95% CI"], rows)]
     if r["power_caveat"]:
         lines += ["", r["power_caveat"]]
     return "\n".join(lines)
@@ -302,14 +304,14 @@ def _seeds_text(r: dict) -> str:
         if s is None:
             rows.append([key] + ["n/a"] * 5)
             continue
-        rows.append([key, f"{s['mean']:.2f}", _number(s["sd"], ".2f"), _interval(s["t_ci"], 1.0),
+        rows.append([key, f"{s['mean']:.2f}", _number(s["sd"], ".2f"),
+                     _interval(s["t_ci"], 1.0) + (" clipped" if s.get("t_ci_clipped") else ""),
                      _interval(s["bootstrap_ci"], 1.0), f"{s['min']:.1f}-{s['max']:.1f}"])
     lines.append(_table(["accuracy (%)", "mean", "SD", "95% t-interval", "95% bootstrap", "range"], rows))
     resampled = r["overall"]["bootstrap"]["resampled"]
     if resampled:
         lines.append(f"bootstrap resamples {resampled}; {r['overall']['bootstrap']['n_boot']} replicates")
-    if r["overall"]["note"]:
-        lines.append(f"note: {r['overall']['note']}")
+    lines += [f"note ({key}): {r[key]['note']}" for key in ("overall", *CLASSES, "balanced") if r[key] and r[key]["note"]]
     return "\n".join(lines)
 
 
