@@ -987,8 +987,8 @@ def paired_findings(paired: Mapping[str, Any]) -> list[str]:
     t_test = over_seeds.get("t_test")
     if t_test:
         interval = over_seeds.get("mean_diff_ci")
-        ci_text = (f" [95% t-interval over seeds {format_interval(interval, 1.0)}"
-                   + (", clipped" if over_seeds.get("mean_diff_ci_clipped") else "") + "]") if interval else ""
+        ci_text = (f" (95% t-interval over seeds {format_interval(interval, 1.0)}"
+                   + (", clipped" if over_seeds.get("mean_diff_ci_clipped") else "") + ")") if interval else ""
         lines.append(f"Paired t-test over {over_seeds['n_seeds']} matched seeds: mean difference A - B "
                      f"{format_pts(over_seeds['mean_diff_pts'])} pts{ci_text}, t({t_test['df']}) = "
                      f"{t_test['statistic']:.3f}, p = {format_p(t_test['p_value'])}")
