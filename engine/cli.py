@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "summary": ("engine.stats.cli:summary", "accuracy, intervals, confusion for one evaluation"),
     "mcnemar": ("engine.stats.cli:mcnemar", "paired McNemar test of two evaluations"),
     "seeds": ("engine.stats.cli:seeds", "aggregate a configuration over seeds"),
+    "compare": ("engine.stats.cli:compare", "the Compare page's statistics for two (or three) configurations"),
     "demo": ("engine.tasks.demo:demo", "make the offline demo workspace (data, tiny runs, baseline)"),
     "queue": ("engine.jobs.worker:queue", "add a job to the workspace queue"),
     "worker": ("engine.jobs.worker:worker", "run queued jobs (started by the dashboard)"),

@@ -103,9 +103,12 @@ reference = picked[0]
 st.subheader("Results")
 st.table(result.table.set_index("Configuration"))
 st.caption(f"{result.n_clips:,} clips, the same for every row. Accuracy (correct/clips) [95% Wilson interval]; "
-           "'mean of k seeds' rows give the SD and t-interval over seeds.")
+           "'mean of k seeds' rows give the SD over seeds and a 95% bootstrap interval (clips within class and "
+           "seeds resampled), which stays inside [0, 100].")
 for diff in result.differences:
     st.markdown(f"**{diff['b']}** − **{diff['a']}**: {diff['line']}")
+    if diff["interval"].get("note"):
+        st.caption(diff["interval"]["note"])
 
 charts = figures(result, (str(root), tuple(picks), evaluation, include_baselines, files))
 left, right = st.columns(2)
@@ -116,8 +119,8 @@ st.plotly_chart(charts["loss"], key="compare_loss")
 # ---- seeds
 st.subheader("Multi-seed statistics")
 st.dataframe(result.seed_table, hide_index=True, height="content", key="seed_table")
-st.caption("Percent. t-interval: mean ± t(0.975, n−1)·SD/√n. Bootstrap: 10,000 replicates resampling seeds and "
-           "clips within class. See docs/STATISTICS.md.")
+st.caption("Percent. t-interval: mean ± t(0.975, n−1)·SD/√n, cut to [0, 100] where it would leave it (marked "
+           "'clipped'). Bootstrap: 10,000 replicates resampling seeds and clips within class. See docs/STATISTICS.md.")
 
 # ---- paired tests
 st.subheader("Paired test (McNemar)")
@@ -129,10 +132,18 @@ for i, paired in enumerate(result.paired):
         for column, row in zip(columns * 8, paired["rows"]):
             column.caption(f"{row['pair']}: {row['method']}, p = {review.format_p(row['p_value'])}")
             column.table(review.contingency_frame(row, "A", "B"))
+        st.caption("A − B per class, with Newcombe's paired 95% interval:")
+        st.dataframe(review.class_difference_table(paired), hide_index=True, key=f"class_differences_{i}")
     for line in review.paired_findings(paired):
         st.markdown(line)
     for note in review.paired_notes(paired):
         st.caption(note)
+
+if result.cochran:
+    st.subheader("Cochran's Q (all picks)")
+    st.markdown(review.cochran_line(result.cochran))
+    if result.cochran["rows"]:
+        st.dataframe(review.cochran_table(result.cochran), hide_index=True, key="cochran_table")
 
 st.info(result.power_caveat)
 for note in result.notes:

@@ -121,21 +121,11 @@ if mode == MODES[0] and len(side.runs) < len(members):
 summaries = {review.seed_text(key): stats.evaluation_summary(records) for key, records in side.records.items()}
 aggregate = seed_stats(side, review.side_signature([side]))
 
-# ---- headline numbers
-overall = aggregate["overall"]
-first = next(iter(summaries.values()))
-cols = st.columns(5)
-if side.n_seeds == 1:
-    cols[0].metric("Accuracy", review.pct(first["accuracy"]),
-                   help=f"{first['correct']}/{first['n']} clips, 95% Wilson {review.format_interval(first['ci'])}")
-else:
-    cols[0].metric(f"Mean accuracy, {side.n_seeds} seeds", f"{overall['mean']:.1f}%",
-                   help=f"SD {overall['sd']:.2f}, t 95% {review.format_interval(overall['t_ci'], 1.0)}")
-cols[1].metric("Balanced accuracy", f"{aggregate['balanced']['mean']:.1f}%")
-cols[2].metric("ROC AUC", "n/a" if first["roc_auc"] is None else f"{first['roc_auc']:.3f}",
-               help="First seed's; every seed's is in the ROC legend.")
-cols[3].metric("ECE", "n/a" if first["ece"] is None else f"{first['ece']:.3f}", help="Expected calibration error")
-cols[4].metric("Clips", f"{first['n']:,}")
+# ---- headline numbers: every one aggregated the same way (one evaluation, or the mean over seeds)
+headline, headline_caption = review.headline_metrics(aggregate, summaries)
+for column, metric in zip(st.columns(len(headline)), headline):
+    column.metric(metric["label"], metric["value"], help=metric["help"])
+st.caption(headline_caption)
 
 accuracy_tab, errors_tab, training_tab, seeds_tab, breakdown_tab, clips_tab = st.tabs(
     ["Accuracy", "Confusion and ROC", "Training loss", "Seeds", "Breakdown", "Clips"])

@@ -90,13 +90,13 @@ def test_searches_curve_history_and_the_2x2_design(opro_workspace):
     mcnemar_tables = [t for t in tables if "Only A right" in t.columns]
     assert len(mcnemar_tables) == 6
     base_vs_tuned_opro = mcnemar_tables[2]  # Base · original prompt vs Fine-tuned · OPRO prompt
-    assert list(base_vs_tuned_opro.index) == ["seed 1", "seed 2"]
+    assert list(base_vs_tuned_opro.index) == ["A base vs B seed 1", "A base vs B seed 2"]  # the base run is reused
     a, b = TEST_MASKS["base"][0], TEST_MASKS[2][1]
     only_a = sum(1 for x, y in zip(a, b) if x == "1" and y == "0")
     only_b = sum(1 for x, y in zip(a, b) if x == "0" and y == "1")
     both_right = sum(1 for x, y in zip(a, b) if x == y == "1")
     expected_p = sm_mcnemar([[both_right, only_a], [only_b, len(a) - both_right - only_a - only_b]], exact=True).pvalue
-    row = base_vs_tuned_opro.loc["seed 2"]
+    row = base_vs_tuned_opro.loc["A base vs B seed 2"]
     assert (row["Only A right"], row["Only B right"], row["p"]) == (only_a, only_b, review.format_p(expected_p))
     assert any(text.startswith("With 12 clips, differences under") for text in texts(at.info))
     assert chart(at, "class_accuracy")

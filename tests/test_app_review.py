@@ -149,6 +149,12 @@ def test_results_of_a_configuration(workspace):
     seeds = stats.aggregate_seeds({42: records(workspace, "demo-attention-mlp-s42"),
                                    123: records(workspace, "demo-attention-mlp-s123")}, n_boot=100)
     assert at.metric[0].value == f"{seeds['overall']['mean']:.1f}%"
+    # Every headline figure is a mean over the same seeds (ROC AUC and ECE once were seed 42's alone).
+    assert [m.label for m in at.metric] == ["Mean accuracy, 2 seeds", "Mean balanced, 2 seeds",
+                                            "Mean ROC AUC, 2 seeds", "Mean ECE, 2 seeds", "Clips"]
+    aucs = [stats.roc_auc(records(workspace, run)) for run in ("demo-attention-mlp-s42", "demo-attention-mlp-s123")]
+    assert at.metric[2].value == f"{sum(aucs) / 2:.3f}"
+    assert any("mean over the 2 seeds" in c.value for c in at.caption)
     strip = chart(at, "seed_distribution")
     points = [t for t in strip.data if t.mode == "markers" and len(t.y) == 2]
     assert sorted(points[0].y) == sorted(seeds["overall"]["values"])
@@ -217,6 +223,12 @@ def test_compare_two_configurations(workspace):
         assert row["p"] == review.format_p(seed_row["p_value"])
         assert row["p (Holm)"] == review.format_p(seed_row["p_holm"])
     assert any(stats.power_caveat(32) == i.value for i in at.info)
+    # One power sentence for the pair, naming the best case that the caveat above states.
+    power = [c.value for c in at.caption if c.value.startswith("Power: ")]
+    assert len(power) == 1 and "at the observed discordance" in power[0] and "is the floor" in power[0]
+    assert any("95% intervals: bootstrap over clips (within class) and seeds" in m.value for m in at.markdown)
+    (classes,) = [d.value for d in at.dataframe if "Class" in d.value.columns]
+    assert len(classes) == 2 * len(expected["per_seed"]) and classes["A - B 95% CI (Newcombe)"].str.startswith("[").all()
     strip = chart(at, "seed_distribution")
     means = {t.x[0].split("<br>")[0]: t.y[0] for t in strip.data if t.name.endswith(" mean")}
     seeds_mlp = stats.aggregate_seeds({42: records(workspace, "demo-attention-mlp-s42"),
@@ -226,6 +238,20 @@ def test_compare_two_configurations(workspace):
     assert at.get("audio")
     diff = [d.value for d in at.dataframe if "targets" in getattr(d.value, "index", [])]
     assert diff and diff[0].loc["targets", MLP] == "attention+mlp"
+
+
+def test_compare_three_picks_shows_cochran(workspace):
+    at = page("pages/compare.py", configs=[ATTENTION, MLP, "demo-silero-vad/test"])
+    assert_clean(at)
+    (table,) = [d.value for d in at.dataframe if "Q" in d.value.columns]
+    assert list(table["Seed"]) == ["seed 42", "seed 123"]
+    silero = records(workspace, "demo-silero-vad")
+    expected = stats.cochran_q([records(workspace, "demo-attention-s42"), records(workspace, "demo-attention-mlp-s42"),
+                                silero])
+    assert table.iloc[0]["p"] == review.format_p(expected["p_value"])
+    assert any(m.value.startswith("Cochran's Q that all 3 configurations") for m in at.markdown)
+    # Silero is one run against two seeds: the rows say so.
+    assert any("A seed 42 vs B demo-silero-vad" in str(t.value.index.tolist()) for t in at.table)
 
 
 def test_compare_refuses_different_clip_sets(workspace):

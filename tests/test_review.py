@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -186,13 +187,22 @@ def test_difference_line_and_seed_table(demo_comparison, demo_workspace):
     (diff,) = demo_comparison.differences
     assert (diff["a"], diff["b"]) == (ATTENTION, MLP)
     assert diff["points"] == pytest.approx(expected)
-    assert diff["line"] == (f"{expected['Overall']:+.1f} pts overall ({expected[SPEECH]:+.1f} SPEECH, "
-                            f"{expected[NONSPEECH]:+.1f} NONSPEECH)")
+    # The line carries each difference's 95% interval (clip+seed bootstrap of B - A) and names the method.
+    interval = stats.mean_difference({42: records_of(demo_workspace, b[0]), 123: records_of(demo_workspace, b[1])},
+                                     {42: records_of(demo_workspace, a[0]), 123: records_of(demo_workspace, a[1])},
+                                     n_boot=500)
+    assert diff["interval"] == interval
+    ci = {k: review.format_interval(interval[k]["ci"], 1.0) for k in ("overall", SPEECH, NONSPEECH)}
+    assert diff["line"] == (f"{expected['Overall']:+.1f} {ci['overall']} pts overall ({expected[SPEECH]:+.1f} "
+                            f"{ci[SPEECH]} SPEECH, {expected[NONSPEECH]:+.1f} {ci[NONSPEECH]} NONSPEECH); "
+                            "95% intervals: bootstrap over clips (within class) and seeds")
     seeds = stats.aggregate_seeds({42: records_of(demo_workspace, b[0]), 123: records_of(demo_workspace, b[1])},
                                   n_boot=500)
     row = demo_comparison.seed_table.set_index(["Configuration", "Metric"]).loc[(MLP, "Overall")]
     assert row["Mean"] == f"{seeds['overall']['mean']:.2f}%"
-    assert row["t 95% interval"] == review.format_interval(seeds["overall"]["t_ci"], 1.0)
+    # The demo's two seeds (a tiny random model) give a t-interval that passes 100: clipped and marked.
+    assert seeds["overall"]["t_ci_clipped"] and 0 <= seeds["overall"]["t_ci"][0] <= seeds["overall"]["t_ci"][1] <= 100
+    assert row["t 95% interval"] == review.format_interval(seeds["overall"]["t_ci"], 1.0) + " (clipped)"
     assert row["Bootstrap 95% interval"] == review.format_interval(seeds["overall"]["bootstrap_ci"], 1.0)
     assert row["n seeds"] == 2
 
@@ -220,8 +230,11 @@ def test_mcnemar_per_matched_seed(demo_comparison, demo_workspace):
 def test_single_evaluation_against_configuration(runs):
     comparison = review.compare(runs, ["demo-silero-vad/test", MLP], n_boot=200, include_baselines=False)
     (paired,) = comparison.paired
-    assert [row["pair"] for row in paired["rows"]] == ["seed 42", "seed 123"]
+    # The single run is not "seed 42" of A: the rows say what is paired with what.
+    assert [row["pair"] for row in paired["rows"]] == ["A demo-silero-vad vs B seed 42",
+                                                       "A demo-silero-vad vs B seed 123"]
     assert all("p_holm" in row for row in paired["rows"])
+    assert "single run (demo-silero-vad) is reused" in paired["note"]
 
 
 def test_different_clip_sets_are_refused(runs):
@@ -673,3 +686,117 @@ def test_opro_runs_group_by_the_configuration_they_searched(grid_runs, tmp_path)
     names = sorted(c.name for c in review.configurations(rf.list_runs(root)) if c.name.startswith(f"OPRO of {target}"))
     assert names == [f"OPRO of {target} · dev_data=dev-long.csv, iterations=5",
                      f"OPRO of {target} · dev_data=dev.csv, iterations=2"]
+
+
+# ---------------------------------------------------------------- statistics on hand-made sides
+
+def hand_side(name, rights, n=32, seeds=None):
+    """A side whose seed i gets the first rights[i] of n clips (alternating SPEECH/NONSPEECH) right."""
+    def records(right):
+        out = []
+        for i in range(n):
+            label = SPEECH if i % 2 else NONSPEECH
+            other = NONSPEECH if label == SPEECH else SPEECH
+            out.append({"clip_id": f"c{i:02d}", "label": label, "pred": label if i < right else other,
+                        "p_speech": (0.9 if i < right else 0.2) if label == SPEECH else (0.1 if i < right else 0.7)})
+        return out
+
+    seeds = seeds or list(range(1, len(rights) + 1))
+    runs = {s: rf.RunInfo(run_id=f"{name}-s{s}", path=Path("/nonexistent") / f"{name}-s{s}", kind=rf.KIND_TRAIN,
+                          config={"label": name, "seed": s}) for s in seeds}
+    return review.Side(name, rf.KIND_TRAIN, "test", runs, {s: records(r) for s, r in zip(seeds, rights)}, {})
+
+
+def test_unmatched_seeds_are_named_and_the_reuse_is_said():
+    a, b = hand_side("A", [20], seeds=[7]), hand_side("B", [25, 26, 27], seeds=[42, 123, 456])
+    paired = review.paired_comparison(a, b)
+    assert [r["pair"] for r in paired["rows"]] == ["A seed 7 vs B seed 42", "A seed 7 vs B seed 123",
+                                                   "A seed 7 vs B seed 456"]
+    assert "A's single run (seed 7) is reused against each of the 3 seeds of B" in paired["note"]
+    assert list(review.mcnemar_table(paired)["Seed"]) == [r["pair"] for r in paired["rows"]]
+
+
+def test_one_power_statement_per_pair_agrees_with_the_page_caveat():
+    a, b = hand_side("A", [20, 21]), hand_side("B", [26, 27])
+    paired = review.paired_comparison(a, b)
+    power = [n for n in review.paired_notes(paired) if n.startswith("Power")]
+    assert power == [f"Power: {paired['power']}"]
+    discordant = sum(r["discordant"] for r in paired["rows"]) / sum(r["n"] for r in paired["rows"])
+    assert paired["power"] == stats.power_statement(32, discordant)
+    best = math.floor(stats.power_min_detectable_diff(32))
+    assert f"{best} points is the floor" in paired["power"] and f"under {best} points" in stats.power_caveat(32)
+
+
+def test_every_shown_difference_has_an_interval():
+    a, b = hand_side("A", [20, 22]), hand_side("B", [26, 27])
+    result = review.build_comparison([a, b], n_boot=300)
+    (diff,) = result.differences
+    assert diff["interval"]["method"] == "bootstrap"
+    assert all(diff["interval"][k]["ci"] for k in ("overall", SPEECH, NONSPEECH))
+    paired = result.paired[0]
+    assert paired["paired"]["mean_diff_ci"] and "95% t-interval over seeds" in review.paired_findings(paired)[0]
+    table = review.mcnemar_table(paired)
+    assert list(table["A - B 95% CI (Newcombe)"]) == [review.format_interval(r["diff_ci"], 1.0) for r in paired["rows"]]
+    classes = review.class_difference_table(paired)
+    assert len(classes) == 4 and all(c.startswith("[") for c in classes["A - B 95% CI (Newcombe)"])
+    single = review.build_comparison([hand_side("A", [20]), hand_side("B", [26])], n_boot=50)
+    assert "Newcombe's paired score interval" in single.differences[0]["line"]
+
+
+def test_seed_means_stay_inside_0_100_and_sd_0_is_noted():
+    ceiling = hand_side("ceiling", [32, 32, 29])
+    flat = hand_side("flat", [30, 30, 30])
+    result = review.build_comparison([ceiling, flat], n_boot=300)
+    t_ci = result.seed_stats["ceiling"]["overall"]["t_ci"]
+    assert t_ci[1] == 100.0 and result.seed_stats["ceiling"]["overall"]["t_ci_clipped"]
+    cells = result.table.set_index("Configuration")
+    mean_cell = cells.loc["ceiling · mean of 3 seeds", "Overall"]
+    boot = result.seed_stats["ceiling"]["overall"]["bootstrap_ci"]
+    assert f"bootstrap 95% {review.format_interval(boot, 1.0)}" in mean_cell and "t-interval" not in mean_cell
+    assert "SD 0" in cells.loc["flat · mean of 3 seeds", "Overall"]
+    seeds = result.seed_table.set_index(["Configuration", "Metric"])
+    assert seeds.loc[("ceiling", "Overall"), "t 95% interval"].endswith("(clipped)")
+    assert "SD 0" in seeds.loc[("flat", "Overall"), "Note"]
+    whiskers = review.seed_intervals(result.seed_stats)
+    assert ((whiskers["lo"] >= 0) & (whiskers["hi"] <= 100)).all()
+    assert set(whiskers["interval"]) == {"bootstrap 95%"}
+
+
+def test_cochran_q_for_three_picks_matches_statsmodels():
+    from statsmodels.stats.contingency_tables import cochrans_q
+
+    sides = [hand_side("A", [20, 22]), hand_side("B", [26, 25]), hand_side("C", [14, 30])]
+    result = review.build_comparison(sides, n_boot=50)
+    rows = result.cochran["rows"]
+    assert [r["pair"] for r in rows] == ["seed 1", "seed 2"]
+    for row, seed in zip(rows, (1, 2)):
+        x = [[r["pred"] == r["label"] for r in sorted(s.records[seed], key=lambda r: r["clip_id"])] for s in sides]
+        expected = cochrans_q(list(zip(*x)))
+        assert row["statistic"] == pytest.approx(expected.statistic) and row["p_value"] == pytest.approx(expected.pvalue)
+    assert [r["p_holm"] for r in rows] == pytest.approx(stats.holm([r["p_value"] for r in rows]))
+    assert review.cochran_line(result.cochran).startswith("Cochran's Q that all 3 configurations (A, B, C)")
+    markdown = report.build_report(result)
+    assert "### Cochran's Q (all picks)" in markdown and review.cochran_line(result.cochran) in markdown
+    assert review.build_comparison(sides[:2], n_boot=50).cochran is None
+    unshared = review.cochran([hand_side("A", [20, 22]), hand_side("B", [26, 25], seeds=[3, 4]), hand_side("C", [1])])
+    assert unshared["rows"] == [] and "no seed is shared" in unshared["note"]
+
+
+def test_headline_metrics_are_all_means_over_seeds():
+    side = hand_side("A", [20, 24, 28])
+    aggregate = review.seed_stats_for(side, n_boot=100)
+    summaries = {review.seed_text(k): stats.evaluation_summary(r) for k, r in side.records.items()}
+    metrics, caption = review.headline_metrics(aggregate, summaries)
+    labels = [m["label"] for m in metrics]
+    assert labels == ["Mean accuracy, 3 seeds", "Mean balanced, 3 seeds", "Mean ROC AUC, 3 seeds",
+                      "Mean ECE, 3 seeds", "Clips"]
+    aucs = [s["roc_auc"] for s in summaries.values()]
+    assert metrics[2]["value"] == f"{sum(aucs) / 3:.3f}"
+    assert metrics[3]["value"] == f"{sum(s['ece'] for s in summaries.values()) / 3:.3f}"
+    assert "mean over the 3 seeds" in caption
+    assert review.format_interval(aggregate["overall"]["bootstrap_ci"], 1.0) in caption
+    one = hand_side("B", [20], seeds=[42])
+    metrics, caption = review.headline_metrics(review.seed_stats_for(one, n_boot=50),
+                                               {"seed 42": stats.evaluation_summary(one.records[42])})
+    assert [m["label"] for m in metrics][:4] == ["Accuracy", "Balanced accuracy", "ROC AUC", "ECE"]
+    assert caption.startswith("One evaluation (seed 42)")

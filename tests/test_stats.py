@@ -548,3 +548,159 @@ def test_large_sets_bootstrap_counts_with_the_same_distribution_as_index_draws(m
     by_count = stats._bootstrap_clips(seeds, statistic, 20_000, 2, shared)
     assert by_count == pytest.approx(by_index, abs=0.25)
     assert by_count[1] - by_count[0] > 1.0  # a real interval, not a degenerate one
+
+
+# ---------------------------------------------------------------- intervals inside their range
+
+def records_from_table(both_right, only_a, only_b, both_wrong, label="SPEECH"):
+    """Two evaluations of the same clips whose McNemar table is the given one."""
+    other = "NONSPEECH" if label == "SPEECH" else "SPEECH"
+    cells = [(True, True)] * both_right + [(True, False)] * only_a + [(False, True)] * only_b + \
+        [(False, False)] * both_wrong
+    a = [rec(f"c{i:04d}", label, label if ca else other) for i, (ca, _) in enumerate(cells)]
+    b = [rec(f"c{i:04d}", label, label if cb else other) for i, (_, cb) in enumerate(cells)]
+    return a, b
+
+
+def test_paired_difference_matches_published_example():
+    # Fagerland, Lydersen and Laake (2017), Statistical Analysis of Contingency Tables, ch. 8:
+    # Cavo et al. (2012), table [[59, 6], [16, 80]]: Newcombe square-and-add -0.0621 (-0.1186 to -0.0046).
+    lo, hi = stats.paired_difference_ci(59, 6, 16, 80)
+    assert (round(lo, 4), round(hi, 4)) == (-0.1186, -0.0046)
+    a, b = records_from_table(59, 6, 16, 80)
+    out = stats.mcnemar(a, b)
+    assert out["diff_ci_method"] == "newcombe"
+    assert out["diff_ci"] == pytest.approx([100 * lo, 100 * hi])
+    assert out["per_class"]["SPEECH"]["diff_ci"] == pytest.approx(out["diff_ci"])
+    assert out["per_class"]["NONSPEECH"]["diff_ci"] is None  # no NONSPEECH clips
+
+
+def test_paired_difference_by_hand_and_in_range_for_every_small_table():
+    z = sps.norm.ppf(0.975)
+
+    def wilson(k, n):
+        centre, half = (k + z * z / 2) / (n + z * z), z * math.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+        return centre - half, centre + half
+
+    for n in range(1, 9):
+        for a in range(n + 1):
+            for b in range(n + 1 - a):
+                for c in range(n + 1 - a - b):
+                    d = n - a - b - c
+                    lo, hi = stats.paired_difference_ci(a, b, c, d)
+                    theta = (b - c) / n
+                    assert -1 <= lo <= theta <= hi <= 1, (a, b, c, d)
+                    # Newcombe's formula written out independently (phi with his continuity adjustment).
+                    p1, p2 = (a + b) / n, (a + c) / n
+                    (l1, u1), (l2, u2) = wilson(a + b, n), wilson(a + c, n)
+                    margins = (a + b) * (c + d) * (a + c) * (b + d)
+                    cross = a * d - b * c
+                    phi = 0 if not margins else (max(cross - n / 2, 0) if cross >= 0 else cross) / math.sqrt(margins)
+                    low = theta - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2))
+                    high = theta + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2))
+                    assert (lo, hi) == pytest.approx((max(-1, low), min(1, high)), abs=1e-9), (a, b, c, d)
+
+
+def test_t_interval_is_clipped_to_100_with_a_note():
+    # 32/32, 32/32, 29/32: the t-interval mean +/- t(0.975, 2) SD / sqrt(3) passes 100.
+    s = stats.seed_summary([(32, 32), (32, 32), (29, 32)], n_boot=200)
+    lo, hi = sps.t.interval(0.95, 2, loc=np.mean([100, 100, 90.625]), scale=sps.sem([100, 100, 90.625]))
+    assert hi > 100
+    assert s["t_ci"] == pytest.approx([lo, 100.0])
+    assert s["t_ci_clipped"] and s["t_half_width"] == pytest.approx((hi - lo) / 2)
+    assert "clipped to [0, 100]" in s["note"]
+    assert 0 <= s["bootstrap_ci"][0] <= s["bootstrap_ci"][1] <= 100
+    low = stats.seed_summary([(0, 32), (0, 32), (3, 32)], n_boot=50)
+    assert low["t_ci"][0] == 0.0 and low["t_ci_clipped"]
+    inside = stats.seed_summary([(30, 32), (30, 32), (31, 32), (30, 32)], n_boot=50)
+    assert not inside["t_ci_clipped"] and inside["note"] is None
+
+
+def test_sd_zero_gets_a_note():
+    s = stats.seed_summary([(30, 32)] * 3, n_boot=50)
+    assert s["sd"] == 0 and s["t_ci"] == [93.75, 93.75]
+    assert "SD 0" in s["note"] and "zero width" in s["note"]
+
+
+def test_mean_difference_interval_over_matched_seeds_matches_scipy():
+    rng = random.Random(5)
+    a = {seed: [rec(f"c{i:03d}", "SPEECH" if i < 20 else "NONSPEECH",
+                    rng.choice(["SPEECH", "NONSPEECH"])) for i in range(40)] for seed in (1, 2, 3)}
+    b = {seed: [rec(f"c{i:03d}", "SPEECH" if i < 20 else "NONSPEECH",
+                    rng.choice(["SPEECH", "NONSPEECH"])) for i in range(40)] for seed in (1, 2, 3)}
+    paired = stats.compare_configs(a, b, n_boot=20)["paired"]
+    acc = lambda recs: 100 * sum(r["pred"] == r["label"] for r in recs) / len(recs)  # noqa: E731
+    diffs = [acc(a[s]) - acc(b[s]) for s in (1, 2, 3)]
+    ci = sps.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+    assert paired["mean_diff_ci"] == pytest.approx([ci.low, ci.high])
+    assert paired["sd_diff_pts"] == pytest.approx(np.std(diffs, ddof=1))
+
+
+def test_mean_difference_one_evaluation_a_side_is_newcombe():
+    a, b = records_from_table(59, 6, 16, 80)
+    out = stats.mean_difference({1: a}, {1: b})
+    assert out["method"] == "newcombe"
+    assert out["overall"]["diff_pts"] == pytest.approx(100 * (6 - 16) / 161)
+    assert out["overall"]["ci"] == pytest.approx([100 * x for x in stats.paired_difference_ci(59, 6, 16, 80)])
+    assert out["NONSPEECH"] is None
+
+
+def independent_difference_bootstrap(minuend, subtrahend, n_boot, seed):
+    """Clip indices drawn within class (one draw for every evaluation), seeds drawn independently."""
+    rng = np.random.default_rng(seed)
+    clips = sorted(next(iter(minuend.values())), key=lambda r: r["clip_id"])
+    by_class = {cls: [i for i, r in enumerate(clips) if r["label"] == cls] for cls in ("SPEECH", "NONSPEECH")}
+
+    def matrix(side):
+        return np.array([[r["pred"] == r["label"] for r in sorted(side[s], key=lambda r: r["clip_id"])]
+                         for s in sorted(side)], dtype=float)
+
+    ma, mb = matrix(minuend), matrix(subtrahend)
+    out = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(ids, size=len(ids)) for ids in by_class.values() if ids])
+        acc_a, acc_b = ma[:, idx].mean(axis=1), mb[:, idx].mean(axis=1)
+        out.append(100 * (rng.choice(acc_a, size=len(acc_a)).mean() - rng.choice(acc_b, size=len(acc_b)).mean()))
+    return np.percentile(out, [2.5, 97.5])
+
+
+def test_mean_difference_bootstrap_agrees_with_an_independent_one():
+    rng = random.Random(11)
+
+    def side(seeds, skill):
+        return {s: [rec(f"c{i:03d}", "SPEECH" if i < 30 else "NONSPEECH",
+                        ("SPEECH" if i < 30 else "NONSPEECH") if rng.random() < skill else
+                        ("NONSPEECH" if i < 30 else "SPEECH")) for i in range(60)] for s in seeds}
+
+    minuend, subtrahend = side((1, 2, 3), 0.9), side((7,), 0.6)
+    out = stats.mean_difference(minuend, subtrahend, n_boot=4000)
+    assert out["method"] == "bootstrap" and "separately" in out["bootstrap"]["resampled"]
+    reference = independent_difference_bootstrap(minuend, subtrahend, 4000, 1)
+    assert out["overall"]["ci"] == pytest.approx(list(reference), abs=2.0)  # Monte Carlo error only
+    lo, hi = out["overall"]["ci"]
+    assert lo <= out["overall"]["diff_pts"] <= hi
+    for cls in ("SPEECH", "NONSPEECH"):
+        assert -100 <= out[cls]["ci"][0] <= out[cls]["diff_pts"] <= out[cls]["ci"][1] <= 100
+    # Deterministic, independent of record and seed order.
+    again = stats.mean_difference({s: list(reversed(r)) for s, r in reversed(list(minuend.items()))}, subtrahend,
+                                  n_boot=4000)
+    assert again == out
+    same = stats.mean_difference(minuend, dict(minuend), n_boot=300)
+    assert same["overall"]["ci"] == [0.0, 0.0] and "matched seed pairs" in same["bootstrap"]["resampled"]
+
+
+def test_mean_difference_refuses_other_clips():
+    a, b = records_from_table(3, 1, 1, 3)
+    with pytest.raises(stats.PairingError):
+        stats.mean_difference({1: a}, {1: b[:-1]})
+
+
+def test_power_statement_names_both_assumptions():
+    text = stats.power_statement(32, 13 / 32)
+    observed = stats.power_min_detectable_diff(32, 13 / 32)
+    best = stats.power_min_detectable_diff(32)
+    assert f"under {math.floor(observed)} points are not detectable" in text
+    assert f"{math.floor(best)} points is the floor whatever the discordance (best case" in text
+    assert f"under {math.floor(best)} points" in stats.power_caveat(32)  # the page-level caveat's number
+    assert "40.6% of clips" in text
+    assert "no discordant clip" in stats.power_statement(32, None)

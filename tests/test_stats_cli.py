@@ -1,4 +1,4 @@
-"""`python -m engine summary | mcnemar | seeds` as subprocesses on the two real exports."""
+"""`python -m engine summary | mcnemar | seeds | compare` as subprocesses on the two real exports and small fixtures."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
+from engine.stats import core as stats
 from engine.tasks.importing import import_predictions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,3 +114,111 @@ def test_unusable_input_exits_2(tmp_path):
     result = run_cli("summary", tmp_path / "missing.jsonl", "--json")
     assert result.returncode == 2
     assert "missing.jsonl" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- compare
+
+def write_export(path: Path, right: int, n: int = 32) -> Path:
+    """A CSV export of n clips (half SPEECH) with the first `right` clips predicted correctly."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["clip_id", "label", "pred"])
+        for i in range(n):
+            label = "SPEECH" if i % 2 else "NONSPEECH"
+            wrong = "NONSPEECH" if label == "SPEECH" else "SPEECH"
+            writer.writerow([f"clip{i:02d}", label, label if i < right else wrong])
+    return path
+
+
+@pytest.fixture(scope="module")
+def seeded_runs(tmp_path_factory):
+    """A near the ceiling (32, 32, 29 of 32: its t-interval passes 100) and B lower, seeds 1-3."""
+    root = tmp_path_factory.mktemp("seeded")
+    out = {}
+    for side, rights in (("a", (32, 32, 29)), ("b", (20, 24, 22))):
+        out[side] = [import_predictions(write_export(root / f"{side}{seed}.csv", right), f"{side}-s{seed}", root / "runs",
+                                        config_label=side.upper(), seed=seed)
+                     for seed, right in zip((1, 2, 3), rights)]
+    return out
+
+
+def intervals(obj, path=""):
+    """(path, [lo, hi]) of every interval in a JSON document."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            here = f"{path}.{key}"
+            if (key == "ci" or key.endswith("_ci")) and value is not None:
+                yield here, value
+            else:
+                yield from intervals(value, here)
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            yield from intervals(value, f"{path}[{i}]")
+
+
+def test_compare_json_every_interval_in_range(seeded_runs):
+    result = run_cli("compare", "--a", *seeded_runs["a"], "--b", *seeded_runs["b"], "--n-boot", "500", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert set(out) >= {"sides", "n_clips", "seed_stats", "differences", "paired", "cochran", "power_caveat"}
+    (diff,) = out["differences"]
+    assert (diff["a"], diff["b"]) == ("A", "B")
+    assert diff["points"]["Overall"] == pytest.approx(100 * (22 - 31) / 32)
+    assert diff["interval"]["method"] == "bootstrap"
+    lo, hi = diff["interval"]["overall"]["ci"]
+    assert lo <= diff["points"]["Overall"] <= hi and "[" in diff["line"]
+    assert out["seed_stats"]["A"]["overall"]["t_ci_clipped"]  # raw t-interval passes 100
+    found = list(intervals(out))
+    assert len(found) > 20
+    for where, (lo, hi) in found:
+        difference = where.endswith(("diff_ci", "mean_diff_ci")) or where.startswith(".differences")
+        bound = (-100.0, 100.0) if difference else (0.0, 100.0)
+        assert bound[0] <= lo <= hi <= bound[1], (where, lo, hi)
+    (paired,) = out["paired"]
+    assert [row["pair"] for row in paired["rows"]] == ["seed 1", "seed 2", "seed 3"]
+    assert paired["paired"]["mean_diff_ci"] is not None and paired["findings"][0].startswith("Paired t-test")
+    assert paired["power"].startswith("With 32 clips at the observed discordance")
+    assert out["cochran"] is None  # two sides
+
+
+def test_compare_reads_other_tools_exports_like_import_predictions():
+    base, lora = EXAMPLES / "base_predictions.csv", EXAMPLES / "lora_seed42_predictions.csv"
+    result = run_cli("compare", "--a", base, "--b", lora, "--name-a", "base", "--name-b", "lora", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    (row,) = out["paired"][0]["rows"]
+    t = row["table"]
+    rows_a, rows_b = export_rows("base"), export_rows("lora_seed42")
+    assert t["only_a"] == sum(rows_a[k]["correct"] == "True" and rows_b[k]["correct"] == "False" for k in rows_a)
+    lo, hi = stats.paired_difference_ci(t["both_right"], t["only_a"], t["only_b"], t["both_wrong"])
+    assert row["diff_ci"] == pytest.approx([100 * lo, 100 * hi])
+    assert out["differences"][0]["interval"]["method"] == "newcombe"
+    assert out["differences"][0]["interval"]["overall"]["ci"] == pytest.approx([-100 * hi, -100 * lo])  # B - A
+    # mcnemar once refused these files ("record 1 lacks clip_id, label, pred").
+    result = run_cli("mcnemar", "--model-a", base, "--model-b", lora, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["table"] == t
+    text = run_cli("compare", "--a", base, "--b", lora, "--n-boot", "50")
+    assert text.returncode == 0 and "Newcombe" in text.stdout and "Power:" in text.stdout
+
+
+def test_compare_three_sides_adds_cochran(seeded_runs, tmp_path):
+    third = [write_export(tmp_path / f"c{i}.csv", right) for i, right in enumerate((26, 27, 28), start=1)]
+    # Plain files carry no seed: they are keyed 'input N' and so meet no seed of A and B.
+    result = run_cli("compare", "--a", *seeded_runs["a"], "--b", *seeded_runs["b"], "--c", *third,
+                     "--n-boot", "50", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["cochran"]["rows"] == [] and "no seed is shared" in out["cochran"]["note"]
+    result = run_cli("compare", "--a", seeded_runs["a"][0], "--b", seeded_runs["b"][0], "--c", third[0],
+                     "--n-boot", "50", "--json")
+    out = json.loads(result.stdout)
+    (row,) = out["cochran"]["rows"]
+    assert (row["k"], row["n"]) == (3, 32)
+
+
+def test_compare_refuses_unreadable_input(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x\n1\n")
+    result = run_cli("compare", "--a", bad, "--b", bad, "--json")
+    assert result.returncode == 2 and "no label column" in result.stderr and "Traceback" not in result.stderr

@@ -336,7 +336,7 @@ class Design:
     missing: dict[str, str]  # cell -> why it has no evaluation
     rows: list[dict]  # review.evaluation_rows: one per cell and seed
     seed_stats: dict[str, dict]  # cell -> review.seed_stats_for
-    table: pd.DataFrame  # per-class accuracy with Wilson intervals; seed means with t-intervals
+    table: pd.DataFrame  # per-class accuracy with Wilson intervals; seed means with bootstrap intervals (inside [0, 100])
     grid: pd.DataFrame  # model (rows) x prompt (columns): overall and balanced accuracy
     pairs: list[dict]  # review.paired_comparison for every pair of cells (6 with all four)
     n_clips: int

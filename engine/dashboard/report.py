@@ -85,8 +85,9 @@ def _paired_section(paired: dict) -> str:
         lines += [markdown_table(review.mcnemar_table(paired)), ""]
         lines.append("McNemar's test on the clips each side got right and the other wrong; `auto` uses the exact "
                      "binomial test below 25 discordant clips, else the continuity-corrected chi-square. "
-                     "p (Holm) adjusts over the seeds of this pair.")
-        lines.append("")
+                     "p (Holm) adjusts over the seeds of this pair. A - B 95% CI: Newcombe's paired score "
+                     "interval (method 10).")
+        lines += ["", "Per class:", "", markdown_table(review.class_difference_table(paired)), ""]
     lines += [f"- {line}" for line in review.paired_findings(paired)]
     lines += [f"- Note: {note}" for note in review.paired_notes(paired)]
     return "\n".join(lines) + "\n"
@@ -111,7 +112,8 @@ def build_report(comparison: Comparison, workspace: Path | None = None, written_
 
     parts += ["## Results", "", markdown_table(comparison.table), "",
               "Accuracy (correct/clips) [95% Wilson interval]; rows with several seeds add the mean over seeds "
-              "with its SD and t-interval. Trainable % and adapter size come from each run's summary.json.", ""]
+              "with its SD and a 95% bootstrap interval (clips within class and seeds resampled; it stays inside "
+              "[0, 100]). Trainable % and adapter size come from each run's summary.json.", ""]
     for diff in comparison.differences:
         parts.append(f"- **{diff['b']} - {diff['a']}**: {diff['line']}")
     if comparison.differences:
@@ -123,14 +125,19 @@ def build_report(comparison: Comparison, workspace: Path | None = None, written_
               "_No training metrics: imported predictions and baselines have no loss curve._", ""]
 
     parts += ["## Multi-seed statistics", "", markdown_table(comparison.seed_table), "",
-              "Percent. SD with n - 1; t-interval = mean +/- t(0.975, n - 1) SD / sqrt(n); bootstrap: 10,000 "
-              "replicates resampling seeds and clips within class (one clip draw shared by the seeds).", ""]
+              "Percent. SD with n - 1; t-interval = mean +/- t(0.975, n - 1) SD / sqrt(n), cut to [0, 100] where it "
+              "would leave it (marked clipped); bootstrap: 10,000 replicates resampling seeds and clips within class "
+              "(one clip draw shared by the seeds).", ""]
 
     parts += ["## Paired test", ""]
     if comparison.paired:
         parts += [_paired_section(p) for p in comparison.paired]
     else:
         parts += ["_Pick two or more configurations for a paired test._", ""]
+    if comparison.cochran:
+        parts += ["### Cochran's Q (all picks)", "", review.cochran_line(comparison.cochran), ""]
+        if comparison.cochran["rows"]:
+            parts += [markdown_table(review.cochran_table(comparison.cochran)), ""]
 
     parts += ["## Caveats", ""]
     caveats = [comparison.power_caveat] if comparison.power_caveat else []

@@ -976,12 +976,20 @@ def evaluation_rows(sides: Sequence[Side]) -> list[dict]:
     return rows
 
 
+SEED_INTERVAL_NAME = "bootstrap 95%"  # clips within class and seeds: stays inside [0, 100]
+
+
 def _seed_mean_cell(summary: dict | None) -> str:
+    """'93.8% mean of 3 seeds, SD 1.2, bootstrap 95% [90.6, 96.9]' (the interval cannot leave [0, 100])."""
     if not summary:
         return "n/a"
     text = f"{summary['mean']:.1f}% mean of {summary['n_seeds']} seeds"
     if summary.get("sd") is not None:
-        text += f", SD {summary['sd']:.1f}, t-interval {format_interval(summary['t_ci'], 1.0)}"
+        text += f", SD {summary['sd']:.1f}"
+    if summary.get("bootstrap_ci"):
+        text += f", {SEED_INTERVAL_NAME} {format_interval(summary['bootstrap_ci'], 1.0)}"
+    if summary.get("sd") == 0:
+        text += " (SD 0: every seed scored the same)"
     return text
 
 
@@ -1013,6 +1021,63 @@ def comparison_table(rows: Sequence[dict], seed_stats: Mapping[str, dict]) -> pd
     return pd.DataFrame(out, columns=["Configuration", OVERALL, SPEECH, NONSPEECH, "Trainable %", "Adapter size"])
 
 
+def headline_metrics(aggregate: Mapping[str, Any], summaries: Mapping[str, dict]) -> tuple[list[dict], str]:
+    """The Results page's headline figures, all aggregated the same way, and a caption saying how.
+
+    One evaluation: its accuracy, balanced accuracy, ROC AUC and ECE. Several seeds: the mean
+    over the seeds of each (accuracy with its bootstrap interval), every seed's value in the help.
+    Returns ([{label, value, help}], caption); summaries: {seed text: evaluation_summary}.
+    """
+    first = next(iter(summaries.values()))
+    overall, balanced = aggregate["overall"], aggregate["balanced"]
+    k = len(summaries)
+
+    def per_seed(key: str, fmt: str) -> tuple[float | None, str]:
+        values = {seed: s[key] for seed, s in summaries.items()}
+        known = [v for v in values.values() if v is not None]
+        listing = ", ".join(f"{seed} {'n/a' if v is None else format(v, fmt)}" for seed, v in values.items())
+        return (sum(known) / len(known) if known else None), listing
+
+    if k == 1:
+        metrics = [
+            {"label": "Accuracy", "value": pct(first["accuracy"]),
+             "help": f"{first['correct']}/{first['n']} clips, 95% Wilson {format_interval(first['ci'])}"},
+            {"label": "Balanced accuracy", "value": pct(first["balanced_accuracy"]),
+             "help": "Mean of the SPEECH and NONSPEECH accuracies"},
+            {"label": "ROC AUC", "value": "n/a" if first["roc_auc"] is None else f"{first['roc_auc']:.3f}",
+             "help": "Area under the ROC curve of p_speech"},
+            {"label": "ECE", "value": "n/a" if first["ece"] is None else f"{first['ece']:.3f}",
+             "help": "Expected calibration error (10 bins)"},
+        ]
+        caption = f"One evaluation ({next(iter(summaries))}): every figure is its own."
+    else:
+        auc, auc_seeds = per_seed("roc_auc", ".3f")
+        ece, ece_seeds = per_seed("ece", ".3f")
+        metrics = [
+            {"label": f"Mean accuracy, {k} seeds", "value": f"{overall['mean']:.1f}%",
+             "help": f"{SEED_INTERVAL_NAME} {format_interval(overall['bootstrap_ci'], 1.0)}; SD {overall['sd']:.2f}; "
+                     "per seed: " + ", ".join(f"{v:.1f}%" for v in overall["values"])},
+            {"label": f"Mean balanced, {k} seeds", "value": f"{balanced['mean']:.1f}%",
+             "help": f"Balanced accuracy; {SEED_INTERVAL_NAME} {format_interval(balanced['bootstrap_ci'], 1.0)}; per seed: "
+                     + ", ".join(f"{v:.1f}%" for v in balanced["values"])},
+            {"label": f"Mean ROC AUC, {k} seeds", "value": "n/a" if auc is None else f"{auc:.3f}",
+             "help": f"per seed: {auc_seeds}"},
+            {"label": f"Mean ECE, {k} seeds", "value": "n/a" if ece is None else f"{ece:.3f}",
+             "help": f"per seed: {ece_seeds}"},
+        ]
+        caption = (f"Every figure above is the mean over the {k} seeds ({', '.join(summaries)}); accuracy "
+                   f"{SEED_INTERVAL_NAME} {format_interval(overall['bootstrap_ci'], 1.0)}, balanced "
+                   f"{format_interval(balanced['bootstrap_ci'], 1.0)} (clips within class and seeds resampled). "
+                   "Each figure's help lists the per-seed values.")
+        # The headline shows no t-interval, so a note on clipping it would only confuse here.
+        notes = sorted({part for n in (overall.get("note"), balanced.get("note")) if n for part in n.split("; ")
+                        if not part.startswith("t-interval clipped")})
+        if notes:
+            caption += " Note: " + "; ".join(notes) + "."
+    metrics.append({"label": "Clips", "value": f"{first['n']:,}", "help": None})
+    return metrics, caption
+
+
 def _common(values: Iterable[str]) -> str:
     distinct = list(dict.fromkeys(values))
     return distinct[0] if len(distinct) == 1 else ", ".join(distinct)
@@ -1021,6 +1086,16 @@ def _common(values: Iterable[str]) -> str:
 def seed_stats_for(side: Side, n_boot: int = stats.DEFAULT_N_BOOT) -> dict:
     """stats.aggregate_seeds of a side (percent; see docs/STATISTICS.md)."""
     return stats.aggregate_seeds(side.records, n_boot=n_boot)
+
+
+DIFFERENCE_METHODS = {stats.DIFF_CI_NEWCOMBE: "Newcombe's paired score interval",
+                      stats.DIFF_CI_BOOTSTRAP: "bootstrap over clips (within class) and seeds"}
+
+
+def difference_interval(a: Side, b: Side, n_boot: int = stats.DEFAULT_N_BOOT) -> dict[str, Any]:
+    """stats.mean_difference of B minus A (points): the mean accuracy difference with its 95%
+    interval, overall and per class (Newcombe for one evaluation a side, else the bootstrap)."""
+    return stats.mean_difference(b.records, a.records, n_boot=n_boot)
 
 
 def differences(stats_a: dict, stats_b: dict) -> dict[str, float | None]:
@@ -1033,31 +1108,44 @@ def differences(stats_a: dict, stats_b: dict) -> dict[str, float | None]:
     return out
 
 
-def difference_line(diff: Mapping[str, float | None]) -> str:
-    """'+3.1 pts overall (+12.5 SPEECH, -6.2 NONSPEECH)'."""
-    return (f"{format_pts(diff[OVERALL])} pts overall ({format_pts(diff[SPEECH])} SPEECH, "
-            f"{format_pts(diff[NONSPEECH])} NONSPEECH)")
+def difference_line(diff: Mapping[str, float | None], interval: Mapping[str, Any] | None = None) -> str:
+    """'+3.1 pts overall (+12.5 SPEECH, -6.2 NONSPEECH)'; with `interval` (difference_interval)
+    each figure carries its 95% interval and the line names the method:
+    '+3.1 pts overall [-2.0, 8.1] (+12.5 [3.1, 21.9] SPEECH, ...); 95% intervals: ...'."""
+    if interval is None:
+        return (f"{format_pts(diff[OVERALL])} pts overall ({format_pts(diff[SPEECH])} SPEECH, "
+                f"{format_pts(diff[NONSPEECH])} NONSPEECH)")
+
+    def part(metric: str, key: str) -> str:
+        found = interval.get(key)
+        return format_pts(diff[metric]) + (f" {format_interval(found['ci'], 1.0)}" if found and found["ci"] else "")
+
+    return (f"{part(OVERALL, 'overall')} pts overall ({part(SPEECH, SPEECH)} SPEECH, {part(NONSPEECH, NONSPEECH)} "
+            f"NONSPEECH); 95% intervals: {DIFFERENCE_METHODS[interval['method']]}")
 
 
 SEED_METRICS = ((OVERALL, "overall"), (SPEECH, SPEECH), (NONSPEECH, NONSPEECH), ("Balanced", "balanced"))
 
 
 def seed_table(seed_stats: Mapping[str, dict]) -> pd.DataFrame:
-    """Multi-seed statistics: mean, SD, t-interval, bootstrap interval, range and n per metric."""
+    """Multi-seed statistics: mean, SD, t-interval (clipped to [0, 100], marked), bootstrap
+    interval, range, n and the summary's note (one seed, SD 0, clipping) per metric."""
     rows = []
     for name, agg in seed_stats.items():
         for label, key in SEED_METRICS:
             s = agg.get(key)
             if not s:
                 continue
+            t_interval = format_interval(s["t_ci"], 1.0) + (" (clipped)" if s.get("t_ci_clipped") else "")
             rows.append({"Configuration": name, "Metric": label, "n seeds": s["n_seeds"],
                          "Mean": f"{s['mean']:.2f}%", "SD": "n/a" if s["sd"] is None else f"{s['sd']:.2f}",
-                         "t 95% interval": format_interval(s["t_ci"], 1.0),
+                         "t 95% interval": t_interval,
                          "Bootstrap 95% interval": format_interval(s["bootstrap_ci"], 1.0),
                          "Range": f"{s['min']:.1f} to {s['max']:.1f}",
-                         "Per seed": ", ".join(f"{v:.1f}" for v in s["values"])})
+                         "Per seed": ", ".join(f"{v:.1f}" for v in s["values"]),
+                         "Note": s.get("note") or ""})
     return pd.DataFrame(rows, columns=["Configuration", "Metric", "n seeds", "Mean", "SD", "t 95% interval",
-                                       "Bootstrap 95% interval", "Range", "Per seed"])
+                                       "Bootstrap 95% interval", "Range", "Per seed", "Note"])
 
 
 def seed_points(seed_stats: Mapping[str, dict], metric: str = "overall") -> pd.DataFrame:
@@ -1072,27 +1160,35 @@ def seed_points(seed_stats: Mapping[str, dict], metric: str = "overall") -> pd.D
 
 
 def seed_intervals(seed_stats: Mapping[str, dict], metric: str = "overall") -> pd.DataFrame:
-    """Mean and interval per name for the strip plot: the t-interval from 2 seeds, else the
-    clip bootstrap of the single seed."""
+    """Mean and interval per name for the strip plot: the bootstrap over clips and seeds (for one
+    seed over clips only), the interval the tables' mean rows give; it stays inside [0, 100]
+    where a t-interval from few seeds near 100% would not."""
     rows = []
     for name, agg in seed_stats.items():
         s = agg.get(metric)
         if not s:
             continue
-        interval, method = (s["t_ci"], "t 95%") if s["t_ci"] else (s["bootstrap_ci"], "bootstrap 95%")
+        interval = s["bootstrap_ci"]
         rows.append({"name": name, "mean": s["mean"], "lo": interval[0] if interval else None,
-                     "hi": interval[1] if interval else None, "interval": method, "n": s["n_seeds"]})
+                     "hi": interval[1] if interval else None, "interval": SEED_INTERVAL_NAME, "n": s["n_seeds"]})
     return pd.DataFrame(rows, columns=["name", "mean", "lo", "hi", "interval", "n"])
+
+
+def _pair_label(key_a: Any, key_b: Any) -> str:
+    """'seed 42' for a matched pair; 'A seed 7 vs B seed 42' when the keys differ."""
+    return seed_text(key_a) if key_a == key_b else f"A {seed_text(key_a)} vs B {seed_text(key_b)}"
 
 
 def paired_comparison(a: Side, b: Side) -> dict[str, Any]:
     """McNemar of A vs B per matched seed (Holm-adjusted over seeds), the paired t-test and the
     probability of improvement when seeds match (stats.compare_configs); a single evaluation
-    against a configuration is paired with each of its seeds instead. Each row names the
-    records it paired: a.records[row["key_a"]] and b.records[row["key_b"]]."""
+    against a configuration is paired with each of its seeds instead (rows named "A seed 7 vs
+    B seed 42", and a note says the single run is reused). Each row names the records it
+    paired: a.records[row["key_a"]] and b.records[row["key_b"]], and carries Newcombe's
+    interval of A - B (`diff_ci`). `power` is one sentence for the whole pair."""
     matched = set(a.records) & set(b.records)
     out: dict[str, Any] = {"a": a.name, "b": b.name, "rows": [], "paired": None,
-                           "probability_of_improvement": None, "note": None}
+                           "probability_of_improvement": None, "note": None, "power": None}
     if matched:
         # Seed summaries are computed once elsewhere (seed_stats_for); one replicate is enough here.
         result = stats.compare_configs(a.records, b.records, n_boot=1)
@@ -1108,18 +1204,24 @@ def paired_comparison(a: Side, b: Side) -> dict[str, Any]:
         rows = []
         for ka, ra in a.records.items():
             for kb, rb in b.records.items():
-                row = stats.mcnemar(ra, rb)
-                pair = seed_text(ka) if len(b.records) == 1 else seed_text(kb)
-                if len(a.records) == 1 and len(b.records) == 1:
-                    pair = "single evaluations"
-                rows.append(dict(row, seed=None, pair=pair, key_a=ka, key_b=kb))
+                rows.append(dict(stats.mcnemar(ra, rb), seed=None, pair=_pair_label(ka, kb), key_a=ka, key_b=kb))
         for row, p_adj in zip(rows, stats.holm([r["p_value"] for r in rows])):
             row["p_holm"] = p_adj
         out["rows"] = rows
+        if len(rows) > 1:
+            single, side, other = (a, "A", b) if len(a.records) == 1 else (b, "B", a)
+            key = next(iter(single.records))
+            out["note"] = (f"no seed in common: {side}'s single run ({seed_text(key)}) is reused against each of "
+                           f"the {len(rows)} seeds of {other.name}, so these rows share its predictions and are not "
+                           "independent replications; p (Holm) adjusts over them")
     else:
         out["note"] = "no seed in common: McNemar needs the same seed on both sides (or one single evaluation)"
     for row in out["rows"]:
         row["power_caveat"] = stats.power_caveat(row["n"], row["discordant"] / row["n"] if row["discordant"] else None)
+    if out["rows"]:
+        clips = out["rows"][0]["n"]
+        rate = sum(r["discordant"] for r in out["rows"]) / sum(r["n"] for r in out["rows"])
+        out["power"] = stats.power_statement(clips, rate)
     return out
 
 
@@ -1133,9 +1235,12 @@ def paired_findings(paired: Mapping[str, Any]) -> list[str]:
     lines = []
     t_test = over_seeds.get("t_test")
     if t_test:
+        interval = over_seeds.get("mean_diff_ci")
+        ci_text = (f" (95% t-interval over seeds {format_interval(interval, 1.0)}"
+                   + (", clipped" if over_seeds.get("mean_diff_ci_clipped") else "") + ")") if interval else ""
         lines.append(f"Paired t-test over {over_seeds['n_seeds']} matched seeds: mean difference A - B "
-                     f"{format_pts(over_seeds['mean_diff_pts'])} pts, t({t_test['df']}) = {t_test['statistic']:.3f}, "
-                     f"p = {format_p(t_test['p_value'])}")
+                     f"{format_pts(over_seeds['mean_diff_pts'])} pts{ci_text}, t({t_test['df']}) = "
+                     f"{t_test['statistic']:.3f}, p = {format_p(t_test['p_value'])}")
     wilcoxon = over_seeds.get("wilcoxon")
     if wilcoxon:
         lines.append(f"Wilcoxon signed-rank: W = {wilcoxon['statistic']:.1f}, p = {format_p(wilcoxon['p_value'])}")
@@ -1145,9 +1250,10 @@ def paired_findings(paired: Mapping[str, Any]) -> list[str]:
 
 
 def paired_notes(paired: Mapping[str, Any]) -> list[str]:
-    """Caveats of one pair: guards that fired, then the power of each McNemar test."""
+    """Caveats of one pair: guards that fired, then one power statement for the pair (the
+    observed discordance and the best case, each named)."""
     notes = [note for note in ((paired.get("paired") or {}).get("note"), paired.get("note")) if note]
-    return notes + [f"Power, {row['pair']}: {row['power_caveat']}" for row in paired.get("rows", [])]
+    return notes + ([f"Power: {paired['power']}"] if paired.get("power") else [])
 
 
 def mcnemar_table(paired: Mapping[str, Any]) -> pd.DataFrame:
@@ -1160,8 +1266,71 @@ def mcnemar_table(paired: Mapping[str, Any]) -> pd.DataFrame:
                      "Only B right": t["only_b"], "Both wrong": t["both_wrong"], "Clips": row["n"],
                      "Method": row["method"], "Statistic": round(row["statistic"], 4),
                      "p": format_p(row["p_value"]), "p (Holm)": format_p(row.get("p_holm")),
-                     "A - B (pts)": format_pts(row["diff_pts"])})
+                     "A - B (pts)": format_pts(row["diff_pts"]),
+                     "A - B 95% CI (Newcombe)": format_interval(row.get("diff_ci"), 1.0)})
     return pd.DataFrame(rows)
+
+
+def class_difference_table(paired: Mapping[str, Any]) -> pd.DataFrame:
+    """Per seed row and class: A - B in points with Newcombe's paired 95% interval."""
+    rows = []
+    for row in paired["rows"]:
+        for cls in CLASSES:
+            part = row["per_class"][cls]
+            rows.append({"Seed": row["pair"], "Class": cls, "Clips": part["n"], "Only A right": part["only_a"],
+                         "Only B right": part["only_b"], "A - B (pts)": format_pts(part["diff_pts"]),
+                         "A - B 95% CI (Newcombe)": format_interval(part.get("diff_ci"), 1.0)})
+    return pd.DataFrame(rows, columns=["Seed", "Class", "Clips", "Only A right", "Only B right", "A - B (pts)",
+                                       "A - B 95% CI (Newcombe)"])
+
+
+def cochran(sides: Sequence[Side]) -> dict[str, Any] | None:
+    """Cochran's Q that three or more sides are equally accurate on the same clips, per seed
+    that every multi-seed side has (a side with one evaluation joins each row, and a note
+    says so); Holm-adjusted over the rows. None with fewer than three sides."""
+    sides = [s for s in sides if not s.baseline]
+    if len(sides) < 3:
+        return None
+    multi = [s for s in sides if s.n_seeds > 1]
+    singles = [s for s in sides if s.n_seeds == 1]
+    if multi:
+        keys = stats.ordered_seeds(set.intersection(*(set(s.records) for s in multi)))
+    else:
+        keys = [None]
+    out: dict[str, Any] = {"names": [s.name for s in sides], "rows": [], "note": None}
+    notes = []
+    if not keys:
+        out["note"] = (f"no seed is shared by all {len(multi)} multi-seed configurations: Cochran's Q needs one "
+                       "evaluation of each configuration on the same clips")
+        return out
+    for key in keys:
+        lists = [s.records[key] if s.n_seeds > 1 else next(iter(s.records.values())) for s in sides]
+        out["rows"].append(dict(stats.cochran_q(lists), key=key,
+                                pair="single evaluations" if key is None else seed_text(key)))
+    for row, p_adj in zip(out["rows"], stats.holm([r["p_value"] for r in out["rows"]])):
+        row["p_holm"] = p_adj
+    if multi and singles and len(keys) > 1:
+        notes.append(f"{', '.join(s.name for s in singles)}: one run, reused in every row")
+    notes += sorted({r["note"] for r in out["rows"] if r["note"]})
+    out["note"] = "; ".join(notes) or None
+    return out
+
+
+def cochran_table(result: Mapping[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame([{"Seed": r["pair"], "Configurations": r["k"], "Clips": r["n"], "Q": round(r["statistic"], 4),
+                          "df": r["df"], "p": format_p(r["p_value"]), "p (Holm)": format_p(r["p_holm"])}
+                         for r in result["rows"]], columns=["Seed", "Configurations", "Clips", "Q", "df", "p", "p (Holm)"])
+
+
+def cochran_line(result: Mapping[str, Any]) -> str:
+    """One sentence for the page and the report."""
+    names = ", ".join(result["names"])
+    if not result["rows"]:
+        return f"Cochran's Q ({names}): not computed; {result['note']}."
+    parts = [f"{r['pair']}: Q({r['df']}) = {r['statistic']:.3f}, p = {format_p(r['p_value'])}"
+             + (f", p (Holm) = {format_p(r['p_holm'])}" if len(result["rows"]) > 1 else "") for r in result["rows"]]
+    return (f"Cochran's Q that all {len(result['names'])} configurations ({names}) are equally accurate on the "
+            f"same clips: " + "; ".join(parts) + (f" ({result['note']})" if result["note"] else ""))
 
 
 def contingency_frame(row: Mapping[str, Any], name_a: str, name_b: str) -> pd.DataFrame:
@@ -1242,10 +1411,37 @@ class Comparison:
     n_clips: int
     power_caveat: str
     notes: list[str] = field(default_factory=list)
+    cochran: dict | None = None  # review.cochran of the picked sides (three or more)
 
     @property
     def picked(self) -> list[Side]:
         return [s for s in self.sides if not s.baseline]
+
+
+def comparison_statistics(sides: Sequence[Side], baselines: Sequence[Side] = (),
+                          n_boot: int = stats.DEFAULT_N_BOOT) -> dict[str, Any]:
+    """The statistics of a comparison, without run folders (the Compare page and the `compare`
+    command both use these): seed summaries of every side, the difference of each side from
+    the first (B - A) with its interval, the paired tests of each pair, Cochran's Q.
+
+    Raises stats.PairingError when the evaluations are not on the same clips.
+    """
+    sides, baselines = list(sides), list(baselines)
+    if len(sides) < 1:
+        raise SelectionError("pick at least one configuration or evaluation")
+    check_same_clips(sides + baselines)
+    seed_stats = {side.name: seed_stats_for(side, n_boot) for side in sides + baselines}
+    reference = sides[0]
+    diffs = []
+    for other in sides[1:]:
+        diff = differences(seed_stats[reference.name], seed_stats[other.name])
+        interval = difference_interval(reference, other, n_boot)
+        diffs.append({"a": reference.name, "b": other.name, "points": diff, "interval": interval,
+                      "line": difference_line(diff, interval)})
+    first = next(iter(reference.records.values()))
+    return {"seed_stats": seed_stats, "differences": diffs,
+            "paired": [paired_comparison(reference, other) for other in sides[1:]],
+            "cochran": cochran(sides), "n_clips": len(first)}
 
 
 def build_comparison(sides: Sequence[Side], baselines: Sequence[Side] = (),
@@ -1255,18 +1451,11 @@ def build_comparison(sides: Sequence[Side], baselines: Sequence[Side] = (),
     Raises stats.PairingError when the evaluations are not on the same clips.
     """
     sides, baselines = list(sides), list(baselines)
-    if len(sides) < 1:
-        raise SelectionError("pick at least one configuration or evaluation")
-    check_same_clips(sides + baselines)
+    computed = comparison_statistics(sides, baselines, n_boot)
     everything = sides + baselines
-    seed_stats = {side.name: seed_stats_for(side, n_boot) for side in everything}
+    seed_stats = computed["seed_stats"]
     rows = evaluation_rows(everything)
-    reference = sides[0]
-    diffs = []
-    for other in sides[1:]:
-        diff = differences(seed_stats[reference.name], seed_stats[other.name])
-        diffs.append({"a": reference.name, "b": other.name, "points": diff, "line": difference_line(diff)})
-    paired = [paired_comparison(reference, other) for other in sides[1:]]
+    diffs, paired = computed["differences"], computed["paired"]
     n_clips = rows[0]["n"] if rows else 0
     notes = []
     if any(s.kind == rf.KIND_TRAIN and s.config.get("model") == "tiny" for s in sides):
@@ -1281,7 +1470,7 @@ def build_comparison(sides: Sequence[Side], baselines: Sequence[Side] = (),
         differences=diffs, seed_table=seed_table(seed_stats), paired=paired,
         config_diff=config_diff({s.name: s.config for s in sides}),
         losses=loss_frame(side_runs(sides)), n_clips=n_clips,
-        power_caveat=stats.power_caveat(n_clips) if n_clips else "", notes=notes)
+        power_caveat=stats.power_caveat(n_clips) if n_clips else "", notes=notes, cochran=computed["cochran"])
 
 
 def compare(runs: Sequence[rf.RunInfo], picks: Sequence[str], evaluation: str = DEFAULT_EVALUATION,

@@ -1,8 +1,10 @@
-"""`python -m engine summary | mcnemar | seeds`: the statistics of engine.stats.core on the command line.
+"""`python -m engine summary | mcnemar | seeds | compare`: engine.stats.core on the command line.
 
-Each command reads predictions (a .jsonl/.csv file, an evaluation folder or a run folder),
-prints a readable table, or with --json exactly one JSON object on stdout. Unusable input
-(PredictionsError, PairingError, a missing file) prints one message on stderr and exits 2.
+Each command reads predictions (a .jsonl/.csv file, an evaluation folder, a run folder, or
+any file `import-predictions` reads: another tool's CSV/JSON/JSONL export), prints a readable
+table, or with --json exactly one JSON object on stdout. Unusable input (PredictionsError,
+PairingError, a missing file) prints one message on stderr and exits 2. `compare` prints
+what the Compare page shows, computed by the same engine.dashboard.review functions.
 """
 
 from __future__ import annotations
@@ -16,12 +18,30 @@ from typing import Any, Callable
 
 from engine.runs import folder as rf
 from engine.stats import core as stats
-from engine.runs.predictions import CLASSES, read_predictions, resolve_predictions
+from engine.tasks import importing
+from engine.runs.predictions import CLASSES, PredictionsError, resolve_predictions
+from engine.runs.predictions import read_predictions as _read_engine_predictions
 
 EXIT_BAD_INPUT = 2
 
 
 # ---------------------------------------------------------------- shared helpers
+
+def read_predictions(target: Path, evaluation: str | None = None) -> list[dict]:
+    """Records of a run folder, evaluation folder or predictions file, else of another tool's
+    export read as `import-predictions` reads it (engine.tasks.importing.read_export)."""
+    try:
+        return _read_engine_predictions(target, evaluation)
+    except PredictionsError as own:
+        if not Path(target).is_file():
+            raise
+        try:
+            records, _ = importing.read_export(target)
+        except importing.ImportError_ as foreign:
+            raise PredictionsError(f"{target} is neither an engine predictions file ({own}) nor an export "
+                                   f"import-predictions can read ({foreign})") from None
+        return records
+
 
 def _guarded(main: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turn input errors into one line on stderr and exit code 2 (no traceback)."""
@@ -217,12 +237,14 @@ def _mcnemar_text(r: dict) -> str:
              "",
              f"McNemar ({_METHOD_NAMES[r['method']]}): statistic {r['statistic']:.4g}, "
              f"p = {r['p_value']:.4g}, {r['discordant']} discordant of {n} clips",
-             f"A - B: {r['diff_pts']:+.1f} points" if r["diff_pts"] is not None else "A - B: n/a"]
+             (f"A - B: {r['diff_pts']:+.1f} points, 95% CI {_interval(r['diff_ci'], 1.0)} (Newcombe, paired)"
+              if r["diff_pts"] is not None else "A - B: n/a")]
     if r["note"]:
         lines.append(f"note: {r['note']}")
     rows = [[cls, c["n"], _pct(c["acc_a"]), _pct(c["acc_b"]), c["only_a"], c["only_b"],
-             "n/a" if c["diff_pts"] is None else f"{c['diff_pts']:+.1f}"] for cls, c in r["per_class"].items()]
-    lines += ["", _table(["class", "n", "A", "B", "only A right", "only B right", "A - B (pts)"], rows)]
+             "n/a" if c["diff_pts"] is None else f"{c['diff_pts']:+.1f}", _interval(c["diff_ci"], 1.0)]
+            for cls, c in r["per_class"].items()]
+    lines += ["", _table(["class", "n", "A", "B", "only A right", "only B right", "A - B (pts)", "95% CI"], rows)]
     if r["power_caveat"]:
         lines += ["", r["power_caveat"]]
     return "\n".join(lines)
@@ -282,12 +304,111 @@ def _seeds_text(r: dict) -> str:
         if s is None:
             rows.append([key] + ["n/a"] * 5)
             continue
-        rows.append([key, f"{s['mean']:.2f}", _number(s["sd"], ".2f"), _interval(s["t_ci"], 1.0),
+        rows.append([key, f"{s['mean']:.2f}", _number(s["sd"], ".2f"),
+                     _interval(s["t_ci"], 1.0) + (" clipped" if s.get("t_ci_clipped") else ""),
                      _interval(s["bootstrap_ci"], 1.0), f"{s['min']:.1f}-{s['max']:.1f}"])
     lines.append(_table(["accuracy (%)", "mean", "SD", "95% t-interval", "95% bootstrap", "range"], rows))
     resampled = r["overall"]["bootstrap"]["resampled"]
     if resampled:
         lines.append(f"bootstrap resamples {resampled}; {r['overall']['bootstrap']['n_boot']} replicates")
-    if r["overall"]["note"]:
-        lines.append(f"note: {r['overall']['note']}")
+    lines += [f"note ({key}): {r[key]['note']}" for key in ("overall", *CLASSES, "balanced") if r[key] and r[key]["note"]]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- compare
+
+SIDE_FLAGS = ("a", "b", "c")
+
+
+def compare_arguments(parser: argparse.ArgumentParser) -> None:
+    for flag, what in (("a", "the reference A"), ("b", "B, compared with A"), ("c", "an optional third side")):
+        parser.add_argument(f"--{flag}", nargs="+", type=Path, metavar="PRED", required=flag != "c", default=[],
+                            help=f"{what}: one predictions file / evaluation folder / run folder / export per seed")
+        parser.add_argument(f"--name-{flag}", default=None, help=f"display name of {flag.upper()} "
+                            "(default: the run's label, else the file name)")
+    parser.add_argument("--n-boot", type=int, default=stats.DEFAULT_N_BOOT,
+                        help=f"bootstrap replicates (default {stats.DEFAULT_N_BOOT})")
+    _add_evaluation_option(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _compare_side(flag: str, targets: list[Path], name: str | None, evaluation: str | None):
+    """A review.Side of one flag's inputs, keyed by config seed, else 'input N' (inputs of two
+    sides given in the same order then pair up)."""
+    from engine.dashboard import review
+
+    records, inputs, sources = {}, [], {}
+    for position, target in enumerate(targets, start=1):
+        config = _run_config(target, evaluation)
+        seed = config.get("seed")
+        key = f"input {position}" if seed is None else seed
+        source = str(resolve_predictions(target, evaluation))
+        if any(Path(source).resolve() == Path(s).resolve() for s in sources.values()):
+            raise ValueError(f"--{flag}: {source} is given twice")
+        if key in records:
+            raise ValueError(f"--{flag}: {source} and {sources[key]} both have seed {key}")
+        records[key], sources[key] = read_predictions(target, evaluation), source
+        inputs.append({"source": source, "seed": key, "seed_from": "position" if seed is None else "config",
+                       "label": config.get("label")})
+    label = name or _display_name(targets[0], evaluation)
+    config = _run_config(targets[0], evaluation)
+    side = review.Side(label, config.get("kind", "predictions"), evaluation or "test", {}, records,
+                       review.shared_config(config), single=len(targets) == 1 and config.get("seed") is None)
+    return side, inputs
+
+
+@_guarded
+def compare_main(args: argparse.Namespace) -> int:
+    """The Compare page's statistics for A vs B (and C): seeds, difference with interval, paired tests, power."""
+    from engine.dashboard import review
+
+    if args.n_boot < 1:
+        raise ValueError(f"--n-boot must be at least 1, got {args.n_boot}")
+    sides, inputs = [], []
+    for flag in SIDE_FLAGS:
+        targets = getattr(args, flag)
+        if targets:
+            side, side_inputs = _compare_side(flag, targets, getattr(args, f"name_{flag}"), args.evaluation)
+            sides.append(side)
+            inputs.append({"side": flag.upper(), "name": side.name, "inputs": side_inputs})
+    names = [s.name for s in sides]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two sides are both named {names!r}: give --name-a / --name-b")
+    computed = review.comparison_statistics(sides, n_boot=args.n_boot)
+    for paired in computed["paired"]:
+        paired["findings"] = review.paired_findings(paired)
+        paired["notes"] = review.paired_notes(paired)
+    result = {"sides": inputs, "n_clips": computed["n_clips"],
+              "power_caveat": stats.power_caveat(computed["n_clips"]),
+              **computed}
+    if args.json:
+        _print_json(result)
+    else:
+        print(_compare_text(result))
+    return 0
+
+
+def _compare_text(r: dict) -> str:
+    from engine.dashboard import review
+
+    lines = []
+    for side in r["sides"]:
+        lines.append(f"{side['side']} = {side['name']}")
+        lines += [f"    {review.seed_text(i['seed'])}: {i['source']}" for i in side["inputs"]]
+    lines += ["", f"{r['n_clips']} clips, the same for every evaluation (paired by clip id)", "",
+              "Multi-seed statistics (percent):",
+              review.seed_table(r["seed_stats"]).drop(columns=["Note"]).to_string(index=False), ""]
+    for diff in r["differences"]:
+        lines.append(f"{diff['b']} - {diff['a']}: {diff['line']}")
+    for paired in r["paired"]:
+        lines += ["", f"{paired['a']} (A) vs {paired['b']} (B)"]
+        if paired["rows"]:
+            lines += [review.mcnemar_table(paired).to_string(index=False), "",
+                      review.class_difference_table(paired).to_string(index=False)]
+        lines += [""] + paired["findings"] + [f"note: {n}" for n in paired["notes"]]
+    if r["cochran"]:
+        lines += ["", review.cochran_line(r["cochran"])]
+    lines += ["", r["power_caveat"]]
+    notes = {s.get("note") for agg in r["seed_stats"].values() for s in agg.values() if isinstance(s, dict)}
+    lines += [f"note: {n}" for n in sorted(n for n in notes if n)]
     return "\n".join(lines)

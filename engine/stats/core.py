@@ -26,6 +26,8 @@ from engine.labels import CLASSES, NONSPEECH, SPEECH
 
 CI_METHODS = {"wilson": "wilson", "clopper-pearson": "beta", "clopper_pearson": "beta", "beta": "beta"}
 MCNEMAR_METHODS = ("auto", "exact", "chi2", "midp")
+DIFF_CI_NEWCOMBE = "newcombe"  # Newcombe (1998) method 10, paired square-and-add of Wilson intervals
+DIFF_CI_BOOTSTRAP = "bootstrap"  # clips within class (one draw shared by all evaluations) and seeds
 EXACT_BELOW_DISCORDANT = 25  # auto: exact binomial under this many discordant pairs
 ECE_BINS = 10
 DEFAULT_N_BOOT = 10_000
@@ -343,11 +345,16 @@ def _describe_values(values: Sequence[float]) -> dict[str, Any]:
     k = len(arr)
     mean = math.fsum(arr) / k
     out: dict[str, Any] = {"n_seeds": k, "values": [float(v) for v in arr], "mean": mean,
-                           "sd": None, "t_ci": None, "min": float(arr.min()), "max": float(arr.max())}
+                           "sd": None, "t_ci": None, "t_half_width": None, "t_ci_clipped": False,
+                           "min": float(arr.min()), "max": float(arr.max())}
     if k >= 2:
         sd = math.sqrt(math.fsum((arr - mean) ** 2) / (k - 1))
         half = float(sps.t.ppf(0.975, k - 1)) * sd / math.sqrt(k)
-        out.update(sd=sd, t_ci=[mean - half, mean + half])
+        lo, hi = mean - half, mean + half
+        # An accuracy lies in [0, 100]: the symmetric t-interval can poke past either end with
+        # few seeds near a bound; the part outside is impossible, so it is cut off (and said so).
+        out.update(sd=sd, t_ci=[max(0.0, lo), min(100.0, hi)], t_half_width=half,
+                   t_ci_clipped=lo < 0.0 or hi > 100.0)
     return out
 
 
@@ -381,6 +388,11 @@ def _summarise(values: Sequence[float], per_seed_records: Sequence[Sequence[dict
     notes = []
     if len(values) < 2:
         notes.append("one seed: sd and t-interval need at least two seeds")
+    elif out["sd"] == 0:
+        notes.append("SD 0: every seed scored the same, so the t-interval has zero width; it says nothing "
+                     "about clip sampling (the bootstrap interval does)")
+    if out.get("t_ci_clipped"):
+        notes.append(f"t-interval clipped to [0, 100] (unclipped: mean +/- {out['t_half_width']:.2f})")
     bootstrap: dict[str, Any] = {"n_boot": n_boot, "rng_seed": rng_seed, "interval": "percentile 2.5-97.5"}
     if per_seed_records is not None:
         seeds = []
@@ -412,6 +424,11 @@ def _summarise(values: Sequence[float], per_seed_records: Sequence[Sequence[dict
 
 def _ordered_seeds(evals: Mapping[Any, Sequence[dict]]) -> list[Any]:
     return sorted(evals, key=_natural_key)
+
+
+def ordered_seeds(keys: Iterable[Any]) -> list[Any]:
+    """Seed keys in numeric order, then text keys (the order every summary uses)."""
+    return sorted(keys, key=_natural_key)
 
 
 def aggregate_seeds(evals: Mapping[Any, Sequence[dict]], n_boot: int = DEFAULT_N_BOOT,
@@ -523,6 +540,40 @@ def _accuracies(table: dict[str, int], n: int) -> dict[str, float | None]:
             "diff_pts": 100.0 * (table["only_a"] - table["only_b"]) / n}
 
 
+def paired_difference_ci(both_right: int, only_a: int, only_b: int, both_wrong: int,
+                         alpha: float = 0.05) -> tuple[float, float]:
+    """Interval for acc_a - acc_b (fractions) on paired clips: Newcombe (1998) method 10.
+
+    Square-and-add of the two Wilson intervals, with the correlation of the two accuracies
+    estimated from the 2x2 table: phi = C / sqrt(product of the margins), C = ad - bc - n/2
+    when ad - bc > n/2, 0 when 0 <= ad - bc <= n/2, ad - bc when negative (Newcombe's
+    continuity adjustment of phi; Fagerland, Lydersen and Laake 2017, section 8.5.4). Stays
+    within [-1, 1]; (nan, nan) without clips.
+    """
+    a, b, c, d = (int(x) for x in (both_right, only_a, only_b, both_wrong))
+    n = a + b + c + d
+    if n == 0:
+        return (math.nan, math.nan)
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = proportion_ci(a + b, n, "wilson", alpha)
+    l2, u2 = proportion_ci(a + c, n, "wilson", alpha)
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = 0.0
+    if margins:
+        cross = a * d - b * c
+        adjusted = cross - n / 2 if cross > n / 2 else (0.0 if cross >= 0 else cross)
+        phi = adjusted / math.sqrt(margins)
+    below = math.sqrt(max(0.0, (p1 - l1) ** 2 + (u2 - p2) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2)))
+    above = math.sqrt(max(0.0, (u1 - p1) ** 2 + (p2 - l2) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2)))
+    return (max(-1.0, p1 - p2 - below), min(1.0, p1 - p2 + above))
+
+
+def _difference_interval(table: dict[str, int]) -> list[float] | None:
+    """Newcombe's interval of a McNemar table's A - B, in percentage points."""
+    lo, hi = paired_difference_ci(table["both_right"], table["only_a"], table["only_b"], table["both_wrong"])
+    return None if math.isnan(lo) else [100.0 * lo, 100.0 * hi]
+
+
 def mcnemar(records_a: Iterable[dict], records_b: Iterable[dict], method: str = "auto") -> dict[str, Any]:
     """Paired McNemar test of two evaluations of the same clips (A vs B)."""
     pairs = pair_records(records_a, records_b)
@@ -534,11 +585,12 @@ def mcnemar(records_a: Iterable[dict], records_b: Iterable[dict], method: str = 
     for cls in CLASSES:
         sub = [p for p in pairs if p[0]["label"] == cls]
         t = _table(sub)
-        per_class[cls] = {"n": len(sub), **t, **_accuracies(t, len(sub))}
+        per_class[cls] = {"n": len(sub), **t, **_accuracies(t, len(sub)), "diff_ci": _difference_interval(t)}
     return {
         "table": table, "n": n, "discordant": table["only_a"] + table["only_b"],
         "method_requested": method, **test,
         **_accuracies(table, n),
+        "diff_ci": _difference_interval(table), "diff_ci_method": DIFF_CI_NEWCOMBE,
         "per_class": per_class,
         "discordant_clips": [{"clip_id": ra["clip_id"], "label": ra["label"],
                               "a_correct": _is_correct(ra), "b_correct": _is_correct(rb)}
@@ -574,14 +626,24 @@ def _paired_tests(counts_a: Sequence[tuple[int, int]], counts_b: Sequence[tuple[
     exact = [Fraction(ca, na) - Fraction(cb, nb) for (ca, na), (cb, nb) in zip(counts_a, counts_b)]
     # Equal fractions give equal floats here, so ties stay ties for both tests.
     diffs = np.asarray([100.0 * float(d) for d in exact])
-    out: dict[str, Any] = {"n_seeds": k, "mean_diff_pts": float(diffs.mean()), "t_test": None,
-                           "wilcoxon": None, "note": None}
+    mean = float(diffs.mean())
+    out: dict[str, Any] = {"n_seeds": k, "mean_diff_pts": mean, "sd_diff_pts": None, "mean_diff_ci": None,
+                           "mean_diff_ci_clipped": False, "t_test": None, "wilcoxon": None, "note": None}
     notes = []
     if all(d == exact[0] for d in exact):
-        notes.append("every seed shows the same difference: the t-test is undefined")
+        out["sd_diff_pts"] = 0.0
+        notes.append("every seed shows the same difference: the t-test is undefined and the t-interval "
+                     "of the mean difference has zero width (see the bootstrap interval)")
     else:
         res = sps.ttest_1samp(diffs, 0.0)
         out["t_test"] = {"statistic": float(res.statistic), "df": k - 1, "p_value": float(res.pvalue)}
+        sd = float(diffs.std(ddof=1))
+        half = float(sps.t.ppf(0.975, k - 1)) * sd / math.sqrt(k)
+        # A difference of accuracies lies in [-100, 100] points.
+        out.update(sd_diff_pts=sd, mean_diff_ci=[max(-100.0, mean - half), min(100.0, mean + half)],
+                   mean_diff_ci_clipped=mean - half < -100.0 or mean + half > 100.0)
+        if out["mean_diff_ci_clipped"]:
+            notes.append("t-interval of the mean difference clipped to [-100, 100]")
     if k >= 5:
         if all(d == 0 for d in exact):
             notes.append("all per-seed differences are zero: Wilcoxon is undefined")
@@ -618,6 +680,86 @@ def compare_configs(a: Mapping[Any, Sequence[dict]], b: Mapping[Any, Sequence[di
         out["paired"] = _paired_tests(
             [(row["table"]["both_right"] + row["table"]["only_a"], row["n"]) for row in per_seed],
             [(row["table"]["both_right"] + row["table"]["only_b"], row["n"]) for row in per_seed])
+    return out
+
+
+def mean_difference(minuend: Mapping[Any, Sequence[dict]], subtrahend: Mapping[Any, Sequence[dict]],
+                    n_boot: int = DEFAULT_N_BOOT, rng_seed: int = 0) -> dict[str, Any]:
+    """Mean accuracy over the seeds of `minuend` minus that of `subtrahend`, in points, with a
+    95% interval, overall and per class. Every evaluation must be on the same clips.
+
+    One evaluation a side: Newcombe's paired interval (paired_difference_ci). Otherwise a
+    percentile bootstrap: each replicate draws the clips within class with replacement, one
+    draw shared by every evaluation of both sides (the test set is common, so its sampling
+    error must not cancel), and the seeds with replacement: matched seed pairs together when
+    both sides have the same seeds, else each side's seeds on their own.
+    """
+    if not minuend or not subtrahend:
+        raise ValueError("mean_difference needs at least one evaluation a side")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    seeds_m, seeds_s = _ordered_seeds(minuend), _ordered_seeds(subtrahend)
+    reference = minuend[seeds_m[0]]
+    columns, labels = [], None
+    for side, seeds in ((minuend, seeds_m), (subtrahend, seeds_s)):
+        for seed in seeds:
+            pairs = pair_records(reference, side[seed])
+            if labels is None:
+                _check_labels([ra for ra, _ in pairs])
+                labels = np.array([ra["label"] for ra, _ in pairs])
+            columns.append([_is_correct(rb) for _, rb in pairs])
+    correct = np.array(columns, dtype=np.int64).T  # clips x evaluations (minuend's first)
+    km = len(seeds_m)
+    metrics = {"overall": np.ones(len(labels), dtype=bool), **{cls: labels == cls for cls in CLASSES}}
+
+    def point(mask: np.ndarray) -> float:
+        acc = 100.0 * correct[mask].mean(axis=0)
+        return float(acc[:km].mean() - acc[km:].mean())
+
+    out: dict[str, Any] = {"n_minuend": km, "n_subtrahend": len(seeds_s), "n_clips": int(len(labels))}
+    if km == 1 and len(seeds_s) == 1:
+        for key, mask in metrics.items():
+            if not mask.any():
+                out[key] = None
+                continue
+            pairs = list(zip(correct[mask, 0], correct[mask, 1]))
+            table = {"both_right": sum(1 for x, y in pairs if x and y), "only_a": sum(1 for x, y in pairs if x and not y),
+                     "only_b": sum(1 for x, y in pairs if y and not x), "both_wrong": sum(1 for x, y in pairs if not (x or y))}
+            out[key] = {"diff_pts": point(mask), "ci": _difference_interval(table)}
+        out.update(method=DIFF_CI_NEWCOMBE, bootstrap=None,
+                   note="one evaluation a side: Newcombe's paired interval covers clip sampling only")
+        return out
+    rng = np.random.default_rng(rng_seed)
+    paired_seeds = seeds_m == seeds_s
+    if paired_seeds:
+        draw = rng.integers(0, km, size=(n_boot, km))
+        draw_m, draw_s = draw, draw + km
+    else:
+        draw_m = rng.integers(0, km, size=(n_boot, km))
+        draw_s = km + rng.integers(0, len(seeds_s), size=(n_boot, len(seeds_s)))
+    sums, sizes = {}, {}
+    for cls in CLASSES:
+        in_class = correct[labels == cls]
+        if len(in_class):
+            # Drawing n clips only matters through how many of each correctness pattern were drawn.
+            patterns, counts = np.unique(in_class, axis=0, return_counts=True)
+            drawn = rng.multinomial(len(in_class), counts / counts.sum(), size=n_boot)
+            sums[cls], sizes[cls] = drawn @ patterns.astype(float), len(in_class)  # n_boot x evaluations
+
+    def replicates(accuracy: np.ndarray) -> np.ndarray:
+        return (np.take_along_axis(accuracy, draw_m, axis=1).mean(axis=1)
+                - np.take_along_axis(accuracy, draw_s, axis=1).mean(axis=1))
+
+    overall = 100.0 * sum(sums.values()) / sum(sizes.values())
+    out["overall"] = {"diff_pts": point(metrics["overall"]), "ci": _percentile_ci(replicates(overall))}
+    for cls in CLASSES:
+        out[cls] = (None if cls not in sums else
+                    {"diff_pts": point(metrics[cls]), "ci": _percentile_ci(replicates(100.0 * sums[cls] / sizes[cls]))})
+    out.update(method=DIFF_CI_BOOTSTRAP,
+               bootstrap={"n_boot": n_boot, "rng_seed": rng_seed, "interval": "percentile 2.5-97.5",
+                          "resampled": "clips within class (one draw shared by every evaluation) and "
+                                       + ("matched seed pairs" if paired_seeds else "each side's seeds separately")},
+               note=None if paired_seeds else "the sides have different seeds: each side's seeds are resampled on their own")
     return out
 
 
@@ -790,6 +932,33 @@ def power_caveat(n_clips: int, discordant_rate: float | None = None, alpha: floa
     shown = f"{math.floor(diff)}" if diff >= 10 else f"{math.floor(diff * 10) / 10:g}"
     return (f"With {n_clips} clips, differences under {shown} points are not detectable "
             f"at {pct} power {terms}.")
+
+
+def _floor_points(diff: float) -> str:
+    """Rounded down (one decimal below 10), so "not detectable under N points" stays true."""
+    return f"{math.floor(diff)}" if diff >= 10 else f"{math.floor(diff * 10) / 10:g}"
+
+
+def power_statement(n_clips: int, discordant_rate: float | None, alpha: float = 0.05, power: float = 0.8) -> str:
+    """One sentence on McNemar's power for one comparison that names both assumptions.
+
+    Connor's (1987) figure at the observed discordant rate, then the best case (psi = delta,
+    the figure power_caveat(n_clips) gives), which is a floor for any discordance. Two numbers
+    in one sentence, each with its assumption, so they never read as a contradiction.
+    """
+    best = power_min_detectable_diff(n_clips, None, alpha, power)
+    pct = f"{100 * power:g}%"
+    terms = f"McNemar, alpha {alpha:g}, {pct} power, Connor 1987"
+    best_text = ("no difference is detectable even in the best case" if best is None else
+                 f"{_floor_points(best)} points is the floor whatever the discordance (best case: every discordant "
+                 "clip favours the same model)")
+    if not discordant_rate:
+        return f"With {n_clips} clips and no discordant clip observed ({terms}): {best_text}."
+    observed = power_min_detectable_diff(n_clips, discordant_rate, alpha, power)
+    observed_text = ("no difference is detectable" if observed is None else
+                     f"differences under {_floor_points(observed)} points are not detectable")
+    return (f"With {n_clips} clips at the observed discordance ({100 * discordant_rate:.1f}% of clips have exactly "
+            f"one model right), {observed_text} ({terms}); {best_text}.")
 
 
 _METHOD_NAMES = {"auto": "(exact under 25 discordant pairs, else chi-square)", "exact": "exact",

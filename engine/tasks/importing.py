@@ -296,6 +296,20 @@ def _metadata_key(column: str) -> str:
     return f"orig_{column}" if column in RECORD_FIELDS else column
 
 
+def read_export(file: str | os.PathLike, mapping: dict[str, str] | None = None) -> tuple[list[dict], dict[str, str]]:
+    """(records, column mapping) of another tool's predictions file, checked exactly as
+    import_predictions checks them, without writing anything (the statistics commands read
+    such files directly). Raises ImportError_ naming the file, row and column."""
+    file = Path(file)
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ImportError_(f"{file}: cannot read ({exc.strerror or exc})") from None
+    columns, rows = _read_rows(file, data)
+    column_mapping = resolve_columns(file, columns, mapping)
+    return build_records(file, rows, column_mapping), column_mapping
+
+
 # ---------------------------------------------------------------- the run folder
 
 def import_predictions(file: str | os.PathLike, name: str, runs_root: str | os.PathLike,
