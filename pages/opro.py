@@ -268,7 +268,7 @@ st.caption("Mean over seeds where a cell has several; the fine-tuned cells pair 
            "with every seed.")
 st.table(result.table.set_index("Configuration"))
 st.caption(f"{result.n_clips:,} clips, the same for every cell. Accuracy (correct/clips) [95% Wilson interval]; "
-           "'mean of k seeds' rows give the SD and t-interval over seeds.")
+           "'mean of k seeds' rows give the SD and the 95% bootstrap interval over seeds and clips.")
 st.plotly_chart(charts.class_accuracy_bars(review.class_accuracy_frame(opro_review.class_summaries(result))),
                 key="opro_design_classes")
 
@@ -280,10 +280,8 @@ for paired in result.pairs:
     if t_test := (paired.get("paired") or {}).get("t_test"):
         st.markdown(f"Paired t-test over {paired['paired']['n_seeds']} matched seeds: t({t_test['df']}) = "
                     f"{t_test['statistic']:.3f}, p = {review.format_p(t_test['p_value'])}")
-    for note in filter(None, [paired.get("note"), (paired.get("paired") or {}).get("note")]):
+    for note in review.paired_notes(paired):  # guards, then one power statement for the pair
         st.caption(note)
-    for row in paired["rows"]:
-        st.caption(f"Power, {row['pair']}: {row['power_caveat']}")
 if result.power_caveat:
     st.info(result.power_caveat)
 for note in result.notes:

@@ -230,12 +230,14 @@ def _epoch_lines(fig: go.Figure, losses: pd.DataFrame, annotate: bool = True) ->
                       **(dict(annotation_text=f"epoch {epoch}", annotation_position="top") if annotate else {}))
 
 
-def seed_strip(points: pd.DataFrame, intervals: pd.DataFrame,
-               title: str = "Accuracy per seed (mean, 95% interval)") -> go.Figure:
+def seed_strip(points: pd.DataFrame, intervals: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Every seed as a point, the mean as a bar with its interval as whiskers, 'n = k' above.
 
     points: review.seed_points (name, seed, accuracy %); intervals: review.seed_intervals.
     """
+    if title is None:  # name the interval the whiskers show (review.seed_intervals says which)
+        methods = sorted(set(intervals["interval"].dropna())) if "interval" in intervals else []
+        title = f"Accuracy per seed (mean, {' / '.join(methods) or '95%'} interval)"
     if points.empty:
         return _empty("seed_distribution", title, "no evaluations")
     fig = go.Figure()
