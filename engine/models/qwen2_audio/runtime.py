@@ -213,6 +213,13 @@ def compile_layers(loaded: LoadedModel, cuda_graphs: bool = False) -> int:
     """
     hf = loaded.hf
     layers = list(hf.model.language_model.layers) + list(hf.model.audio_tower.layers)
+    if cuda_graphs:
+        import torch._inductor.config as inductor
+
+        # Clips of varying length give a new shape per batch; once a layer is recompiled for dynamic
+        # shapes, do not record a CUDA graph per shape (memory and time grow with each): those
+        # batches run compiled without graphs. Fixed-length batches keep their graphs.
+        inductor.triton.cudagraph_skip_dynamic_graphs = True
     for layer in layers:
         layer.compile(dynamic=None, mode="reduce-overhead" if cuda_graphs else None)
     return len(layers)
