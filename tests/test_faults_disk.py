@@ -183,11 +183,11 @@ def test_the_worker_survives_a_full_disk_and_serves_the_jobs_after(tmp_path, mon
     full = threading.Event()
     failures = []
 
-    def write(path, text):
+    def write(path, text, *args, **kwargs):
         if full.is_set():
             failures.append(Path(path).name)
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_write(path, text)
+        return real_write(path, text, *args, **kwargs)
 
     monkeypatch.setattr(rf, "atomic_write_text", write)
     worker = Worker(root, cpu_slots=1, poll_s=0.05, idle_grace_s=0.3)
