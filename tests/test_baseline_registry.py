@@ -51,7 +51,9 @@ def test_a_registered_detector_runs_from_the_cli_with_its_own_flag(with_energy, 
     assert config == {"schema_version": rf.SCHEMA_VERSION, "kind": "baseline", "label": "Energy detector",
                       "method": "energy", "threshold": 0.2, "reduction": ENERGY_REDUCTION,
                       "test_data": str(Path(test_manifest).resolve()), "max_clip_seconds": 30.0,
-                      "gain": 4.0, "window": "whole clip"}
+                      "gain": 4.0, "window": "whole clip", "rule": None,
+                      "rule_choice": "fixed: the detector's default rule and the given threshold "
+                                     "(no validation split given)", "val_data": None}
     assert rf.read_status(run)["state"] == "succeeded"
     evaluation = rf.read_json(run / "evaluations/test/evaluation.json")
     assert evaluation["backend"] == "numpy rms" and evaluation["gain"] == 4.0

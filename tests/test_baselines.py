@@ -130,3 +130,104 @@ def test_bad_manifest_fails_the_run_with_the_reason(test_manifest, tmp_path, cap
     assert status["state"] == "failed" and "MAYBE" in status["error"]
     assert rf.list_evaluations(tmp_path / "runs" / "bad") == []
     json.dumps(status)
+
+
+# ---------------------------------------------------------------------- rule and threshold chosen on validation
+
+@pytest.fixture(scope="module")
+def val_and_test(tmp_path_factory) -> dict[str, Path]:
+    return make_dataset(tmp_path_factory.mktemp("baseline-val") / "data", n_train=2, n_test=8, n_val=12, seed=11)
+
+
+def test_best_threshold_matches_a_hand_worked_example():
+    import numpy as np
+
+    # speech 0.9, 0.6, 0.4; non-speech 0.5, 0.2, 0.1: the cut between 0.5 and 0.6 (0.55) gives
+    # TPR 2/3, TNR 3/3 = 0.8333; the cut at 0.3 gives TPR 3/3, TNR 2/3, the same: the lower cut is kept.
+    scores = np.array([0.9, 0.6, 0.4, 0.5, 0.2, 0.1])
+    speech = np.array([True, True, True, False, False, False])
+    threshold, balanced = baselines.best_threshold(scores, speech)
+    assert threshold == pytest.approx(0.3) and balanced == pytest.approx(5 / 6)
+    assert baselines.best_threshold(np.array([0.2, 0.8]), np.array([False, True])) == (pytest.approx(0.5), 1.0)
+
+
+def test_silero_rule_and_threshold_are_chosen_on_validation_and_recorded(val_and_test, tmp_path):
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    from engine.data.audio import load_audio
+
+    run = baselines.run_baseline("silero", val_and_test["test"], tmp_path / "silero-val", val_data=val_and_test["val"])
+    config = rf.read_json(run / "config.json")
+    evaluation = rf.read_json(run / "evaluations/test/evaluation.json")
+    assert config["val_data"] == str(val_and_test["val"].resolve())
+    assert config["rule_choice"].startswith("chosen on the validation split")
+    for key in ("rule", "threshold", "reduction", "rule_choice", "rule_candidates"):
+        assert evaluation[key] == config[key]
+    names = [c["rule"] for c in config["rule_candidates"]]
+    assert names == [rule.name for rule in silero.SILERO_RULES]
+
+    # Independently: every rule's frame reduction on the validation clips, every possible cut.
+    root = val_and_test["val"].parent
+    with open(val_and_test["val"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    frames = [baselines.silero_frame_probabilities(load_audio(root / row["path"], 30.0)[0]) for row in rows]
+    speech = np.array([row["label"] == "SPEECH" for row in rows])
+    reducers = {"max": np.max, "mean": np.mean, "fraction>=0.3": lambda f: np.mean(f >= 0.3),
+                "fraction>=0.5": lambda f: np.mean(f >= 0.5), "fraction>=0.7": lambda f: np.mean(f >= 0.7)}
+    best_per_rule = {}
+    for name, reduce in reducers.items():
+        scores = np.array([reduce(f) for f in frames])
+        best_per_rule[name] = max((np.mean(scores[speech] >= cut) + np.mean(scores[~speech] < cut)) / 2
+                                  for cut in np.concatenate([scores, [np.inf]]))
+    for candidate in config["rule_candidates"]:
+        assert candidate["val_balanced_accuracy"] == pytest.approx(best_per_rule[candidate["rule"]])
+    assert best_per_rule[config["rule"]] == pytest.approx(max(best_per_rule.values()))
+
+    records = read_predictions(run)
+    for record in records:
+        assert record["pred"] == ("SPEECH" if record["p_speech"] >= config["threshold"] else "NONSPEECH")
+        assert record["margin"] == pytest.approx(record["p_speech"] - config["threshold"])
+    speech_p = [r["p_speech"] for r in records if r["label"] == "SPEECH"]
+    other_p = [r["p_speech"] for r in records if r["label"] == "NONSPEECH"]
+    auc = mannwhitneyu(speech_p, other_p).statistic / (len(speech_p) * len(other_p))
+    assert evaluation["summary"]["roc_auc"] == pytest.approx(auc)
+
+
+def test_without_validation_the_fixed_rule_is_kept_and_said(val_and_test, tmp_path):
+    run = baselines.run_baseline("webrtc", val_and_test["test"], tmp_path / "webrtc-fixed")
+    config = rf.read_json(run / "config.json")
+    assert config["rule"] == "fraction" and config["threshold"] == 0.5 and config["val_data"] is None
+    assert "no validation split given" in config["rule_choice"] and "rule_candidates" not in config
+    assert rf.read_json(run / "evaluations/test/evaluation.json")["rule_choice"] == config["rule_choice"]
+
+
+def test_webrtc_chooses_between_its_rules_on_validation_from_the_cli(val_and_test, tmp_path):
+    code = cli.main(["baseline", "--method", "webrtc", "--test-csv", str(val_and_test["test"]), "--name", "w",
+                     "--runs-dir", str(tmp_path), "--val-csv", str(val_and_test["val"])])
+    assert code == 0
+    config = rf.read_json(tmp_path / "w" / "config.json")
+    assert [c["rule"] for c in config["rule_candidates"]] == ["fraction", "any"]
+    assert config["rule"] in ("fraction", "any") and 0.0 <= config["threshold"] <= 1.0
+
+
+def test_a_threshold_with_a_validation_split_is_refused_before_any_folder(val_and_test, tmp_path, capsys):
+    code = cli.main(["baseline", "--method", "webrtc", "--test-csv", str(val_and_test["test"]), "--name", "w",
+                     "--runs-dir", str(tmp_path), "--val-csv", str(val_and_test["val"]), "--threshold", "0.4"])
+    assert code == 2 and "not both" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_one_class_validation_split_fails_the_run_with_the_reason(val_and_test, tmp_path):
+    one_class = tmp_path / "speech_only.csv"
+    with open(val_and_test["val"], newline="") as fh:
+        rows = [row for row in csv.DictReader(fh) if row["label"] == "SPEECH"]
+    with open(one_class, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "path": str(val_and_test["val"].parent / row["path"])} for row in rows)
+    with pytest.raises(ValueError, match="needs clips of both classes"):
+        baselines.run_baseline("silero", val_and_test["test"], tmp_path / "s", val_data=one_class)
+    status = rf.read_status(tmp_path / "s")
+    assert status["state"] == "failed" and "both classes" in status["error"]
+    assert rf.list_evaluations(tmp_path / "s") == []

@@ -15,7 +15,33 @@ import numpy as np
 
 # config.json keys every baseline run writes; a detector's option or constant may not reuse them
 COMMON_SETTINGS = ("schema_version", "kind", "label", "method", "threshold", "reduction", "test_data",
-                   "max_clip_seconds", "backend", "skipped", "data")
+                   "max_clip_seconds", "backend", "skipped", "data", "rule", "rule_choice", "val_data",
+                   "rule_candidates")
+
+
+@dataclass(frozen=True)
+class ClipRule:
+    """One way to turn a detector's frame scores into a clip score in [0, 1]."""
+
+    name: str
+    """short name recorded as config.json "rule", such as max or fraction>=0.5"""
+    description: str
+    """what the clip score is, recorded as config.json "reduction" """
+    reduce: Callable[[np.ndarray], float]
+    """frame scores of one clip -> clip score"""
+
+
+def max_rule(what: str) -> ClipRule:
+    return ClipRule("max", f"max over {what}", lambda frames: float(np.max(frames)))
+
+
+def mean_rule(what: str) -> ClipRule:
+    return ClipRule("mean", f"mean over {what}", lambda frames: float(np.mean(frames)))
+
+
+def fraction_rule(what: str, frame_threshold: float) -> ClipRule:
+    return ClipRule(f"fraction>={frame_threshold:g}", f"fraction of frames whose {what} >= {frame_threshold:g}",
+                    lambda frames: float(np.mean(np.asarray(frames) >= frame_threshold)))
 
 
 @dataclass(frozen=True)
@@ -65,6 +91,10 @@ class Detector:
     """fixed facts written into config.json after the options (frame sizes)"""
     packages: tuple[str, ...] = ()
     """distributions whose versions environment.json records"""
+    frame_scores: Callable[[np.ndarray, Mapping[str, Any]], np.ndarray] | None = None
+    """per-frame speech scores in [0, 1] of one clip; with `rules`, lets a validation split choose the rule"""
+    rules: tuple[ClipRule, ...] = ()
+    """candidate clip rules over frame_scores; the first is clip_score's (the rule used without validation)"""
 
 
 _DETECTORS: dict[str, Detector] = {}
@@ -81,6 +111,11 @@ def register(detector: Detector) -> Detector:
         if key in taken:
             raise ValueError(f"baseline detector {detector.name!r}: option {key!r} is already declared by "
                              f"{taken[key]!r}")
+    rule_names = [rule.name for rule in detector.rules]
+    if detector.rules and detector.frame_scores is None:
+        raise ValueError(f"baseline detector {detector.name!r}: rules need frame_scores to apply to")
+    if len(set(rule_names)) != len(rule_names):
+        raise ValueError(f"baseline detector {detector.name!r}: rule names repeat ({', '.join(rule_names)})")
     _DETECTORS[detector.name] = detector
     return detector
 

