@@ -72,7 +72,7 @@ def demo_workspace(tmp_path_factory, tiny_model, examples_dir) -> Path:
     reuse = os.environ.get("QLORA_DASH_TEST_WORKSPACE")
     root = Path(reuse) if reuse else tmp_path_factory.mktemp("workspace")
     if not (root / "example-lora-s42").exists():
-        build_demo(root, seeds=(42, 123), say=lambda msg: None)
+        build_demo(root, seeds=(42, 123), n_train=96, say=lambda msg: None)  # half the demo's clips: faster
         import_predictions(examples_dir / "base_predictions.csv", "example-base", root,
                            config_label="Base (example)", seed=42)
         import_predictions(examples_dir / "lora_seed42_predictions.csv", "example-lora-s42", root,

@@ -231,3 +231,12 @@ def test_a_one_class_validation_split_fails_the_run_with_the_reason(val_and_test
     status = rf.read_status(tmp_path / "s")
     assert status["state"] == "failed" and "both classes" in status["error"]
     assert rf.list_evaluations(tmp_path / "s") == []
+
+
+def test_the_demo_gives_its_baseline_the_validation_split(tmp_path):
+    from engine.tasks.demo import DEMO_DATA_DIR, build_demo
+
+    build_demo(tmp_path, seeds=(), presets=(), n_train=2, n_test=4, n_dev=8, opro=False, say=lambda msg: None)
+    config = rf.read_json(tmp_path / "demo-silero-vad" / "config.json")
+    assert config["val_data"] == str((tmp_path / DEMO_DATA_DIR / "val.csv").resolve())
+    assert config["rule_choice"].startswith("chosen on the validation split")

@@ -118,6 +118,25 @@ def test_attention_plus_mlp_preset_trains_in_4bit(tmp_path, demo_data):
 
 
 @pytest.mark.slow
+def test_evaluations_after_threshold_from_use_the_cut_chosen_on_it(tmp_path, demo_data):
+    from engine.runs.predictions import read_predictions
+    from engine.tasks.evaluate import choose_threshold
+
+    run_dir = tmp_path / "cut"
+    train(quick_config(demo_data["train"], max_steps=3), run_dir,
+          evaluate_on={"val": str(demo_data["val"]), "test": str(demo_data["test"])}, threshold_from="val")
+    val = rf.read_json(rf.evaluation_dir(run_dir, "val") / rf.EVALUATION)
+    test = rf.read_json(rf.evaluation_dir(run_dir, "test") / rf.EVALUATION)
+    assert val["threshold"] == 0.5 and val["threshold_source"] == "fixed (arg-max)"
+    cut = choose_threshold(read_predictions(run_dir, "val"))
+    assert test["threshold"] == cut and test["threshold_source"] == "chosen on evaluation 'val' (max balanced accuracy)"
+    records = read_predictions(run_dir, "test")
+    from engine.labels import NONSPEECH, SPEECH
+
+    assert all(r["pred"] == (SPEECH if r["p_speech"] >= cut else NONSPEECH) for r in records)
+
+
+@pytest.mark.slow
 def test_same_seed_gives_the_same_losses_and_another_seed_does_not(tmp_path, demo_data):
     losses = []
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):

@@ -293,11 +293,13 @@ class StepProfiler:
 
 
 def train(cfg: TrainConfig, run_dir: Path, stop: StopSignal | None = None,
-          evaluate_on: dict[str, str] | None = None) -> dict[str, Any]:
+          evaluate_on: dict[str, str] | None = None, threshold_from: str | None = None) -> dict[str, Any]:
     """Train one adapter into `run_dir`; returns the summary. Raises after recording a failure.
 
     evaluate_on: {evaluation name: test data} scored with the trained model before the run is
     marked finished (saves reloading the model, e.g. in the demo).
+    threshold_from: name of an evaluation (e.g. "val") whose p(SPEECH) cut with the best balanced
+    accuracy the evaluations scored after it use (`eval --threshold-from`), instead of 0.5.
     """
     from engine.tasks import distributed as dist
 
@@ -308,20 +310,21 @@ def train(cfg: TrainConfig, run_dir: Path, stop: StopSignal | None = None,
             owns_stop = stop is None
             stop = stop if stop is not None else StopSignal().install()
             try:
-                return _train(cfg, Path(run_dir), stop, evaluate_on or {}, lambda force=False, **fields: False)
+                return _train(cfg, Path(run_dir), stop, evaluate_on or {}, lambda force=False, **fields: False,
+                              threshold_from)
             finally:
                 if owns_stop:
                     stop.restore()
         config = {"schema_version": rf.SCHEMA_VERSION, "kind": rf.KIND_TRAIN, **cfg.to_dict()}
         with run_lifecycle(run_dir, rf.KIND_TRAIN, config=config, stop=stop) as run:
-            summary = _train(cfg, run.run_dir, run.stop, evaluate_on or {}, run.progress)
+            summary = _train(cfg, run.run_dir, run.stop, evaluate_on or {}, run.progress, threshold_from)
         return summary
     finally:
         dist.cleanup()
 
 
 def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[str, str],
-           progress: Callable[..., bool]) -> dict[str, Any]:
+           progress: Callable[..., bool], threshold_from: str | None = None) -> dict[str, Any]:
     import torch
 
     from engine.data.manifests import AudioCache, load_clips, require_both_classes
@@ -496,12 +499,19 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
     if evaluations and not stop:
         from engine.tasks.evaluate import evaluate_clips
 
+        from engine.tasks.evaluate import choose_threshold
+
         model.eval()
+        threshold, threshold_source = 0.5, "fixed (arg-max)"
         for name, clips, report in evaluations:
             with eager_if_compiled(compiled):
                 _, records = evaluate_clips(loaded, clips, report, run_dir, name, cfg.system_prompt, cfg.prompt,
-                                            cfg.label_words, audio=audio,
+                                            cfg.label_words, audio=audio, threshold=threshold,
+                                            threshold_source=threshold_source,
                                             producer={"kind": "adapter", "run": run_dir.name, "adapter": str(adapter)})
+            if name == threshold_from:
+                threshold = choose_threshold(records)
+                threshold_source = f"chosen on evaluation {name!r} (max balanced accuracy)"
             if name == "val" and clips is val_clips:  # the final validation point, from the same scores
                 log_validation(validation_metrics([r["p_speech"] for r in records], [r["label"] for r in records]),
                                step, epoch_float)
