@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 from playwright.sync_api import sync_playwright
 
-PAGES = ["", "results", "compare", "train", "evaluate", "opro", "try_clip", "disk", "cluster"]
+PAGES = ["", "results", "compare", "grid", "train", "evaluate", "opro", "try_clip", "disk", "cluster"]
 
 
 def free_port() -> int:
