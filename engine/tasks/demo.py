@@ -26,12 +26,14 @@ DEMO_SEEDS = (42, 123, 456)
 DEMO_PRESETS = ("attention", "attention+mlp")
 
 
-def demo_config(preset: str, seed: int, train_manifest: Path, epochs: float = 4) -> TrainConfig:
+def demo_config(preset: str, seed: int, train_manifest: Path, epochs: float = 4,
+                val_manifest: Path | None = None) -> TrainConfig:
     """The demo recipe: batches of 8, a high LR for a tiny model (docs/PERFORMANCE.md, "The demo's adapters")."""
     return TrainConfig(
         label=f"{PRESET_LABELS[preset]} (demo)", model="tiny", quantization="4bit", targets=preset, seed=seed,
         lora_r=16, lora_alpha=32, lora_dropout=0.0, epochs=epochs, per_device_batch=8, grad_accum=1,
-        learning_rate=2e-3, warmup_ratio=0.0, train_data=str(train_manifest), device="cpu")
+        learning_rate=2e-3, warmup_ratio=0.0, train_data=str(train_manifest),
+        val_data=str(val_manifest) if val_manifest else "", device="cpu")
 
 
 def build_demo(runs_root: Path, seeds=DEMO_SEEDS, presets=DEMO_PRESETS, epochs: float = 4, baseline: bool = True,
@@ -62,11 +64,11 @@ def build_demo(runs_root: Path, seeds=DEMO_SEEDS, presets=DEMO_PRESETS, epochs: 
 
             shutil.rmtree(run_dir)  # an unfinished demo run: redo it
         say(f"[{i}/{len(cells)}] training {name} ...")
-        cfg = demo_config(preset, seed, manifests["train"], epochs)
-        # The adapters rank the clips long before their arg-max moves (docs/PERFORMANCE.md): the
-        # p(SPEECH) cut is chosen on the val split, as `eval --threshold-from val` does, and recorded.
-        train(cfg, run_dir, evaluate_on={"val": str(manifests["val"]), "test": str(manifests["test"])},
-              threshold_from="val")
+        # val_data: validation after every epoch (the loss curve shows it) and the final "val"
+        # evaluation. The adapters rank the clips long before their arg-max moves (docs/PERFORMANCE.md):
+        # the test set's p(SPEECH) cut is chosen on val, as `eval --threshold-from val` does, and recorded.
+        cfg = demo_config(preset, seed, manifests["train"], epochs, manifests["val"])
+        train(cfg, run_dir, evaluate_on={"test": str(manifests["test"])}, threshold_from="val")
         acc = rf.read_json(rf.evaluation_dir(run_dir, "test") / rf.EVALUATION)["summary"]["accuracy"]
         results.append({"run": name, "test_accuracy": acc})
         say(f"[{i}/{len(cells)}] {name}: test accuracy {acc * 100:.1f}%")
