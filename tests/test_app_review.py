@@ -191,7 +191,10 @@ def test_results_of_a_run_without_evaluation_and_a_corrupt_one(copied_workspace)
     assert_clean(at)
     assert "No evaluation" in at.info[0].value
     loss = chart(at, "loss")
-    assert len(loss.data) == 1 and len(loss.data[0].y) == len(rf.read_metrics(copied_workspace / "demo-attention-s42"))
+    (train_loss,) = [trace for trace in loss.data if trace.meta["series"] == "train_loss"]  # one run
+    assert len(train_loss.y) == len(rf.read_metrics(copied_workspace / "demo-attention-s42"))
+    (val_loss,) = [trace for trace in loss.data if trace.meta["series"] == "val_loss"]  # the demo trains with val
+    assert len(val_loss.y) == len(rf.read_validation_metrics(copied_workspace / "demo-attention-s42"))
     predictions = copied_workspace / "demo-attention-mlp-s42" / "evaluations" / "test" / rf.PREDICTIONS
     predictions.write_text("not json\n" + predictions.read_text())
     at = page("pages/results.py", run="demo-attention-mlp-s42")
