@@ -653,7 +653,7 @@ def test_grid_lays_a_rank_alpha_targets_sweep_out_with_seed_means(grid_runs):
 def test_opro_runs_group_by_the_configuration_they_searched(grid_runs, tmp_path):
     """OPRO searches of seeds 1 and 2 of one sweep cell are one configuration, named without paths,
     whose seeds pair with the training runs' seeds in Compare."""
-    from tests.test_opro_review import TEST_MASKS, make_opro_run, search_history
+    from tests.test_opro_review import make_opro_run, search_history
 
     root = grid_runs[0].path.parent
     target = "My sweep · r16 · α32 · attention+MLP"
