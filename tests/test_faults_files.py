@@ -239,3 +239,23 @@ def test_a_test_data_path_pointed_at_etc_does_not_make_etc_files_playable(worksp
     roots = review.media_roots(workspace, side)
     assert Path("/etc") in roots  # the widened root is there ...
     assert review.playable_audio("/etc/passwd", roots) is None  # ... and serves nothing that is not audio
+
+
+def test_a_rewrite_killed_before_its_document_leaves_an_unfinished_evaluation(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    old = [make_record(f"c{i}", f"/a/c{i}.wav", "SPEECH", 0.9, 1.0, 1.0) for i in range(4)]
+    write_evaluation(run_dir, "test", old, {"model": "tiny"})
+    assert rf.list_evaluations(run_dir) == ["test"]
+    real = rf.atomic_write_json
+
+    def killed(path, obj, *args, **kwargs):
+        if Path(path).name == rf.EVALUATION:
+            raise KeyboardInterrupt  # the process dies between predictions.jsonl and evaluation.json
+        return real(path, obj, *args, **kwargs)
+
+    monkeypatch.setattr(rf, "atomic_write_json", killed)
+    new = [make_record(f"c{i}", f"/a/c{i}.wav", "NONSPEECH", 0.9, 1.0, 1.0) for i in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        write_evaluation(run_dir, "test", new, {"model": "tiny"})
+    # Not the old summary (4 clips, all SPEECH) beside the new predictions: no finished evaluation.
+    assert rf.list_evaluations(run_dir) == []

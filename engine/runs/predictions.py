@@ -42,6 +42,9 @@ def write_evaluation(run_dir: Path, name: str, records: list[dict], meta: dict[s
 
     out = rf.evaluation_dir(run_dir, name)
     out.mkdir(parents=True, exist_ok=True)
+    # Replacing an evaluation: its old document goes first, so a kill before the new one lands
+    # leaves an unfinished evaluation, never the old summary beside the new predictions.
+    (out / rf.EVALUATION).unlink(missing_ok=True)
     rf.write_jsonl(out / rf.PREDICTIONS, records)
     document = {
         "schema_version": rf.SCHEMA_VERSION,
