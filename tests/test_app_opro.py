@@ -257,7 +257,7 @@ def test_running_search_shows_candidates_scored_and_the_list_follows_it(opro_wor
     (bar,) = at.get("progress")
     assert bar.proto.value == 25
     assert bar.proto.text == ("opro-cfg-s3: prompt 3/12, iteration 1/3, best dev balanced accuracy 81.2%, "
-                              "ETA 1m30s")
+                              "ETA 1 min 30 s")
     assert at.button(key=f"cancel_{job_id}")
     rf.update_status(run_dir, progress={"step": 6, "total_steps": 12, "iteration": 2, "iterations": 3,
                                         "best_balanced_accuracy": 0.875, "eta_s": 60})

@@ -329,7 +329,7 @@ def test_evaluate_job_list_shows_clips_scored_while_it_runs(workspace, no_worker
     at.run()
     (bar,) = at.get("progress")
     assert bar.proto.value == 37  # 24/64
-    assert bar.proto.text == "cfg-s1 / test-silence: 24/64 clips scored, 8.0 clips/s, ETA 0m05s"
+    assert bar.proto.text == "cfg-s1 / test-silence: 24/64 clips scored, 8.0 clips/s, ETA 5 s"
     table = at.dataframe[-1].value
     assert list(table["state"]) == [rf.RUNNING] and list(table["control"]) == ["silence"]
 

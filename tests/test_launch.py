@@ -199,7 +199,7 @@ def test_job_rows_and_progress(tmp_path):
            "state": rf.RUNNING, "sweep_id": "sweep-1", "cancel_outcome": None}
     assert launch.job_progress(job) == {"step": 3, "total_steps": 12, "fraction": 0.25, "loss": 0.5,
                                         "samples_per_s": 4.0, "eta_s": 125.0}
-    assert launch.format_eta(125.0) == "2m05s" and launch.format_eta(3725) == "1h02m"
+    assert launch.format_eta(125.0) == "2 min 05 s" and launch.format_eta(3725) == "1 h 02 min"
     dequeued = {"job_id": "20260101-000000-000002-abcd", "argv": ["eval"], "state": rf.CANCELLED,
                 "cancel_requested_at": "now", "started_at": None}
     rows = launch.job_rows([job, dequeued])

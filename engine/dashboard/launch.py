@@ -766,12 +766,10 @@ def progress_line(job: dict) -> tuple[float, str] | None:
 
 
 def format_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(float(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+    """The Overview's spelling ("1 min 15 s"), so one job reads the same on every page."""
+    from engine.dashboard.review import format_eta as review_format_eta
+
+    return review_format_eta(None if seconds is None else float(seconds))
 
 
 def training_runs(job_list: Iterable[dict], limit: int = 30) -> list[Path]:
