@@ -378,9 +378,7 @@ def compare_main(args: argparse.Namespace) -> int:
     for paired in computed["paired"]:
         paired["findings"] = review.paired_findings(paired)
         paired["notes"] = review.paired_notes(paired)
-    result = {"sides": inputs, "n_clips": computed["n_clips"],
-              "power_caveat": stats.power_caveat(computed["n_clips"]),
-              **computed}
+    result = {"sides": inputs, **computed, "power_caveat": stats.power_caveat(computed["n_clips"])}
     if args.json:
         _print_json(result)
     else:

@@ -300,14 +300,19 @@ def read_export(file: str | os.PathLike, mapping: dict[str, str] | None = None) 
     """(records, column mapping) of another tool's predictions file, checked exactly as
     import_predictions checks them, without writing anything (the statistics commands read
     such files directly). Raises ImportError_ naming the file, row and column."""
-    file = Path(file)
+    _, records, column_mapping = _load_export(Path(file), mapping)
+    return records, column_mapping
+
+
+def _load_export(file: Path, mapping: dict[str, str] | None) -> tuple[bytes, list[dict], dict[str, str]]:
+    """(the file's bytes, records, column mapping): read and checked, nothing written."""
     try:
         data = file.read_bytes()
     except OSError as exc:
         raise ImportError_(f"{file}: cannot read ({exc.strerror or exc})") from None
     columns, rows = _read_rows(file, data)
     column_mapping = resolve_columns(file, columns, mapping)
-    return build_records(file, rows, column_mapping), column_mapping
+    return data, build_records(file, rows, column_mapping), column_mapping
 
 
 # ---------------------------------------------------------------- the run folder
@@ -322,13 +327,7 @@ def import_predictions(file: str | os.PathLike, name: str, runs_root: str | os.P
     """
     started = time.monotonic()
     file = Path(file)
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise ImportError_(f"{file}: cannot read ({exc.strerror or exc})") from None
-    columns, rows = _read_rows(file, data)
-    column_mapping = resolve_columns(file, columns, mapping)
-    records = build_records(file, rows, column_mapping)
+    data, records, column_mapping = _load_export(file, mapping)
     if "pred" not in column_mapping:
         column_mapping["pred"] = f"{column_mapping['p_speech']} >= {THRESHOLD}"
     root = Path(runs_root)

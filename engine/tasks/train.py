@@ -431,7 +431,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
                 weighted.backward()
                 weighted_losses.append(weighted.detach())
             # one host sync per step, not per micro-batch
-            step_loss = float(torch.stack(weighted_losses).sum()) if len(weighted_losses) > 1 else float(weighted_losses[0])
+            step_loss = float(torch.stack(weighted_losses).sum())
             # data-parallel: the mean over every rank's answer tokens (no-ops with one process)
             dist.all_reduce_grads(params, n_targets)
             step_loss = dist.weighted_mean(step_loss, n_targets)
