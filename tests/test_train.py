@@ -374,3 +374,41 @@ def test_micro_batches_group_by_length_without_changing_each_steps_clips():
     micro = micro_batches(order, clips, micro_batch=2, grad_accum=2)
     assert [sorted(sum(micro[i:i + 2], [])) for i in (0, 2)] == [sorted(order[:4]), sorted(order[4:])]
     assert micro[0] == [1, 2] and micro[1] == [7, 5]  # longest together within the first step
+
+
+def test_micro_batch_probe_runs_in_training_mode_so_checkpointing_is_real(tiny_model, demo_data):
+    """Hugging Face layers checkpoint only in training mode: a probe in eval mode measured 'with
+    checkpointing' without it (an 8 GB card got 2 x 8 instead of 16 x 1). The probe must also leave
+    the RNG as it found it, so dropout masks do not depend on how many sizes were tried."""
+    import torch
+
+    from engine.data.manifests import load_clips
+    from engine.labels import CLASSES
+    from engine.models.qwen2_audio import runtime as m
+    from engine.tasks.train import choose_micro_batch
+
+    loaded = m.load_model(str(tiny_model), "none", "cpu", "float32")
+    m.attach_lora(loaded, 4, 8, 0.1, ["q_proj", "v_proj"], gradient_checkpointing=False)
+    loaded.model.eval()
+    clips, _ = load_clips(demo_data["train"])
+    plan = m.label_plan(loaded.processor.tokenizer, list(CLASSES))
+    seen = []
+
+    def make(batch_clips):
+        hf = m.unwrap(loaded.model)
+        layers = hf.model.language_model.layers
+        seen.append((len(batch_clips), loaded.model.training, all(layer.gradient_checkpointing for layer in layers)))
+        if len(batch_clips) > 2 and not seen[-1][2]:  # a card where only checkpointing makes 4 fit
+            raise torch.cuda.OutOfMemoryError("simulated")
+        import soundfile as sf
+        audios = [sf.read(c.path, dtype="float32")[0] for c in batch_clips]
+        return m.make_batch(loaded.processor, audios, "system", "Is this speech?", plan,
+                            answers=[CLASSES.index(c.label) for c in batch_clips], padding_side="right")
+
+    cfg = TrainConfig(model=str(tiny_model), train_data=str(demo_data["train"]), per_device_batch=1, grad_accum=4,
+                      gradient_checkpointing="auto", auto_micro_batch=True)
+    rng_before = torch.get_rng_state()
+    assert choose_micro_batch(loaded.model, cfg, clips, make, device="cpu") == (4, 1, True)
+    assert seen == [(4, True, False), (4, True, True)]
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert not loaded.model.training  # the caller's mode is restored

@@ -139,13 +139,16 @@ def usable_gpu_bytes(device) -> int:
     return usable(device)
 
 
-def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch) -> tuple[int, int, bool]:
+def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch, device: str = "cuda") -> tuple[int, int, bool]:
     """The largest micro-batch (a divisor of the effective batch) whose forward and backward on the
     longest clips fit in GPU memory, without gradient checkpointing if possible, else with it.
 
     The effective batch, and so the optimisation, is unchanged; only how it is split. Each probe
     is a real forward/backward whose gradients are thrown away, run while the memory AdamW's
-    state will take later is held in reserve.
+    state will take later is held in reserve. The probes run in training mode, as the steps will:
+    Hugging Face layers checkpoint only when training, so a probe in eval mode would measure
+    "with checkpointing" without it and reject sizes that fit (an 8 GB card got 2 x 8 instead of
+    16 x 1). The RNG state is restored afterwards, so dropout masks do not depend on the probe.
     """
     import torch
 
@@ -157,29 +160,45 @@ def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch) -> tuple[int,
     options = {"auto": [False, True], "on": [True], "off": [False]}[cfg.gradient_checkpointing]
     longest = sorted(clips, key=lambda c: -(c.duration_s or 0))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    hf = m.unwrap(model)
-    for size in (s for s in sizes if s <= len(clips)):
-        for checkpointing in options:
-            if checkpointing:
-                hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-                hf.enable_input_require_grads()
-            else:
-                hf.gradient_checkpointing_disable()
-            reserve = None
-            try:
-                reserve = torch.empty(2 * trainable, dtype=torch.float32, device="cuda")  # Adam's two moments
-                batch = make_batch(longest[:size])
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss, _ = m.answer_loss(model, batch)
-                loss.backward()
-                return size, effective // size, checkpointing
-            except torch.cuda.OutOfMemoryError:
-                log.info("micro-batch %d%s does not fit", size, " with checkpointing" if checkpointing else "")
-            finally:
-                model.zero_grad(set_to_none=True)
-                del reserve
-                torch.cuda.empty_cache()
+    was_training = model.training
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[torch.device(device)] if device == "cuda" else []):
+            for size in (s for s in sizes if s <= len(clips)):
+                for checkpointing in options:
+                    if _probe_fits(model, m, longest[:size], make_batch, checkpointing, trainable, device):
+                        return size, effective // size, checkpointing
+    finally:
+        model.train(was_training)
     raise RuntimeError("not even a micro-batch of 1 fits in GPU memory")
+
+
+def _probe_fits(model, m, clips, make_batch, checkpointing: bool, trainable: int, device: str) -> bool:
+    """One forward/backward of `clips` as one micro-batch; False when it runs out of GPU memory."""
+    import torch
+
+    hf = m.unwrap(model)
+    if checkpointing:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf.enable_input_require_grads()
+    else:
+        hf.gradient_checkpointing_disable()
+    reserve = None
+    try:
+        reserve = torch.empty(2 * trainable, dtype=torch.float32, device=device)  # Adam's two moments
+        batch = make_batch(clips)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss, _ = m.answer_loss(model, batch)
+        loss.backward()
+        return True
+    except torch.cuda.OutOfMemoryError:
+        log.info("micro-batch %d%s does not fit", len(clips), " with checkpointing" if checkpointing else "")
+        return False
+    finally:
+        model.zero_grad(set_to_none=True)
+        del reserve
+        if device == "cuda":
+            torch.cuda.empty_cache()
 
 
 def validation_metrics(p_speech, labels) -> dict[str, Any]:
