@@ -267,6 +267,7 @@ class TrainConfig:
 
 CONTROLS = ("silence", "shuffle")  # audio-is-used controls: every clip silenced, or clips shuffled
 PADDING_SIDES = ("left", "right")
+PREFIX_CACHE_MODES = ("on", "off")
 
 
 @dataclass
@@ -313,6 +314,8 @@ class EvalConfig:
     """side the batch's shorter prompts are padded on (default left)"""
     base_cache: str = cli_field("auto", choices=BASE_CACHE_MODES)
     """keep the 4-bit base's dequantized weights: auto (GPU with room), on, off"""
+    prefix_cache: str = cli_field("on", choices=PREFIX_CACHE_MODES)
+    """compute the system turn's keys and values once for all clips (on; off: every clip's whole sequence)"""
     save_predictions: Path | None = None
     """also write the records to FILE (.jsonl or .csv)"""
 

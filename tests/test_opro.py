@@ -397,3 +397,30 @@ def test_a_stop_between_any_two_candidates_ends_the_search_without_an_outcome(st
     assert search.run(None, None, opro.EditSearch(WORDS, seed=0)) is None
     assert len(rf.read_jsonl(tmp_path / "run" / rf.OPRO_HISTORY)) == stop_after
     assert not (tmp_path / "run" / rf.OPRO_RESULT).exists()
+
+
+def test_dev_scores_on_cached_audio_prefixes_equal_scoring_each_prompt_whole(demo_data, tiny_model):
+    """The search scores every candidate on each dev clip's cached chat through its audio; the
+    scores must be those of scoring the whole sequence again (CPU fp32, tiny 4-bit model)."""
+    import numpy as np
+
+    from engine.data.manifests import AudioCache, load_clips
+    from engine.models.qwen2_audio import runtime as m
+    from engine.tasks.evaluate import score_audio
+
+    loaded = m.load_model(str(tiny_model), "4bit", "cpu", "float32")
+    clips, _ = load_clips(demo_data["val"])
+    cache = AudioCache()
+    dev = opro_search.DevSet(clips, [cache.load(c) for c in clips])
+    words = ["SPEECH", "NONSPEECH"]
+    for prompt in (ORIGINAL, "Is someone talking? Answer SPEECH or NONSPEECH."):
+        cached = opro_search.score_prompt(loaded, dev, "You are a helpful assistant.", prompt, words, batch_size=5)
+        whole = score_audio(loaded, dev.audios, "You are a helpful assistant.", prompt, words, batch_size=5,
+                            prefix_cache=False)
+        p_whole = np.exp(whole[:, 0]) / np.exp(whole).sum(1)
+        correct = sum((p >= 0.5) == (c.label == "SPEECH") for p, c in zip(p_whole, clips))
+        assert cached["correct"] == correct
+        log_probs = whole - np.logaddexp(whole[:, 0], whole[:, 1])[:, None]
+        expected = np.mean([log_probs[i, 0 if c.label == "SPEECH" else 1] for i, c in enumerate(clips)])
+        assert cached["log_likelihood"] == pytest.approx(expected, abs=1e-5)
+    assert len(dev.prefixes) == 1 and all(prefix is not None for _, prefix in dev.prefixes[("You are a helpful assistant.", 5)])

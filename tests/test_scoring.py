@@ -108,6 +108,40 @@ def test_batched_scoring_equals_one_clip_at_a_time_with_either_padding(loaded_ei
         assert (batched.argmax(1) == single.argmax(1)).all()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_scores_on_the_cached_system_prefix_equal_the_whole_sequence(loaded_either_quantization, mixed_audio, side):
+    """The system turn's keys and values computed once (batch of 1) and prepended in every layer give
+    the scores of the uncached forward; the padding then sits between prefix and row, masked."""
+    loaded = loaded_either_quantization
+    plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
+    with torch.no_grad():
+        whole = m.class_scores(loaded.model, m.make_batch(loaded.processor, mixed_audio, SYSTEM, PROMPT, plan,
+                                                          padding_side=side), plan)
+        prefix = m.system_prefix(loaded.model, loaded.processor, SYSTEM)
+        rest = m.make_batch(loaded.processor, mixed_audio, SYSTEM, PROMPT, plan, padding_side=side,
+                            after_system_prefix=True)
+        cached = m.class_scores(loaded.model, rest, plan, prefix=prefix)
+    assert prefix.attention_mask.shape[1] > 10 and rest.input_ids.shape[1] < m.make_batch(
+        loaded.processor, mixed_audio, SYSTEM, PROMPT, plan).input_ids.shape[1]
+    np.testing.assert_allclose(cached.numpy(), whole.numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_prompts_scored_on_cached_audio_prefixes_equal_the_whole_sequence(loaded_either_quantization, mixed_audio):
+    """Prompt optimisation's cache: each clip's prefix through its audio once, then any instruction."""
+    loaded = loaded_either_quantization
+    plan = m.label_plan(loaded.processor.tokenizer, ["SPEECH", "NONSPEECH"])
+    with torch.no_grad():
+        prefix = m.audio_prefix(loaded.model, loaded.processor, mixed_audio, SYSTEM)
+        for prompt in (PROMPT, "Speech or not? One word.", "Listen.\nIs anyone talking here?"):
+            whole = m.class_scores(loaded.model, m.make_batch(loaded.processor, mixed_audio, SYSTEM, prompt, plan), plan)
+            batch = m.instruction_batch(loaded.processor, SYSTEM, prompt, plan, rows=len(mixed_audio))
+            assert batch.input_features is None  # the encoder does not run again
+            cached = m.class_scores(loaded.model, batch, plan, prefix=prefix)
+            np.testing.assert_allclose(cached.numpy(), whole.numpy(), atol=1e-5)
+
+
 def test_4bit_layers_compute_in_fp32_on_the_cpu():
     """bitsandbytes' AVX512-BF16 CPU kernel (used where the CPU has it) multiplies in bf16, off
     by up to ~2e-3 on these layers; the engine asks for fp32 and must get it, or scores depend on the batch."""

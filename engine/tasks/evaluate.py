@@ -31,29 +31,128 @@ log = logging.getLogger("engine.tasks.evaluate")
 
 def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt: str, label_words: Sequence[str],
                 batch_size: int = 8, padding_side: str = "left", trim: bool = True,
-                on_batch: Callable[[int, int], Any] | None = None) -> np.ndarray:
+                on_batch: Callable[[int, int], Any] | None = None, prefix_cache: bool = True) -> np.ndarray:
     """(N, classes) class scores, columns in `label_words` order, for decoded 16 kHz clips.
 
     Clips are batched longest-first so a batch's trimmed encoder input stays short; results
     come back in input order. on_batch(clips scored, clips in all) is called after each batch.
+    With prefix_cache the system turn, the same for every clip, runs once (the runtime's
+    `system_prefix`; equal to the whole sequence up to float rounding, tests/test_scoring.py).
+    The next batch is made (tokens, mel features) in a thread while the device runs this one,
+    and a batch's scores are fetched only after the next batch is queued, so the GPU does not
+    wait for the host between batches.
     """
     import torch
 
     m = loaded.family.runtime()
     plan = m.label_plan(loaded.processor.tokenizer, label_words)
     order = sorted(range(len(audios)), key=lambda i: -len(audios[i]))
+    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     scores = np.zeros((len(audios), len(label_words)), dtype=np.float64)
+    feature_device = str(loaded.device) if loaded.device.type == "cuda" else "cpu"
+    cuda = loaded.device.type == "cuda"
     loaded.model.eval()
-    with torch.inference_mode():
+    autocast = torch.autocast(loaded.device.type, dtype=loaded.dtype, enabled=loaded.dtype != torch.float32)
+
+    def make(idx: list[int]):
+        batch = m.make_batch(loaded.processor, [audios[i] for i in idx], system_prompt, prompt, plan,
+                             padding_side=padding_side, feature_device=feature_device,
+                             after_system_prefix=prefix is not None)
+        return batch.pin_memory() if cuda else batch
+
+    done = 0
+    pending: list[tuple[list[int], Any]] = []
+
+    def collect(keep: int) -> None:
+        nonlocal done
+        while len(pending) > keep:
+            idx, out = pending.pop(0)
+            scores[idx] = out.float().cpu().numpy()
+            done += len(idx)
+            if on_batch is not None:
+                on_batch(done, len(order))
+
+    with torch.inference_mode(), m.scoring_attention(loaded.device):
+        with autocast:
+            prefix = m.system_prefix(loaded.model, loaded.processor, system_prompt) if prefix_cache and audios else None
+        for idx, batch in zip(chunks, _made_ahead(make, chunks)):
+            with autocast:
+                pending.append((idx, m.class_scores(loaded.model, batch.to(loaded.device, non_blocking=cuda), plan,
+                                                    trim=trim, prefix=prefix)))
+            collect(keep=1)
+        collect(keep=0)
+    return scores
+
+
+def _made_ahead(make: Callable[[Any], Any], items: Sequence[Any]):
+    """make(item) for each item in order, the next one made in a worker thread while the caller
+    works on the current one (tokenizing and mel features overlap the device's work)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="make-batch") as pool:
+        future = pool.submit(make, items[0])
+        for k in range(len(items)):
+            made = future.result()
+            if k + 1 < len(items):
+                future = pool.submit(make, items[k + 1])
+            yield made
+
+
+AUDIO_PREFIX_CPU_BUDGET = 4 * 2**30  # bytes of cached keys/values when scoring on the CPU
+AUDIO_PREFIX_GPU_SHARE = 0.25  # ... and the share of free GPU memory they may take
+
+
+def audio_prefixes(loaded, audios: Sequence[np.ndarray], system_prompt: str, batch_size: int) -> list[tuple[list[int], Any]]:
+    """Each batch's chat up to and including its audio, as the runtime's cached prefix, for scoring
+    many instructions on the same clips (prompt optimisation): the encoder and those tokens then
+    run once per clip instead of once per candidate. Batches are longest-first like `score_audio`;
+    once the memory budget is spent the remaining batches get None (scored without the cache)."""
+    import torch
+
+    m = loaded.family.runtime()
+    if loaded.device.type == "cuda":
+        budget = AUDIO_PREFIX_GPU_SHARE * torch.cuda.mem_get_info(loaded.device)[0]
+    else:
+        budget = AUDIO_PREFIX_CPU_BUDGET
+    order = sorted(range(len(audios)), key=lambda i: -len(audios[i]))
+    out, used = [], 0
+    loaded.model.eval()
+    with torch.inference_mode(), m.scoring_attention(loaded.device), torch.autocast(
+            loaded.device.type, dtype=loaded.dtype, enabled=loaded.dtype != torch.float32):
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            batch = m.make_batch(loaded.processor, [audios[i] for i in idx], system_prompt, prompt, plan,
-                                 padding_side=padding_side, feature_device=loaded.device.type).to(loaded.device)
-            with torch.autocast(loaded.device.type, dtype=loaded.dtype, enabled=loaded.dtype != torch.float32):
-                out = m.class_scores(loaded.model, batch, plan, trim=trim)
-            scores[idx] = out.float().cpu().numpy()
-            if on_batch is not None:
-                on_batch(start + len(idx), len(order))
+            prefix = None
+            if used < budget:
+                prefix = m.audio_prefix(loaded.model, loaded.processor, [audios[i] for i in idx], system_prompt,
+                                        feature_device=loaded.device.type)
+                used += prefix.nbytes
+                if used > budget:  # keep what fits; this batch and the rest go uncached
+                    log.info("audio prefix cache: %.2f GB budget reached after %d clips", budget / 1e9, start)
+                    prefix = None
+            out.append((idx, prefix))
+    return out
+
+
+def score_on_audio_prefixes(loaded, prefixes: list[tuple[list[int], Any]], audios: Sequence[np.ndarray],
+                            system_prompt: str, prompt: str, label_words: Sequence[str]) -> np.ndarray:
+    """`score_audio`'s scores for one instruction, on prefixes from `audio_prefixes`."""
+    import torch
+
+    m = loaded.family.runtime()
+    plan = m.label_plan(loaded.processor.tokenizer, label_words)
+    scores = np.zeros((len(audios), len(label_words)), dtype=np.float64)
+    loaded.model.eval()
+    for idx, prefix in prefixes:
+        if prefix is None:
+            scores[idx] = score_audio(loaded, [audios[i] for i in idx], system_prompt, prompt, label_words,
+                                      batch_size=len(idx))
+            continue
+        with torch.inference_mode(), m.scoring_attention(loaded.device), torch.autocast(
+                loaded.device.type, dtype=loaded.dtype, enabled=loaded.dtype != torch.float32):
+            batch = m.instruction_batch(loaded.processor, system_prompt, prompt, plan, rows=len(idx)).to(loaded.device)
+            scores[idx] = m.class_scores(loaded.model, batch, plan, prefix=prefix).float().cpu().numpy()
     return scores
 
 
@@ -62,7 +161,8 @@ def use_base_cache(loaded, mode: str = "auto") -> dict:
     decision is recorded in every evaluation made with `loaded`."""
     from engine.models import base_cache
 
-    loaded.base_cache = base_cache.prepare(loaded.model, mode, loaded.device).to_dict()
+    loaded.base_cache = base_cache.prepare(loaded.model, mode, loaded.device,
+                                           shared_by=loaded.family.runtime().gpu_share()).to_dict()
     return loaded.base_cache
 
 
@@ -140,7 +240,8 @@ class ProgressFile:
 def evaluate_clips(loaded, clips, report, run_dir: Path, name: str, system_prompt: str, prompt: str,
                    label_words: Sequence[str], producer: dict, audio=None, batch_size: int = 8,
                    threshold: float = 0.5, threshold_source: str = "fixed", control: str | None = None,
-                   padding_side: str = "left", save_to: Path | None = None) -> tuple[Path, list[dict]]:
+                   padding_side: str = "left", save_to: Path | None = None,
+                   prefix_cache: bool = True) -> tuple[Path, list[dict]]:
     """Score clips and store the evaluation `name` in `run_dir`; returns (folder, records)."""
     from engine.data.manifests import AudioCache
 
@@ -151,7 +252,7 @@ def evaluate_clips(loaded, clips, report, run_dir: Path, name: str, system_promp
     try:
         audios = apply_control([audio.load(c) for c in clips], control)
         scores = score_audio(loaded, audios, system_prompt, prompt, label_words, batch_size, padding_side,
-                             on_batch=progress)
+                             on_batch=progress, prefix_cache=prefix_cache)
         p_speech = p_speech_from_scores(scores)
         records = [make_record(c.clip_id, c.path, c.label, float(p), float(s[0] - s[1]),
                                c.duration_s if c.duration_s is not None else len(a) / loaded.family.sample_rate,
@@ -168,7 +269,7 @@ def evaluate_clips(loaded, clips, report, run_dir: Path, name: str, system_promp
             "skipped": report_dict.get("bad_files", []), "truncated": report_dict.get("truncated", []),
             "time_taken_s": round(elapsed, 3), "clips_per_s": round(len(clips) / elapsed, 2) if elapsed else None,
             "batch_size": batch_size, "device": str(loaded.device),
-            "base_cache": getattr(loaded, "base_cache", None),
+            "base_cache": getattr(loaded, "base_cache", None), "prefix_cache": prefix_cache,
         }
         out = write_evaluation(run_dir, name, records, meta)
     finally:
@@ -236,7 +337,8 @@ def _score_into(args: argparse.Namespace, run_dir: Path, model_id: str, quantiza
     name = f"{args.name}-{args.control}" if args.control else args.name
     out, _ = evaluate_clips(loaded, clips, report, run_dir, name, system_prompt, prompt, words, producer,
                             batch_size=args.batch_size, threshold=threshold, threshold_source=source,
-                            control=args.control, padding_side=args.padding_side, save_to=args.save_predictions)
+                            control=args.control, padding_side=args.padding_side, save_to=args.save_predictions,
+                            prefix_cache=args.prefix_cache == "on")
     return out
 
 

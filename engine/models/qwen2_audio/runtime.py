@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import Cache, DynamicLayer
 
 from engine.config import ConfigError
 from engine.models.family import ModelError, ModelFamily  # callers catch ModelError as runtime.ModelError
@@ -139,14 +140,19 @@ def unwrap(model):
     return model
 
 
+def gpu_share() -> int:
+    """How many jobs the queue runs on this process's GPU ($QLORA_GPU_SHARE, set by the worker; 1 alone)."""
+    try:
+        return max(1, int(os.environ.get("QLORA_GPU_SHARE", "1")))
+    except ValueError:
+        return 1
+
+
 def apply_gpu_share(device: torch.device) -> float:
     """Keep to 1/N of the GPU's memory when the job queue runs N jobs on this GPU ($QLORA_GPU_SHARE,
     set by the worker), so that automatic choices (micro-batch, base cache) leave the others room.
     Returns the fraction in force."""
-    try:
-        share = int(os.environ.get("QLORA_GPU_SHARE", "1"))
-    except ValueError:
-        share = 1
+    share = gpu_share()
     if device.type != "cuda" or share <= 1:
         return 1.0
     torch.cuda.set_per_process_memory_fraction(1.0 / share, device.index if device.index is not None else 0)
@@ -302,15 +308,20 @@ class Batch:
     input_ids: torch.Tensor          # (B, S)
     attention_mask: torch.Tensor     # (B, S)
     position_ids: torch.Tensor       # (B, S)
-    input_features: torch.Tensor     # (B, 128, T) mel; T = 3000 with full_features, else longest + 4
-    feature_attention_mask: torch.Tensor  # (B, T)
+    input_features: torch.Tensor | None  # (B, 128, T) mel; T = 3000 with full_features, else longest + 4;
+    feature_attention_mask: torch.Tensor | None  # (B, T)          None after an audio prefix (no audio left)
     target_positions: torch.Tensor   # (N,) flat indices b*S+s of positions that predict a target
     target_ids: torch.Tensor         # (N,) token ids predicted there
     target_rows: torch.Tensor        # (N,) batch row of each target
     score_positions: torch.Tensor    # (B,) flat index of the position that decides the class
 
-    def to(self, device) -> "Batch":
-        return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return Batch(**{k: None if v is None else v.to(device, non_blocking=non_blocking)
+                        for k, v in self.__dict__.items()})
+
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies, so `to(cuda, non_blocking=True)` does not wait for the device."""
+        return Batch(**{k: None if v is None else v.pin_memory() for k, v in self.__dict__.items()})
 
 
 def mel_features(feature_extractor, audios: Sequence[np.ndarray], full: bool = False, device: str = "cpu"):
@@ -333,20 +344,21 @@ def mel_features(feature_extractor, audios: Sequence[np.ndarray], full: bool = F
 
 def make_batch(processor, audios: Sequence[np.ndarray], system_prompt: str, prompt: str, plan: LabelPlan,
                answers: Sequence[int] | None = None, padding_side: str = "left", full_features: bool = False,
-               feature_device: str = "cpu") -> Batch:
+               feature_device: str = "cpu", after_system_prefix: bool = False) -> Batch:
     """Tokens and mel features for a batch of clips.
 
     answers=None -> scoring batch: prompt + the answers' shared prefix; score at its last token.
     answers=[class index per clip] -> training batch: prompt + full answer; targets = answer tokens.
     The prompt ids equal what `processor(text=..., audio=...)` produces (tested). The stock
     forward needs full_features=True (3000 frames); the engine's path does not.
+    after_system_prefix=True leaves out the tokens before the audio (scored on `system_prefix`).
     """
     tok = processor.tokenizer
     input_features, frame_mask = mel_features(processor.feature_extractor, audios, full_features, feature_device)
     feats = {"input_features": input_features, "attention_mask": frame_mask}
-    before, after = FAMILY.prompt_text(system_prompt, prompt).split(FAMILY.audio_token)
-    ids_before = tok(before, add_special_tokens=False).input_ids
-    ids_after = tok(after, add_special_tokens=False).input_ids
+    ids_before, ids_after = _ids_around_audio(tok, system_prompt, prompt)
+    if after_system_prefix:
+        ids_before = []
     audio_id = tok.convert_tokens_to_ids(FAMILY.audio_token)
     mel_lengths = feats["attention_mask"].sum(-1).tolist()
     rows, targets = [], []
@@ -379,6 +391,12 @@ def make_batch(processor, audios: Sequence[np.ndarray], system_prompt: str, prom
     return Batch(input_ids, attention, position_ids, feats["input_features"], feats["attention_mask"],
                  torch.tensor(t_pos, dtype=torch.long), torch.tensor(t_ids, dtype=torch.long),
                  torch.tensor(t_rows, dtype=torch.long), torch.tensor(s_pos, dtype=torch.long))
+
+
+def _ids_around_audio(tok, system_prompt: str, prompt: str) -> tuple[list[int], list[int]]:
+    """Token ids of the chat text before and after the audio frames (the template has one audio)."""
+    before, after = FAMILY.prompt_text(system_prompt, prompt).split(FAMILY.audio_token)
+    return tok(before, add_special_tokens=False).input_ids, tok(after, add_special_tokens=False).input_ids
 
 
 # ----------------------------------------------------------------------------- fast forward
@@ -418,19 +436,31 @@ def encode_audio(hf, input_features: torch.Tensor, feature_attention_mask: torch
     return hf.model.multi_modal_projector(x), out_lengths
 
 
-def hidden_states(hf, batch: Batch, trim: bool = True) -> torch.Tensor:
-    """Last hidden states (B, S, H) of the language model with the audio features merged in."""
-    audio, out_lengths = encode_audio(hf, batch.input_features, batch.feature_attention_mask, trim=trim)
-    keep = torch.arange(audio.shape[1], device=audio.device)[None, :] < out_lengths[:, None]
-    audio = audio[keep]
+def hidden_states(hf, batch: Batch, trim: bool = True, prefix: "SharedPrefix | None" = None) -> torch.Tensor:
+    """Last hidden states (B, S, H) of the language model with the audio features merged in.
+
+    With `prefix`, the batch's tokens continue the cached prefix: its keys and values are
+    prepended in every layer and the positions go on from where it ends.
+    """
     embed = hf.model.get_input_embeddings()
-    inputs_embeds = embed(batch.input_ids.to(embed.weight.device)).to(audio.device)
-    audio_mask = (batch.input_ids == hf.config.audio_token_id).unsqueeze(-1)
-    if int(audio_mask.sum()) != audio.shape[0]:
-        raise RuntimeError(f"audio tokens ({int(audio_mask.sum())}) != audio features ({audio.shape[0]})")
-    inputs_embeds = inputs_embeds.masked_scatter(audio_mask, audio.to(inputs_embeds.dtype))
-    out = hf.model.language_model(inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask,
-                                  position_ids=batch.position_ids, use_cache=False)
+    device = batch.input_ids.device
+    inputs_embeds = embed(batch.input_ids.to(embed.weight.device)).to(device)
+    if batch.input_features is not None:
+        audio, out_lengths = encode_audio(hf, batch.input_features, batch.feature_attention_mask, trim=trim)
+        keep = torch.arange(audio.shape[1], device=audio.device)[None, :] < out_lengths[:, None]
+        audio = audio[keep]
+        audio_mask = (batch.input_ids == hf.config.audio_token_id).unsqueeze(-1)
+        if int(audio_mask.sum()) != audio.shape[0]:
+            raise RuntimeError(f"audio tokens ({int(audio_mask.sum())}) != audio features ({audio.shape[0]})")
+        inputs_embeds = inputs_embeds.to(audio.device).masked_scatter(audio_mask, audio.to(inputs_embeds.dtype))
+    attention_mask, position_ids, past = batch.attention_mask, batch.position_ids, None
+    if prefix is not None:
+        rows = batch.input_ids.shape[0]
+        attention_mask = torch.cat([prefix.attention_mask.expand(rows, -1), attention_mask], dim=1)
+        position_ids = position_ids + prefix.next_position.expand(rows)[:, None]
+        past = prefix.cache()
+    out = hf.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                  position_ids=position_ids, past_key_values=past, use_cache=False)
     return out.last_hidden_state
 
 
@@ -443,13 +473,132 @@ def answer_loss(model, batch: Batch, trim: bool = True) -> tuple[torch.Tensor, i
     return F.cross_entropy(logits, batch.target_ids), int(batch.target_ids.numel())
 
 
-def class_scores(model, batch: Batch, plan: LabelPlan, trim: bool = True) -> torch.Tensor:
+def class_scores(model, batch: Batch, plan: LabelPlan, trim: bool = True,
+                 prefix: "SharedPrefix | None" = None) -> torch.Tensor:
     """(B, 2) log-probabilities of the first token where the two answers differ."""
     hf = unwrap(model)
-    h = hidden_states(hf, batch, trim=trim)
+    h = hidden_states(hf, batch, trim=trim, prefix=prefix)
     picked = h.reshape(-1, h.shape[-1])[batch.score_positions]
     logp = torch.log_softmax(hf.lm_head(picked).float(), dim=-1)
     return logp[:, list(plan.decision_ids)]
+
+
+def scoring_attention(device: torch.device):
+    """Attention kernels for scoring: cuDNN's attention builds a plan for most new batch shapes
+    (first call 0.7-1.3 s against 0.3 ms for the memory-efficient kernel, H200, 2026-12-02,
+    benchmarks/sdpa_new_shapes.py), and scoring meets a new shape with every clip length or
+    candidate prompt length, so it uses the flash / memory-efficient kernels. Training, whose
+    shapes repeat, keeps the default choice."""
+    import contextlib
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+# ----------------------------------------------------------------------------- cached prefixes
+
+class _PrefixLayer(DynamicLayer):
+    """One layer's keys and values of a prefix: prepended to every update, never grown, so one
+    prefix serves any number of batches."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        rows = key_states.shape[0]
+        return (torch.cat([self.keys.expand(rows, -1, -1, -1), key_states], dim=-2),
+                torch.cat([self.values.expand(rows, -1, -1, -1), value_states], dim=-2))
+
+
+@dataclass
+class SharedPrefix:
+    """The language model's keys and values for tokens that come before every row of a batch.
+
+    Scoring on it is exact up to float rounding: masked attention over [prefix, row] is the
+    attention over the row's whole sequence (padding sits between them, masked, instead of in front).
+    One row (the system prefix, shared by all clips) or one row per clip (an audio prefix).
+    """
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    attention_mask: torch.Tensor  # (rows, P), 1 = real token
+    next_position: torch.Tensor   # (rows,) position id of the first token after the prefix
+
+    def cache(self) -> Cache:
+        return Cache(layers=[_PrefixLayer(k, v) for k, v in self.layers])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
+
+
+def _run_prefix(hf, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> SharedPrefix:
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = hf.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                  position_ids=position_ids, use_cache=True)
+    layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    return SharedPrefix(layers, attention_mask, attention_mask.sum(-1))
+
+
+def system_prefix(model, processor, system_prompt: str) -> SharedPrefix:
+    """The prefix every clip shares: the system turn and "Audio 1: <|audio_bos|>" (about a quarter
+    of a 1-s clip's tokens). Score batches made with `make_batch(..., after_system_prefix=True)`."""
+    hf = unwrap(model)
+    ids, _ = _ids_around_audio(processor.tokenizer, system_prompt, "")
+    embed = hf.model.get_input_embeddings()
+    device = hf.lm_head.weight.device
+    inputs_embeds = embed(torch.tensor([ids], device=embed.weight.device)).to(device)
+    return _run_prefix(hf, inputs_embeds, torch.ones((1, len(ids)), dtype=torch.long, device=device))
+
+
+def audio_prefix(model, processor, audios: Sequence[np.ndarray], system_prompt: str,
+                 feature_device: str = "cpu", trim: bool = True) -> SharedPrefix:
+    """Each clip's prefix up to and including its audio (<|audio_eos|>), left-padded: the part of
+    the chat that does not depend on the instruction, so prompt candidates are scored on it with
+    `instruction_batch` (the encoder and most tokens run once per clip, not once per candidate)."""
+    hf = unwrap(model)
+    tok = processor.tokenizer
+    input_features, frame_mask = mel_features(processor.feature_extractor, audios, device=feature_device)
+    ids_before, ids_after = _ids_around_audio(tok, system_prompt, "")
+    audio_id = tok.convert_tokens_to_ids(FAMILY.audio_token)
+    rows = [ids_before + [audio_id] * FAMILY.audio_tokens_for_frames(int(n)) + ids_after[:1]
+            for n in frame_mask.sum(-1).tolist()]
+    width = max(len(r) for r in rows)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        input_ids[b, width - len(row):], mask[b, width - len(row):] = torch.tensor(row), 1
+    device = hf.lm_head.weight.device
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    embed = hf.model.get_input_embeddings()
+    inputs_embeds = embed(input_ids.to(embed.weight.device)).to(device)
+    audio, out_lengths = encode_audio(hf, input_features.to(device), frame_mask.to(device), trim=trim)
+    keep = torch.arange(audio.shape[1], device=audio.device)[None, :] < out_lengths[:, None]
+    audio_mask = (input_ids == hf.config.audio_token_id).unsqueeze(-1)
+    inputs_embeds = inputs_embeds.masked_scatter(audio_mask, audio[keep].to(inputs_embeds.dtype))
+    return _run_prefix(hf, inputs_embeds, mask)
+
+
+def instruction_batch(processor, system_prompt: str, prompt: str, plan: LabelPlan, rows: int) -> Batch:
+    """A scoring batch of what follows `audio_prefix`: the instruction, the assistant turn and the
+    answers' shared prefix; the same tokens for every row, so no padding."""
+    _, ids_after = _ids_around_audio(processor.tokenizer, system_prompt, prompt)
+    eos = processor.tokenizer.convert_tokens_to_ids(FAMILY.audio_placeholder.split(FAMILY.audio_token)[1])
+    if not ids_after or ids_after[0] != eos:
+        raise RuntimeError("the chat text after the audio does not start with the audio end token")
+    seq = ids_after[1:] + plan.shared_prefix
+    width = len(seq)
+    input_ids = torch.tensor([seq] * rows, dtype=torch.long)
+    ones = torch.ones((rows, width), dtype=torch.long)
+    positions = torch.arange(width).expand(rows, -1).clone()
+    score_positions = torch.arange(rows) * width + width - 1
+    empty = torch.zeros(0, dtype=torch.long)
+    return Batch(input_ids, ones, positions, None, None, empty, empty, empty, score_positions)
 
 
 # ----------------------------------------------------------------------------- stock path

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -39,6 +39,9 @@ class DevSet:
 
     clips: list
     audios: list[np.ndarray]
+    prefixes: dict = field(default_factory=dict, repr=False)
+    """(system prompt, batch size) -> each batch's cached chat through its audio (evaluate's
+    `audio_prefixes`): candidates differ only after the audio, so only that part runs per candidate"""
 
 
 def score_prompt(loaded, dev: DevSet, system_prompt: str, prompt: str, label_words: Sequence[str],
@@ -46,9 +49,13 @@ def score_prompt(loaded, dev: DevSet, system_prompt: str, prompt: str, label_wor
     """Dev scores of one prompt: counts, accuracy, balanced accuracy, per class, log-likelihood."""
     from engine.stats import core as stats
     from engine.runs.predictions import SPEECH, make_record
-    from engine.tasks.evaluate import p_speech_from_scores, score_audio
+    from engine.tasks.evaluate import audio_prefixes, p_speech_from_scores, score_on_audio_prefixes
 
-    scores = score_audio(loaded, dev.audios, system_prompt, prompt, label_words, batch_size)
+    key = (system_prompt, batch_size)
+    if key not in dev.prefixes:
+        dev.prefixes.clear()  # one system prompt per search; never hold two sets of keys and values
+        dev.prefixes[key] = audio_prefixes(loaded, dev.audios, system_prompt, batch_size)
+    scores = score_on_audio_prefixes(loaded, dev.prefixes[key], dev.audios, system_prompt, prompt, label_words)
     p_speech = p_speech_from_scores(scores)
     records = [make_record(c.clip_id, c.path, c.label, float(p), float(s[0] - s[1]),
                            len(a) / loaded.family.sample_rate)
