@@ -113,3 +113,10 @@ def test_training_with_the_cache_gives_the_same_losses_and_adapter(tmp_path, dem
     off = load_file(tmp_path / "off" / rf.ADAPTER_DIR / "adapter_model.safetensors")
     on = load_file(tmp_path / "on" / rf.ADAPTER_DIR / "adapter_model.safetensors")
     assert off.keys() == on.keys() and all(torch.equal(off[k], on[k]) for k in off)
+
+
+def test_auto_leaves_the_cache_off_on_a_gpu_shared_with_other_jobs(lora_4bit):
+    """4 jobs with the cache and CUDA graphs on one H200 each ran 9-13 s a step (alone 0.13 s)."""
+    decision = base_cache.plan(lora_4bit.model, "auto", torch.device("cuda"), usable_bytes=80 * 2**30, shared_by=4)
+    assert not decision.used and "shared by 4 jobs" in decision.reason
+    assert base_cache.plan(lora_4bit.model, "on", torch.device("cuda"), shared_by=4).used  # asked for: kept

@@ -65,8 +65,14 @@ def cache_bytes(layers: list[torch.nn.Module]) -> int:
                for l in layers)
 
 
-def plan(model: torch.nn.Module, mode: str, device: torch.device, usable_bytes: int | None = None) -> CachePlan:
-    """Whether to cache: "on", "off", or "auto" (GPU only, when the copy leaves enough headroom)."""
+SHARED_GPU_REASON = ("the GPU is shared by {n} jobs (4 jobs with the cache and CUDA graphs each ran 9-13 s a step "
+                     "on an H200, one alone 0.13 s; docs/PERFORMANCE.md)")
+
+
+def plan(model: torch.nn.Module, mode: str, device: torch.device, usable_bytes: int | None = None,
+         shared_by: int = 1) -> CachePlan:
+    """Whether to cache: "on", "off", or "auto" (GPU only, when the copy leaves enough headroom and
+    the GPU is not shared with other jobs of the queue)."""
     if mode not in MODES:
         raise ValueError(f"base cache mode must be one of {', '.join(MODES)} (got {mode!r})")
     layers = quantized_layers(model)
@@ -79,6 +85,8 @@ def plan(model: torch.nn.Module, mode: str, device: torch.device, usable_bytes: 
         return CachePlan(mode, True, len(layers), size, "turned on")
     if device.type != "cuda":
         return CachePlan(mode, False, len(layers), size, "auto: only on a GPU")
+    if shared_by > 1:
+        return CachePlan(mode, False, len(layers), size, "auto: " + SHARED_GPU_REASON.format(n=shared_by))
     usable = usable_bytes if usable_bytes is not None else usable_gpu_bytes(device)
     free = usable - torch.cuda.memory_allocated(device)
     headroom = max(AUTO_HEADROOM_BYTES, usable // 4)
@@ -133,9 +141,10 @@ def release(model: torch.nn.Module) -> None:
         layer.__dict__.pop("_dequantized_weight", None)
 
 
-def prepare(model: torch.nn.Module, mode: str, device: torch.device, usable_bytes: int | None = None) -> CachePlan:
+def prepare(model: torch.nn.Module, mode: str, device: torch.device, usable_bytes: int | None = None,
+            shared_by: int = 1) -> CachePlan:
     """`plan`, then `apply` when it says so; logs the decision."""
-    decision = plan(model, mode, device, usable_bytes)
+    decision = plan(model, mode, device, usable_bytes, shared_by)
     if decision.used:
         apply(model)
         if device.type == "cuda":

@@ -139,6 +139,23 @@ def usable_gpu_bytes(device) -> int:
     return usable(device)
 
 
+def choose_compile(mode: str, device_type: str, usable_bytes: int, shared_by: int = 1) -> tuple[str, str]:
+    """The compile mode to use for `mode` (auto|graphs|on|off) and why. Auto: CUDA graphs on a GPU
+    this job has to itself with >= 20 GB (below, the graphs' buffers do not fit beside the model;
+    on a GPU shared with other jobs of the queue, 4 jobs with graphs each ran 70x slower)."""
+    if mode != "auto":
+        return mode, "as asked"
+    if device_type != "cuda":
+        return "off", "auto: only on a GPU"
+    if shared_by > 1:
+        from engine.models.base_cache import SHARED_GPU_REASON
+
+        return "off", "auto: " + SHARED_GPU_REASON.format(n=shared_by)
+    if usable_bytes < COMPILE_MIN_GPU_BYTES:
+        return "off", f"auto: {usable_bytes / 2**30:.1f} GiB usable, graphs need {COMPILE_MIN_GPU_BYTES / 2**30:.0f}"
+    return "graphs", f"auto: {usable_bytes / 2**30:.1f} GiB usable"
+
+
 def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch, device: str = "cuda") -> tuple[int, int, bool]:
     """The largest micro-batch (a divisor of the effective batch) whose forward and backward on the
     longest clips fit in GPU memory, without gradient checkpointing if possible, else with it.
@@ -382,11 +399,12 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
     if rank:
         torch.manual_seed(cfg.seed + rank)  # same LoRA init on every rank, different dropout masks
     model = loaded.model
+    shared_by = m.gpu_share() if device.type == "cuda" else 1
     cache = base_cache.prepare(model, cfg.base_cache, device,
-                               usable_gpu_bytes(device) if device.type == "cuda" else None)
-    compile_mode = cfg.compile
-    if compile_mode == "auto":  # under 20 GB the compiled graphs' buffers do not fit beside the model
-        compile_mode = "graphs" if device.type == "cuda" and usable_gpu_bytes(device) >= COMPILE_MIN_GPU_BYTES else "off"
+                               usable_gpu_bytes(device) if device.type == "cuda" else None, shared_by)
+    compile_mode, why = choose_compile(cfg.compile, device.type,
+                                       usable_gpu_bytes(device) if device.type == "cuda" else 0, shared_by)
+    log.info("compile %s: %s", compile_mode, why)
     compiled = m.compile_layers(loaded, cuda_graphs=compile_mode == "graphs") if compile_mode != "off" else 0
     plan = m.label_plan(loaded.processor.tokenizer, cfg.label_words)
     audio = AudioCache(max_seconds=cfg.max_clip_seconds)
@@ -506,7 +524,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
         "effective_batch": micro_batch * grad_accum * world,
         "requested_split": [cfg.per_device_batch, cfg.grad_accum],
         "gradient_checkpointing": checkpointing, "embeddings_on_cpu": offload, "base_cache": cache.to_dict(),
-        "compile": compile_mode, "compiled_layers": compiled, "device": str(device), "dtype": str(loaded.dtype).replace("torch.", ""),
+        "compile": compile_mode, "compile_reason": why, "compiled_layers": compiled, "device": str(device), "dtype": str(loaded.dtype).replace("torch.", ""),
         "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "stopped_early": bool(stop),
         "data": {"train": train_report.to_dict(), "val": val_report.to_dict() if val_report else None},
