@@ -12,18 +12,21 @@ ROOT=$PWD; W=/tmp/sweep; mkdir -p $W
 PYTHONPATH=$E:/tmp/site python3 -c "
 from pathlib import Path; from engine.tasks import bench; print(bench.write_manifest(Path('$W/data'), 512, 1.0))"
 M=$W/data/manifest.csv
-# the baseline: BASELINE_ROOT, a checkout of the previous main (default: the root the script runs from)
+# the baseline: BASELINE_ROOT, a checkout of the previous main (default: the root the script runs
+# from); SKIP_SOLO=1 leaves it out (when it was measured before on the same kind of GPU)
+if [ -z "$SKIP_SOLO" ]; then
 t0=$(date +%s.%N)
 (cd ${BASELINE_ROOT:-$ROOT} && PYTHONPATH=/tmp/site python3 -m engine train --model /tmp/q7b --train-data $M --targets attention+mlp --seed 42 --epochs 3 --runs-dir $W/main --name solo-main) 2>&1 | grep -v "Loading\|warn\|INFO: step" | tail -4
 t1=$(date +%s.%N); python3 -c "print('SOLO_MAIN_S', $t1 - $t0)"
 cp $W/main/solo-main/summary.json $OUT/solo_main_summary.json
-# the sweep through the queue, 8 jobs per GPU
+fi
+# the sweep through the queue, JOBS per GPU (default 8); TARGETS, SEEDS and SWEEP_TIMEOUT narrow it
 cd $E; export PYTHONPATH=$E:/tmp/site
 mkdir -p $W/ws/.jobs && echo '{"executor": "local", "jobs_per_gpu": '${JOBS:-8}'}' > $W/ws/.jobs/settings.json
-for t in attention attention+mlp; do for s in 42 123 456 789; do
+for t in ${TARGETS:-attention attention+mlp}; do for s in ${SEEDS:-42 123 456 789}; do
   python3 -m engine queue --runs-dir $W/ws --no-worker -- train --model /tmp/q7b --train-data $M --targets $t --seed $s --epochs 3 --runs-dir $W/ws --name sweep-$t-$s >/dev/null; done; done
 t0=$(date +%s.%N)
-python3 -m engine worker --runs-dir $W/ws --once --idle-grace 0 > $OUT/worker.log 2>&1
+timeout ${SWEEP_TIMEOUT:-3600} python3 -m engine worker --runs-dir $W/ws --once --idle-grace 0 > $OUT/worker.log 2>&1
 t1=$(date +%s.%N); python3 -c "print('SWEEP_S', $t1 - $t0)"
 python3 - <<PY > $OUT/sweep.json
 import json, glob, os
@@ -35,3 +38,4 @@ print(json.dumps(out, indent=1))
 PY
 python3 -c "import json; d=json.load(open('$OUT/sweep.json')); [print(k, v['state'], v['runtime_s'], v['samples_per_s'], v['compile'], (v['base_cache'] or {}).get('used'), v['peak_gpu_memory_mb']) for k, v in d.items()]"
 tail -5 $OUT/worker.log
+for d in $W/ws/sweep-*; do cp $d/engine.log $OUT/$(basename $d).engine.log; cp $d/status.json $OUT/$(basename $d).status.json; done

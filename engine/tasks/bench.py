@@ -260,6 +260,53 @@ def measure_engine_eval(model_dir: Path, n_clips: int, seconds: float, batch_siz
             "end_to_end_s": round(wall, 2), "base_cache": evaluation.get("base_cache")}
 
 
+def profile_scoring(model_dir: Path, n_clips: int, seconds: float, batch_size: int, work: Path) -> list[dict[str, Any]]:
+    """`engine.tasks.evaluate.score_audio` (what `eval` runs per data set) on clips in memory, with
+    the system-prefix cache off and on, each after one warm-up batch: steady clips/s from the
+    per-batch clock, then a torch.profiler table of two batches (WORK/profile-eval-*.txt)."""
+    import torch
+
+    from engine.models.qwen2_audio import runtime as m
+    from engine.tasks.evaluate import score_audio, use_base_cache
+
+    loaded = m.load_model(str(model_dir), "4bit", "auto", "auto")
+    cache = use_base_cache(loaded, "auto")
+    audios, _ = make_clips(n_clips, seconds, seed=2)
+    args = ("You are a helpful assistant.", "Is this speech? Answer SPEECH or NONSPEECH.", list(CLASSES))
+    records = []
+    for prefix_cache in (False, True):
+        score_audio(loaded, audios[:batch_size], *args, batch_size=batch_size, prefix_cache=prefix_cache)
+        stamps = []
+        _sync()
+        t0 = time.perf_counter()
+        score_audio(loaded, audios, *args, batch_size=batch_size, prefix_cache=prefix_cache,
+                    on_batch=lambda done, total: stamps.append((done, time.perf_counter())))
+        wall = time.perf_counter() - t0
+        steady = (stamps[-1][0] - stamps[0][0]) / (stamps[-1][1] - stamps[0][1]) if len(stamps) > 1 else None
+        _sync()
+        t1 = time.perf_counter()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            score_audio(loaded, audios[:2 * batch_size], *args, batch_size=batch_size, prefix_cache=prefix_cache)
+            _sync()
+        profiled = time.perf_counter() - t1
+        events = prof.key_averages()
+        gpu_us = sum(e.self_device_time_total for e in events)
+        kernels = sum(e.count for e in events if e.self_device_time_total > 0)
+        out = work / f"profile-eval-{seconds:g}s-b{batch_size}-prefix_{'on' if prefix_cache else 'off'}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(f"2 batches of {batch_size}: wall {profiled:.3f} s, GPU busy {gpu_us / 1e6:.3f} s, "
+                       f"{kernels} kernels\n{events.table(sort_by='self_device_time_total', row_limit=30)}\n")
+        records.append({"clip_s": seconds, "clips": n_clips, "batch_size": batch_size, "prefix_cache": prefix_cache,
+                        "base_cache": cache.get("used"), "clips_per_s": round(n_clips / wall, 1),
+                        "steady_clips_per_s": round(steady, 1) if steady else None,
+                        "profiled_wall_s": round(profiled, 3), "profiled_gpu_busy_s": round(gpu_us / 1e6, 3),
+                        "profiled_kernels": kernels})
+    del loaded
+    torch.cuda.empty_cache()
+    return records
+
+
 def _variants(spec: str) -> list[str]:
     return [v.strip() for v in spec.split(";")] if spec.strip() else [""]
 
@@ -268,7 +315,8 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-dir", type=Path, default=Path("/tmp/qwen2-audio-7b-random"))
     p.add_argument("--build", action="store_true", help="build the random-weight 7B if missing")
     p.add_argument("--what", default="train,score,engine,eval",
-                   help="any of train (stock vs fast loop), score (stock vs fast scoring), engine (train()), eval (engine eval)")
+                   help="any of train (stock vs fast loop), score (stock vs fast scoring), engine (train()), "
+                        "eval (engine eval), evalprofile (score_audio's steady rate and profile, prefix cache off and on)")
     p.add_argument("--engine-variants", default="base_cache=off;base_cache=on",
                    help="train() runs, ';'-separated, each ','-separated TrainConfig overrides")
     p.add_argument("--eval-variants", default="--base-cache off;--base-cache on",
@@ -301,7 +349,8 @@ def bench_main(args: argparse.Namespace) -> int:
     t0 = time.time()
     model_dir = build_random_7b(args.model_dir) if args.build else args.model_dir
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d"),
-                               "build_s": round(time.time() - t0, 1), "train": [], "score": [], "engine": [], "eval": []}
+                               "build_s": round(time.time() - t0, 1), "train": [], "score": [], "engine": [], "eval": [],
+                               "evalprofile": []}
     targets = list(TARGET_PRESETS[args.targets])
     what = set(args.what.split(","))
 
@@ -333,6 +382,9 @@ def bench_main(args: argparse.Namespace) -> int:
                     record = {"clip_s": seconds, "overrides": overrides, "error": f"{type(exc).__name__}: {exc}"}
                     torch.cuda.empty_cache()
                 emit("engine", {**record, "memory_cap_gb": args.memory_cap_gb})
+        if "evalprofile" in what:
+            for record in profile_scoring(model_dir, args.eval_clips, seconds, args.score_batch, args.work):
+                emit("evalprofile", record)
         if "eval" in what:
             for variant in _variants(args.eval_variants):
                 emit("eval", {**measure_engine_eval(model_dir, args.eval_clips, seconds, args.score_batch, args.work,
