@@ -169,15 +169,15 @@ def keep_or_suggest(key: str, suggestion: str) -> None:
 
 methods = launch.baseline_methods()
 known = known_data_sets(root, signature)
-left, right = st.columns(2)
-with left:
-    method = st.selectbox("Method", list(methods), key="baseline_method", format_func=methods.get,
-                          help="The detectors registered in engine/tasks/baselines (python -m engine baseline "
-                               "--method).")
+what_row, data_row, settings_row = st.columns(2), st.columns(2), st.columns(2)  # filled in dependency order
+method = what_row[0].selectbox("Method", list(methods), key="baseline_method", format_func=methods.get,
+                               help="The detectors registered in engine/tasks/baselines (python -m engine "
+                                    "baseline --method).")
+with data_row[0]:
     baseline_test = pick_data("Test data", "baseline_test", known,
                               help="The clips to score: the same choices as the evaluations above (the "
                                    "workspace's test sets, the uploaded data sets, or any manifest or folder).")
-with right:
+with data_row[1]:
     sibling = launch.sibling_val_split(baseline_test, root) if baseline_test else None
     current_val = st.session_state.get("baseline_val_choice")
     val_choices = known + [path for path in dict.fromkeys([sibling, current_val])
@@ -187,13 +187,15 @@ with right:
                              help="Choose the clip rule and threshold on this split: the pair with the highest "
                                   "balanced accuracy on its clips (recorded in the run). Defaults to the test "
                                   "set's sibling val split when there is one (val.csv beside test.csv).")
-    threshold = st.number_input("Threshold (without a validation split)", min_value=0.0, max_value=1.0,
-                                value=launch.BASELINE_DEFAULT_THRESHOLD, step=0.05, key="baseline_threshold",
-                                disabled=bool(baseline_val),
-                                help="SPEECH when the clip score (the detector's default rule) is at least this.")
+threshold = settings_row[1].number_input(  # under the split it stands in for
+    "Threshold (without a validation split)", min_value=0.0, max_value=1.0, value=launch.BASELINE_DEFAULT_THRESHOLD,
+    step=0.05, key="baseline_threshold", disabled=bool(baseline_val),
+    help="SPEECH when the clip score (the detector's default rule) is at least this.")
 options = {}
 detector_options = launch.baseline_options(method)
-for column, option in zip(st.columns(len(detector_options)) if detector_options else [], detector_options):
+option_columns = ([settings_row[0]] if len(detector_options) == 1
+                  else settings_row[0].columns(len(detector_options)) if detector_options else [])
+for column, option in zip(option_columns, detector_options):
     label = option.name.replace("_", " ").capitalize()
     if option.choices:
         options[option.name] = column.selectbox(label, list(option.choices), key=f"baseline_option_{option.name}",
@@ -203,8 +205,9 @@ for column, option in zip(st.columns(len(detector_options)) if detector_options 
                                                  key=f"baseline_option_{option.name}", help=option.help)
 job_list = jobs.read_jobs(root)
 keep_or_suggest("baseline_name", launch.baseline_run_name(root, method, baseline_test, job_list))
-baseline_name = st.text_input("Run name", key="baseline_name",
-                              help="The baseline run to create: one folder in the workspace, which must not exist.")
+baseline_name = what_row[1].text_input("Run name", key="baseline_name",
+                                       help="The baseline run to create: one folder in the workspace, which must "
+                                            "not exist yet.")
 
 baseline_job, baseline_problems = (None, [])
 if not str(baseline_test or "").strip():
@@ -228,7 +231,7 @@ if st.button("Queue the baseline", key="baseline_launch", disabled=baseline_job 
                    "and on the Overview once it starts.")
 
 # ---------------------------------------------------------------- evaluation and baseline jobs
-st.header("Evaluation jobs")
+st.header("Evaluation and baseline jobs")
 cancel_job = cancel_callback(root, "eval_cancel_message")
 if message := st.session_state.pop("eval_cancel_message", None):
     st.info(message)

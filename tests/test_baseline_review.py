@@ -90,10 +90,13 @@ def test_the_decision_line_and_table(workspace):
     assert review.baseline_decision_line(old, None) == (
         f"**Old VAD**: SPEECH when the {MAX_RULE} is at least 0.500; fixed: the detector's default rule and "
         "threshold (no validation split). ROC AUC n/a (of the clip score, over every threshold).")
-    table = review.baseline_decision_table([("Old VAD", old, 0.5)])
-    assert table.to_dict("records") == [{"Baseline": "Old VAD", "Clip rule": MAX_RULE, "Threshold": "0.500",
-                                         "How chosen": "fixed: the detector's default rule and threshold (no "
-                                                       "validation split)", "ROC AUC": "0.500"}]
+    table = review.baseline_decision_table([("Old VAD", old, 0.5), ("Silero VAD", chosen, 0.8125)])
+    assert table.to_dict("records") == [
+        {"Baseline": "Old VAD", "Clip rule": MAX_RULE, "Threshold": "0.500",
+         "How chosen": "fixed: the default rule and threshold", "Validation split": "—",
+         "Val balanced accuracy": "—", "ROC AUC": "0.500"},
+        {"Baseline": "Silero VAD", "Clip rule": "max", "Threshold": "0.900", "How chosen": "on the validation split",
+         "Validation split": "/data/val.csv", "Val balanced accuracy": "87.5% (best of 2 rules)", "ROC AUC": "0.812"}]
 
 
 def test_results_of_a_baseline_run_say_how_it_decided(workspace):
@@ -126,13 +129,15 @@ def test_compare_lists_every_baseline_rule_beside_its_row(workspace):
     assert sorted(baseline_rows) == ["Old VAD (baseline)", "Silero VAD (baseline)", "WebRTC VAD (baseline)"]
     assert list(by_name.index) == baseline_rows  # in the order of the comparison table
     assert by_name.loc["Silero VAD (baseline)"].to_dict() == {
-        "Clip rule": "max", "Threshold": "0.900",
-        "How chosen": "chosen on the validation split /data/val.csv (balanced accuracy 87.5% there, best of 2 rules)",
+        "Clip rule": "max", "Threshold": "0.900", "How chosen": "on the validation split",
+        "Validation split": "/data/val.csv", "Val balanced accuracy": "87.5% (best of 2 rules)",
         "ROC AUC": f"{auc(VAD_SCORES):.3f}"}
     webrtc = by_name.loc["WebRTC VAD (baseline)"]
-    assert (webrtc["Clip rule"], webrtc["Threshold"], webrtc["ROC AUC"]) == (
-        "fraction", "0.500", f"{auc([0.7, 0.6, 0.8, 0.9, 0.6, 0.7, 0.2, 0.1]):.3f}")
-    assert webrtc["How chosen"].startswith("fixed")
+    assert webrtc.to_dict() == {"Clip rule": "fraction", "Threshold": "0.500",
+                                "How chosen": "fixed: the default rule and threshold", "Validation split": "—",
+                                "Val balanced accuracy": "—",
+                                "ROC AUC": f"{auc([0.7, 0.6, 0.8, 0.9, 0.6, 0.7, 0.2, 0.1]):.3f}"}
+    assert by_name.loc["Old VAD (baseline)", "Clip rule"] == MAX_RULE  # no rule name: what the score is
 
     # without baselines, and with no baseline picked, there is no rule table
     at.checkbox(key="compare_baselines").uncheck().run()
@@ -141,3 +146,21 @@ def test_compare_lists_every_baseline_rule_beside_its_row(workspace):
     at.multiselect(key="compare_picks").set_value(["A", "vad-val/test"]).run()
     (rules,) = [d.value for d in at.dataframe if "How chosen" in d.value.columns]
     assert list(rules["Baseline"]) == ["vad-val/test"]
+
+
+def test_two_runs_of_one_detector_stay_two_rows(workspace):
+    """WebRTC at the fixed rule and again chosen on val (what the Evaluate page makes easy) are two
+    baselines, each with its own rule: not one configuration with a mean over two 'seeds'."""
+    run_folder(workspace, "vad-fixed-on-val", {**vad_chosen_on_val(), "label": "WebRTC VAD", "method": "webrtc"},
+               VAD_SCORES, threshold=0.9)
+    at = AppTest.from_file(str(PAGES / "compare.py"), default_timeout=60)
+    at.query_params["configs"] = ["A", "B"]
+    at.run()
+    assert not at.exception and not at.error
+    rows = list(at.table[0].value.index)
+    assert {"WebRTC VAD · vad-fixed (baseline)", "WebRTC VAD · vad-fixed-on-val (baseline)"} <= set(rows)
+    assert not [row for row in rows if "WebRTC" in row and "mean of" in row]
+    by_name = next(d.value for d in at.dataframe if "How chosen" in d.value.columns).set_index("Baseline")
+    assert by_name.loc["WebRTC VAD · vad-fixed (baseline)", "Threshold"] == "0.500"
+    assert by_name.loc["WebRTC VAD · vad-fixed-on-val (baseline)", "Threshold"] == "0.900"
+    assert "Silero VAD (baseline)" in by_name.index  # a detector run once keeps its plain name

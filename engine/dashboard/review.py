@@ -733,12 +733,21 @@ def baseline_sides(runs: Sequence[rf.RunInfo], sides: Sequence[Side], load: Load
         out.append(Side(f"{info.config_label} (baseline)", info.kind, name,
                         {info.run_id: info}, {info.run_id: records}, shared_config(info.config),
                         single=True, baseline=True))
+    # Two runs of one detector (say WebRTC at the fixed rule and chosen on val) are two rows: a
+    # shared name would fold them into one configuration with a "mean of 2 seeds".
+    labels = [side.name for side in out]
+    for side in out:
+        if labels.count(side.name) > 1:
+            (run_id,) = side.runs
+            side.name = f"{side.runs[run_id].config_label} · {run_id} (baseline)"
     return out
 
 
 # ---------------------------------------------------------------- how a baseline decided
 
-BASELINE_DECISION_COLUMNS = ("Baseline", "Clip rule", "Threshold", "How chosen", "ROC AUC")
+BASELINE_DECISION_COLUMNS = ("Baseline", "Clip rule", "Threshold", "How chosen", "Validation split",
+                             "Val balanced accuracy", "ROC AUC")
+FIXED_RULE_TEXT = "fixed: the detector's default rule and threshold (no validation split)"
 
 
 def baseline_decision(run_dir: Path, evaluation: str) -> dict[str, Any] | None:
@@ -774,7 +783,7 @@ def baseline_decision(run_dir: Path, evaluation: str) -> dict[str, Any] | None:
 
 def _baseline_chosen_text(decision: Mapping[str, Any]) -> str:
     if not decision["val_data"]:
-        return "fixed: the detector's default rule and threshold (no validation split)"
+        return FIXED_RULE_TEXT
     text = f"chosen on the validation split {decision['val_data']}"
     details = []
     if decision["val_balanced_accuracy"] is not None:
@@ -798,28 +807,36 @@ def baseline_decision_line(decision: Mapping[str, Any], roc_auc: float | None) -
 
 
 def baseline_decision_table(rows: Iterable[tuple[str, Mapping[str, Any], float | None]]) -> pd.DataFrame:
-    """Baseline | Clip rule | Threshold | How chosen | ROC AUC, one row per (name, decision, roc_auc)."""
-    out = [{"Baseline": name,
-            "Clip rule": decision["rule"] or decision["reduction"] or "n/a",
-            "Threshold": "n/a" if decision["threshold"] is None else f"{decision['threshold']:.3f}",
-            "How chosen": _baseline_chosen_text(decision), "ROC AUC": _auc_text(roc_auc)}
-           for name, decision, roc_auc in rows]
+    """One row per (name, decision, roc_auc): BASELINE_DECISION_COLUMNS, short cells ("—" where a
+    fixed rule has no validation split), so the table fits beside Compare's."""
+    out = []
+    for name, decision, roc_auc in rows:
+        chosen = bool(decision["val_data"])
+        balanced = "—"
+        if chosen and decision["val_balanced_accuracy"] is not None:
+            balanced = pct(decision["val_balanced_accuracy"])
+            if decision["n_rules"] > 1:
+                balanced += f" (best of {decision['n_rules']} rules)"
+        out.append({"Baseline": name, "Clip rule": decision["rule"] or decision["reduction"] or "n/a",
+                    "Threshold": "n/a" if decision["threshold"] is None else f"{decision['threshold']:.3f}",
+                    "How chosen": "on the validation split" if chosen else "fixed: the default rule and threshold",
+                    "Validation split": decision["val_data"] if chosen else "—",
+                    "Val balanced accuracy": balanced, "ROC AUC": _auc_text(roc_auc)})
     return pd.DataFrame(out, columns=list(BASELINE_DECISION_COLUMNS))
 
 
 def comparison_baselines(comparison: "Comparison") -> pd.DataFrame:
     """The decision table of every baseline evaluation in a comparison (added rows and picks alike),
     named as the comparison table names them; empty when there is none."""
+    folders = {info.run_id: info.path for side in comparison.sides for info in side.runs.values()}
+    rows = [row for row in comparison.rows if row["kind"] == rf.KIND_BASELINE]
     entries = []
-    for row in comparison.rows:
-        if row["kind"] != rf.KIND_BASELINE:
-            continue
-        side = next(s for s in comparison.sides if s.name == row["configuration"])
-        decision = baseline_decision(side.runs[row["_key"]].path, row["evaluation"])
+    for row in rows:
+        decision = baseline_decision(folders[row["run"]], row["evaluation"])
         if decision is not None:
-            several = len(side.runs) > 1
-            entries.append((f"{side.name} · {seed_text(row['_key'])}" if several else side.name, decision,
-                            row["roc_auc"]))
+            several = sum(other["configuration"] == row["configuration"] for other in rows) > 1
+            entries.append((f"{row['configuration']} · {seed_text(row['_key'])}" if several else row["configuration"],
+                            decision, row["roc_auc"]))
     return baseline_decision_table(entries)
 
 
