@@ -745,8 +745,8 @@ def baseline_sides(runs: Sequence[rf.RunInfo], sides: Sequence[Side], load: Load
 
 # ---------------------------------------------------------------- how a baseline decided
 
-BASELINE_DECISION_COLUMNS = ("Baseline", "Clip rule", "Threshold", "How chosen", "Validation split",
-                             "Val balanced accuracy", "ROC AUC")
+BASELINE_DECISION_COLUMNS = ("Baseline", "Clip rule", "Threshold", "ROC AUC", "How chosen", "Validation split",
+                             "Val balanced accuracy")
 FIXED_RULE_TEXT = "fixed: the detector's default rule and threshold (no validation split)"
 
 
