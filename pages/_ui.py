@@ -365,18 +365,20 @@ def job_name(job: dict) -> str:
     return Path(job["run_dir"]).name if job.get("run_dir") else job["job_id"]
 
 
-def live_job_list(root: Path, command: str | None, cancel: Callable[[str], None], cancel_help: str,
-                  empty_text: str, columns: Callable[[dict], dict] | None = None,
+def live_job_list(root: Path, command: str | tuple[str, ...] | None, cancel: Callable[[str], None],
+                  cancel_help: str, empty_text: str, columns: Callable[[dict], dict] | None = None,
                   progress_text: Callable[[dict], tuple[float, str] | None] = launch.progress_line) -> list[dict]:
-    """The queue's jobs of one engine command (every job when None): a table (newest first, plus
-    `columns(job)`), then for each active job a Cancel button and its progress bar (progress_text:
+    """The queue's jobs of one engine command or several (every job when None): a table (newest
+    first, plus `columns(job)`), then for each active job a Cancel button and its progress bar (progress_text:
     steps, clips scored or prompts scored) or state, and the log of a running one. While a job is active all of it is re-read every 2 s
     (a fragment); when one ends the whole page reruns, which stops the polling. Returns the jobs
     as first read."""
     import pandas as pd
 
+    commands = (command,) if isinstance(command, str) else command
+
     def read() -> list[dict]:
-        listed = [job for job in jobs.read_jobs(root) if command is None or (job.get("argv") or [None])[0] == command]
+        listed = [job for job in jobs.read_jobs(root) if commands is None or (job.get("argv") or [None])[0] in commands]
         return sorted(listed, key=lambda job: job.get("job_id", ""), reverse=True)
 
     def active_ids(job_list: list[dict]) -> set[str]:

@@ -105,6 +105,10 @@ st.table(result.table.set_index("Configuration"))
 st.caption(f"{result.n_clips:,} clips, the same for every row. Accuracy (correct/clips) [95% Wilson interval]; "
            "'mean of k seeds' rows give the SD over seeds and a 95% bootstrap interval (clips within class and "
            "seeds resampled), which stays inside [0, 100].")
+if not (baselines := review.comparison_baselines(result)).empty:
+    st.dataframe(baselines, hide_index=True, key="compare_baseline_rules")
+    st.caption("Baselines: the clip rule and threshold that label a clip SPEECH, how they were chosen, and the "
+               "ROC AUC of the clip score (over every threshold).")
 for diff in result.differences:
     st.markdown(f"**{diff['b']}** − **{diff['a']}**: {diff['line']}")
     if diff["interval"].get("note"):

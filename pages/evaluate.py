@@ -1,5 +1,6 @@
 """Evaluate: queue logit-scoring of a run, every seed of a configuration, or the base model, with the
-run's own prompt, the best prompt of an OPRO run, or a prompt typed in."""
+run's own prompt, the best prompt of an OPRO run, or a prompt typed in; and queue a baseline
+detector (Silero, WebRTC) on a test set, its clip rule and threshold chosen on a validation split."""
 
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pages._ui import (BASE, OTHER_PATH, banner, cached_runs, cancel_callback, j
 AUDIO_CHOICES = {"real audio": None, "silence control": "silence", "shuffle control": "shuffle"}
 OWN_PROMPT, OPRO_PROMPT, CUSTOM_PROMPT = "The run's own prompt", "The best prompt of an OPRO run", "Custom text"
 DEFAULT_NAME, OTHER_PROMPT_NAME = "test", "test-opro"
+NO_VAL_SPLIT = "None: the detector's default rule, at the threshold below"
 
 root = workspace()
 st.title("Evaluate")
@@ -149,20 +151,92 @@ if st.button(f"Queue {len(planned)} evaluation{'s' if len(planned) != 1 else ''}
     else:
         st.success(f"Queued {len(job_ids)} evaluation job(s). Results appear in the runs' evaluations when done.")
 
-# ---------------------------------------------------------------- evaluation jobs
-st.header("Evaluation jobs")
+# ---------------------------------------------------------------- a baseline detector
+st.header("Baseline detector")
+st.caption("Scores test clips with a classic voice-activity detector (no model, on the CPU) into a new baseline "
+           "run; Results shows it, and Compare adds it as a reference row beside configurations scored on the "
+           "same clips. A detector judges short frames: a clip rule turns them into one score, SPEECH at or "
+           "above a threshold.")
+
+
+def keep_or_suggest(key: str, suggestion: str) -> None:
+    """Set widget `key` to `suggestion` unless the user changed it from the previous suggestion."""
+    previous = st.session_state.get(f"_{key}_suggested")
+    if key not in st.session_state or st.session_state[key] == previous:
+        st.session_state[key] = suggestion
+    st.session_state[f"_{key}_suggested"] = suggestion
+
+
+methods = launch.baseline_methods()
+known = known_data_sets(root, signature)
+what_row, data_row, settings_row = st.columns(2), st.columns(2), st.columns(2)  # filled in dependency order
+method = what_row[0].selectbox("Method", list(methods), key="baseline_method", format_func=methods.get,
+                               help="The detectors registered in engine/tasks/baselines (python -m engine "
+                                    "baseline --method).")
+with data_row[0]:
+    baseline_test = pick_data("Test data", "baseline_test", known,
+                              help="The clips to score: the same choices as the evaluations above (the "
+                                   "workspace's test sets, the uploaded data sets, or any manifest or folder).")
+with data_row[1]:
+    sibling = launch.sibling_val_split(baseline_test, root) if baseline_test else None
+    current_val = st.session_state.get("baseline_val_choice")
+    val_choices = known + [path for path in dict.fromkeys([sibling, current_val])
+                           if path and path not in known and path not in (NO_VAL_SPLIT, OTHER_PATH)]
+    keep_or_suggest("baseline_val_choice", sibling or NO_VAL_SPLIT)
+    baseline_val = pick_data("Validation data", "baseline_val", val_choices, none_option=NO_VAL_SPLIT,
+                             help="Choose the clip rule and threshold on this split: the pair with the highest "
+                                  "balanced accuracy on its clips (recorded in the run). Defaults to the test "
+                                  "set's sibling val split when there is one (val.csv beside test.csv).")
+threshold = settings_row[1].number_input(  # under the split it stands in for
+    "Threshold (without a validation split)", min_value=0.0, max_value=1.0, value=launch.BASELINE_DEFAULT_THRESHOLD,
+    step=0.05, key="baseline_threshold", disabled=bool(baseline_val),
+    help="SPEECH when the clip score (the detector's default rule) is at least this.")
+options = {}
+detector_options = launch.baseline_options(method)
+option_columns = ([settings_row[0]] if len(detector_options) == 1
+                  else settings_row[0].columns(len(detector_options)) if detector_options else [])
+for column, option in zip(option_columns, detector_options):
+    label = option.name.replace("_", " ").capitalize()
+    if option.choices:
+        options[option.name] = column.selectbox(label, list(option.choices), key=f"baseline_option_{option.name}",
+                                                index=list(option.choices).index(option.default), help=option.help)
+    else:
+        options[option.name] = column.text_input(label, value=str(option.default),
+                                                 key=f"baseline_option_{option.name}", help=option.help)
+job_list = jobs.read_jobs(root)
+keep_or_suggest("baseline_name", launch.baseline_run_name(root, method, baseline_test, job_list))
+baseline_name = what_row[1].text_input("Run name", key="baseline_name",
+                                       help="The baseline run to create: one folder in the workspace, which must "
+                                            "not exist yet.")
+
+baseline_job, baseline_problems = (None, [])
+if not str(baseline_test or "").strip():
+    st.info("Choose the test data to score the detector on.")
+else:
+    baseline_job, baseline_problems = launch.plan_baseline(
+        root, method, baseline_test, baseline_val or None, baseline_name,
+        threshold=None if baseline_val else threshold, options=options, job_list=job_list)
+for problem in baseline_problems:
+    st.error(problem, icon=":material/error:")
+if baseline_job is not None:
+    st.dataframe(pd.DataFrame([baseline_job.preview()]), hide_index=True, width="stretch", key="baseline_preview")
+if st.button("Queue the baseline", key="baseline_launch", disabled=baseline_job is None):
+    try:
+        disk.preflight(root, disk.estimate_job_bytes("eval", n_eval_clips=launch.count_clips(baseline_test)))
+        job_id = launch.queue_baseline(root, baseline_job)
+    except (disk.DiskSpaceError, jobs.JobError, OSError) as exc:
+        st.error(f"Nothing queued: {exc}")
+    else:
+        st.success(f"Queued {baseline_job.label} as run {baseline_job.run_name} (job {job_id}); it is listed below "
+                   "and on the Overview once it starts.")
+
+# ---------------------------------------------------------------- evaluation and baseline jobs
+st.header("Evaluation and baseline jobs")
 cancel_job = cancel_callback(root, "eval_cancel_message")
 if message := st.session_state.pop("eval_cancel_message", None):
     st.info(message)
 
-
-def evaluation_columns(job: dict) -> dict:
-    argv = job.get("argv", [])
-    return {"evaluation": argv[argv.index("--name") + 1] if "--name" in argv else "",
-            "control": argv[argv.index("--control") + 1] if "--control" in argv else "",
-            "prompt": argv[argv.index("--prompt") + 1] if "--prompt" in argv else "(the run's own)"}
-
-
-live_job_list(root, "eval", cancel_job, columns=evaluation_columns, empty_text="No evaluation jobs yet.",
+live_job_list(root, ("eval", launch.BASELINE_COMMAND), cancel_job, columns=launch.evaluate_job_columns,
+              empty_text="No evaluation or baseline jobs yet.",
               cancel_help="Queued: removed from the queue. Running: stopped at once; the evaluation it was writing "
-                          "is not stored (an older one of the same name stays).")
+                          "is not stored (an older one of the same name stays); a baseline's run reads cancelled.")

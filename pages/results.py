@@ -126,6 +126,10 @@ headline, headline_caption = review.headline_metrics(aggregate, summaries)
 for column, metric in zip(st.columns(len(headline)), headline):
     column.metric(metric["label"], metric["value"], help=metric["help"])
 st.caption(headline_caption)
+for key, info in side.runs.items():  # a baseline: how its clip scores became labels
+    if decision := review.baseline_decision(info.path, evaluation):
+        line = review.baseline_decision_line(decision, summaries[review.seed_text(key)]["roc_auc"])
+        st.markdown(line if len(side.runs) == 1 else f"{review.seed_text(key)}: {line}")
 
 accuracy_tab, errors_tab, training_tab, seeds_tab, breakdown_tab, clips_tab = st.tabs(
     ["Accuracy", "Confusion and ROC", "Training loss", "Seeds", "Breakdown", "Clips"])

@@ -9,6 +9,11 @@ check the CLI runs, so the messages name the same fields. `train_command` is the
 Evaluate: `plan_evaluations` turns the form into `python -m engine eval ...` argument lists for
 one run, every seed of a configuration, or the base model, optionally with another prompt.
 
+Baseline detector (Evaluate page): `plan_baseline` turns the form into one `python -m engine
+baseline ...` job (detectors and their options from the baseline registry), with the clip rule
+and threshold chosen on a validation split (by default `sibling_val_split` of the test set) or
+fixed; `queue_baseline` queues it on the CPU.
+
 Prompt optimisation: `plan_opro` turns the OPRO form into `python -m engine opro ...` jobs, one
 per target run (or one for the base model), each with a new run folder prepared as "queued";
 `queue_opro` creates the folders and queues them (docs/OPRO.md).
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +35,7 @@ from typing import Any, Iterable
 from engine.ops import disk
 from engine import jobs
 from engine.runs import folder as rf
+from engine.data import datasets
 from engine.data.audio import AUDIO_EXTENSIONS
 from engine import cliargs
 from engine.config import (PRESET_LABELS, QUANTIZATIONS, TARGET_PRESETS, ConfigError, EvalConfig,
@@ -36,6 +43,7 @@ from engine.config import (PRESET_LABELS, QUANTIZATIONS, TARGET_PRESETS, ConfigE
 from engine.tasks.opro import PROPOSER_EDIT, PROPOSER_MODEL, PROPOSER_SELF, PROPOSERS  # noqa: F401 (pages use them)
 from engine.tasks.opro import TEST_NAME as OPRO_TEST_NAME
 from engine.tasks.opro import OproSettings
+from engine.tasks import baselines
 from engine.tasks.train import train_argv
 from engine.dashboard.review import pct, run_seed
 from engine.tasks.evaluate import CONTROLS
@@ -459,6 +467,206 @@ def known_test_sets(runs: Iterable[rf.RunInfo], runs_root: Path) -> list[str]:
             if source and source not in found and Path(source).exists():
                 found.append(source)
     return found
+
+
+# ---------------------------------------------------------------- the baseline detectors
+
+BASELINE_COMMAND = "baseline"
+BASELINE_RESOURCE = "cpu"  # the VADs score on the CPU: a baseline never waits for a GPU slot
+BASELINE_DEFAULT_THRESHOLD = baselines.DEFAULT_THRESHOLD  # the fixed rule's cut, without a validation split
+_TEST_WORD = re.compile(r"(?<![A-Za-z])test(?![A-Za-z])")  # test.csv, demo_test/, not latest.csv
+VAL_SPLIT_WORDS = ("val", "validation", "dev")
+
+
+@dataclass
+class BaselineJob:
+    """The `python -m engine baseline` job the Evaluate page's Baseline detector form would queue."""
+
+    method: str
+    label: str  # the detector's display name
+    run_name: str
+    run_dir: Path  # the new run folder the job makes (free when planned)
+    test_data: str
+    val_data: str | None  # chooses the clip rule and threshold; None: the fixed rule and `threshold`
+    threshold: float | None
+    argv: list[str]
+
+    @property
+    def command(self) -> str:
+        return engine_command(self.argv)
+
+    def preview(self) -> dict[str, str]:
+        """The form's one-row preview table."""
+        rule = (f"chosen on {self.val_data}" if self.val_data is not None
+                else f"fixed: the detector's default rule, threshold {self.threshold:g}")
+        return {"run": self.run_name, "detector": self.label, "test data": self.test_data,
+                "clip rule and threshold": rule, "command": self.command}
+
+
+def baseline_methods() -> dict[str, str]:
+    """The registered detectors: --method value -> display name, in registration order."""
+    return {name: detector.label for name, detector in baselines.registry.detectors().items()}
+
+
+def baseline_options(method: str) -> tuple[baselines.Option, ...]:
+    """The detector's own settings (webrtc: aggressiveness), each a CLI flag with default and choices."""
+    return baselines.registry.detector(method).options
+
+
+def sibling_val_split(test_data: str | Path, runs_root: Path | None = None) -> str | None:
+    """The validation split stored beside a test split, or None.
+
+    test.csv -> val.csv (then validation.csv, dev.csv) in the same folder, a class folder test/ ->
+    val/; an uploaded data set named like "heldout-test" -> the newest uploaded "heldout-val".
+    "test" counts as a word only (latest.csv has no sibling).
+    """
+    if not str(test_data or "").strip():
+        return None
+    if runs_root is not None and (dataset := datasets.dataset_of(runs_root, test_data)) is not None:
+        if not _TEST_WORD.search(dataset.name):
+            return None
+        for word in VAL_SPLIT_WORDS:
+            wanted = _TEST_WORD.sub(word, dataset.name)
+            match = next((d for d in datasets.list_datasets(runs_root) if d.name == wanted), None)  # newest first
+            if match is not None:
+                return str(match.manifest)
+        return None
+    path = Path(str(test_data)).expanduser()
+    if not _TEST_WORD.search(path.name) or not path.exists():
+        return None
+    for word in VAL_SPLIT_WORDS:
+        candidate = path.with_name(_TEST_WORD.sub(word, path.name))
+        if candidate.exists() and candidate.is_dir() == path.is_dir():
+            return str(candidate.resolve())
+    return None
+
+
+def same_data(first: str | Path, second: str | Path) -> bool:
+    """Whether two data paths name the same manifest or folder (links and relative paths resolved)."""
+    a, b = Path(str(first)).expanduser(), Path(str(second)).expanduser()
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def baseline_run_name(runs_root: Path, method: str, test_data: str | Path, job_list: Iterable[dict] = ()) -> str:
+    """A free run name for a baseline of `method` on `test_data`: "<method>-<data set>" (the demo's
+    test.csv gives silero-test, an uploaded set its id), with -2, -3, ... when taken by a folder
+    or by a queued or running job."""
+    data = str(test_data or "").strip()
+    dataset = datasets.dataset_of(runs_root, data) if data else None
+    stem = dataset.dataset_id if dataset is not None else (Path(data).expanduser().stem if data else "")
+    name = _safe_stem(f"{method}-{stem}" if stem else str(method))
+    taken = _baseline_targets(job_list)
+    candidate, n = name, 1
+    while (Path(runs_root) / candidate).exists() or candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+def _baseline_targets(job_list: Iterable[dict]) -> dict[str, str]:
+    """Run folder name -> state, for every queued or running job that writes a run folder."""
+    return {Path(job["run_dir"]).name: job["state"] for job in job_list
+            if job.get("run_dir") and job.get("state") in rf.ACTIVE_STATES}
+
+
+def baseline_argv(method: str, test_data: str | Path, run_name: str, runs_root: str | Path,
+                  val_data: str | Path | None = None, threshold: float | None = None,
+                  options: dict[str, Any] | None = None) -> list[str]:
+    """The argument list of `python -m engine baseline` (after "engine"): the detector's options
+    (its defaults filled in) as their flags; a threshold only without a validation split."""
+    detector = baselines.registry.detector(method)
+    if val_data is not None and threshold is not None:
+        raise ValueError("give either a validation split (which chooses the threshold) or a threshold, not both")
+    argv = [BASELINE_COMMAND, "--method", method, "--test-csv", str(test_data), "--name", run_name,
+            "--runs-dir", str(runs_root)]
+    if val_data is not None:
+        argv += ["--val-csv", str(val_data)]
+    elif threshold is not None:
+        argv += ["--threshold", repr(float(threshold))]
+    given = dict(options or {})
+    for option in detector.options:
+        argv += [option.flag, str(option.parse(given.get(option.name, option.default)))]
+    return argv
+
+
+def plan_baseline(runs_root: Path, method: str, test_data: str, val_data: str | None = None,
+                  run_name: str = "", threshold: Any = None, options: dict[str, Any] | None = None,
+                  job_list: Iterable[dict] = ()) -> tuple[BaselineJob | None, list[str]]:
+    """The baseline job of the form, or None and the problems (each naming its input).
+
+    val_data blank: the detector's default rule at `threshold` (blank: 0.5); a validation split
+    may not be the test data itself. The run name must be free: no folder of that name, no queued
+    or running job writing one (the baseline refuses an existing folder when it starts).
+    """
+    problems: list[str] = []
+    methods = baseline_methods()
+    if method not in methods:
+        problems.append(f"method: {method!r} is not a registered baseline detector (one of {', '.join(methods)})")
+    val_given = bool(str(val_data or "").strip())
+    problems += [p for p in (_data_problem("test data", test_data, True),
+                             _data_problem("validation data", val_data, False)) if p]
+    if not problems and val_given and same_data(test_data, str(val_data)):
+        problems.append("validation data: the same as the test data; the clip rule and threshold must be chosen "
+                        "on other clips than they are scored on (choose the val split, or none for the fixed rule)")
+    cut = None
+    if not val_given and str(threshold if threshold is not None else "").strip():
+        try:
+            cut = float(threshold)
+        except (TypeError, ValueError):
+            cut = float("nan")
+        if not 0.0 <= cut <= 1.0:  # NaN fails too
+            problems.append(f"threshold: must be a number from 0 to 1 (got {threshold!r})")
+    values: dict[str, Any] = {}
+    if method in methods:
+        for option in baseline_options(method):
+            try:
+                values[option.name] = option.parse((options or {}).get(option.name, option.default))
+            except ValueError as exc:
+                problems.append(str(exc))
+    run_name = str(run_name or "").strip()
+    if problem := _name_problem("run name", run_name):
+        problems.append(problem)
+    elif (Path(runs_root) / run_name).exists():
+        problems.append(f"run name: {run_name!r} already exists in the workspace; choose another name")
+    elif state := _baseline_targets(job_list).get(run_name):
+        problems.append(f"run name: a {state} job already writes the run {run_name!r}; choose another name")
+    if problems:
+        return None, problems
+
+    test = str(Path(test_data).expanduser().resolve())
+    val = str(Path(str(val_data)).expanduser().resolve()) if val_given else None
+    root = Path(runs_root).resolve()
+    argv = baseline_argv(method, test, run_name, root, val_data=val, threshold=cut, options=values)
+    job = BaselineJob(method, methods[method], run_name, root / run_name, test, val,
+                      None if val else (cut if cut is not None else BASELINE_DEFAULT_THRESHOLD), argv)
+    return job, []
+
+
+def queue_baseline(runs_root: Path, job: BaselineJob, start_worker: bool = True) -> str:
+    """Queue the baseline job on the CPU (with `start_worker`, make sure a worker serves it); returns
+    its job id. The run folder is made by the job itself (a baseline refuses an existing one), so a
+    name taken since planning is refused here rather than failing in the queue."""
+    if job.run_dir.exists():
+        raise jobs.JobError(f"run {job.run_name!r} was made since the form was filled in; choose another name")
+    queue = jobs.submit if start_worker else jobs.enqueue
+    return queue(runs_root, job.argv, resource=BASELINE_RESOURCE, run_dir=job.run_dir)
+
+
+def evaluate_job_columns(job: dict) -> dict[str, str]:
+    """The Evaluate page's job-list columns: evaluation, control and prompt of an eval job; a
+    baseline job's evaluation and its detector in place of a prompt."""
+    argv = [str(a) for a in job.get("argv") or []]
+    if argv[:1] == [BASELINE_COMMAND]:
+        method = _flag(argv, "--method") or "?"
+        label = baseline_methods().get(method, method)
+        rule = "rule chosen on val" if "--val-csv" in argv else "fixed rule"
+        return {"evaluation": baselines.EVALUATION_NAME, "control": "",
+                "prompt": f"none: {label} ({rule})"}
+    return {"evaluation": _flag(argv, "--name") or "", "control": _flag(argv, "--control") or "",
+            "prompt": _flag(argv, "--prompt") or "(the run's own)"}
 
 
 # ---------------------------------------------------------------- the Prompt optimisation form

@@ -733,7 +733,111 @@ def baseline_sides(runs: Sequence[rf.RunInfo], sides: Sequence[Side], load: Load
         out.append(Side(f"{info.config_label} (baseline)", info.kind, name,
                         {info.run_id: info}, {info.run_id: records}, shared_config(info.config),
                         single=True, baseline=True))
+    # Two runs of one detector (say WebRTC at the fixed rule and chosen on val) are two rows: a
+    # shared name would fold them into one configuration with a "mean of 2 seeds".
+    labels = [side.name for side in out]
+    for side in out:
+        if labels.count(side.name) > 1:
+            (run_id,) = side.runs
+            side.name = f"{side.runs[run_id].config_label} · {run_id} (baseline)"
     return out
+
+
+# ---------------------------------------------------------------- how a baseline decided
+
+BASELINE_DECISION_COLUMNS = ("Baseline", "Clip rule", "Threshold", "ROC AUC", "How chosen", "Validation split",
+                             "Val balanced accuracy")
+FIXED_RULE_TEXT = "fixed: the detector's default rule and threshold (no validation split)"
+
+
+def baseline_decision(run_dir: Path, evaluation: str) -> dict[str, Any] | None:
+    """How a baseline run's evaluation turned frame scores into labels, or None for another kind.
+
+    From its evaluation.json (config.json for keys it lacks): {detector, rule, reduction,
+    threshold, val_data (None: the fixed default rule), val_balanced_accuracy (of the chosen rule
+    on the validation split), n_rules (rules tried)}. Runs made before validation splits have no
+    rule name: their reduction says what the clip score is.
+    """
+    try:
+        meta = _evaluation_document(Path(run_dir), evaluation)
+    except (OSError, ValueError, rf.RunFolderError):
+        meta = {}
+    try:
+        config = rf.read_json(Path(run_dir) / rf.CONFIG)
+    except (OSError, ValueError):
+        config = {}
+    config = config if isinstance(config, dict) else {}
+    merged = {**config, **meta}
+    if merged.get("kind") != rf.KIND_BASELINE:
+        return None
+    candidates = [c for c in merged.get("rule_candidates") or [] if isinstance(c, dict)]
+    chosen = next((c for c in candidates if c.get("rule") == merged.get("rule")), None)
+    threshold = merged.get("threshold")
+    return {"detector": merged.get("label") or merged.get("method") or "baseline", "rule": merged.get("rule"),
+            "reduction": merged.get("reduction"),
+            "threshold": float(threshold) if isinstance(threshold, (int, float)) else None,
+            "val_data": merged.get("val_data") or None,
+            "val_balanced_accuracy": chosen.get("val_balanced_accuracy") if chosen else None,
+            "n_rules": len(candidates)}
+
+
+def _baseline_chosen_text(decision: Mapping[str, Any]) -> str:
+    if not decision["val_data"]:
+        return FIXED_RULE_TEXT
+    text = f"chosen on the validation split {decision['val_data']}"
+    details = []
+    if decision["val_balanced_accuracy"] is not None:
+        details.append(f"balanced accuracy {pct(decision['val_balanced_accuracy'])} there")
+    if decision["n_rules"] > 1:
+        details.append(f"best of {decision['n_rules']} rules")
+    return text + (f" ({', '.join(details)})" if details else "")
+
+
+def _auc_text(roc_auc: float | None) -> str:
+    return "n/a" if roc_auc is None else f"{roc_auc:.3f}"
+
+
+def baseline_decision_line(decision: Mapping[str, Any], roc_auc: float | None) -> str:
+    """One Markdown sentence: the clip rule and threshold, how they were chosen, and the ROC AUC."""
+    rule = f" (rule `{decision['rule']}`)" if decision["rule"] else ""
+    threshold = "n/a" if decision["threshold"] is None else f"{decision['threshold']:.3f}"
+    return (f"**{decision['detector']}**: SPEECH when the {decision['reduction'] or 'clip score'}{rule} is at "
+            f"least {threshold}; {_baseline_chosen_text(decision)}. ROC AUC {_auc_text(roc_auc)} (of the "
+            "clip score, over every threshold).")
+
+
+def baseline_decision_table(rows: Iterable[tuple[str, Mapping[str, Any], float | None]]) -> pd.DataFrame:
+    """One row per (name, decision, roc_auc): BASELINE_DECISION_COLUMNS, short cells ("—" where a
+    fixed rule has no validation split), so the table fits beside Compare's."""
+    out = []
+    for name, decision, roc_auc in rows:
+        chosen = bool(decision["val_data"])
+        balanced = "—"
+        if chosen and decision["val_balanced_accuracy"] is not None:
+            balanced = pct(decision["val_balanced_accuracy"])
+            if decision["n_rules"] > 1:
+                balanced += f" (best of {decision['n_rules']} rules)"
+        out.append({"Baseline": name, "Clip rule": decision["rule"] or decision["reduction"] or "n/a",
+                    "Threshold": "n/a" if decision["threshold"] is None else f"{decision['threshold']:.3f}",
+                    "How chosen": "on the validation split" if chosen else "fixed: the default rule and threshold",
+                    "Validation split": decision["val_data"] if chosen else "—",
+                    "Val balanced accuracy": balanced, "ROC AUC": _auc_text(roc_auc)})
+    return pd.DataFrame(out, columns=list(BASELINE_DECISION_COLUMNS))
+
+
+def comparison_baselines(comparison: "Comparison") -> pd.DataFrame:
+    """The decision table of every baseline evaluation in a comparison (added rows and picks alike),
+    named as the comparison table names them; empty when there is none."""
+    folders = {info.run_id: info.path for side in comparison.sides for info in side.runs.values()}
+    rows = [row for row in comparison.rows if row["kind"] == rf.KIND_BASELINE]
+    entries = []
+    for row in rows:
+        decision = baseline_decision(folders[row["run"]], row["evaluation"])
+        if decision is not None:
+            several = sum(other["configuration"] == row["configuration"] for other in rows) > 1
+            entries.append((f"{row['configuration']} · {seed_text(row['_key'])}" if several else row["configuration"],
+                            decision, row["roc_auc"]))
+    return baseline_decision_table(entries)
 
 
 # ---------------------------------------------------------------- one evaluation
