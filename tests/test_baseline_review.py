@@ -164,3 +164,18 @@ def test_two_runs_of_one_detector_stay_two_rows(workspace):
     assert by_name.loc["WebRTC VAD · vad-fixed (baseline)", "Threshold"] == "0.500"
     assert by_name.loc["WebRTC VAD · vad-fixed-on-val (baseline)", "Threshold"] == "0.900"
     assert "Silero VAD (baseline)" in by_name.index  # a detector run once keeps its plain name
+
+
+def test_the_report_lists_how_each_baseline_labels_clips(workspace):
+    from engine.dashboard import report
+
+    comparison = review.compare(rf.list_runs(workspace), ["A", "B"], "test", None, True)
+    markdown = report.build_report(comparison, workspace)
+    section = markdown.split("### How the baselines label clips", 1)[1].split("## Training loss", 1)[0]
+    table = review.comparison_baselines(comparison)
+    assert sorted(table["Baseline"]) == ["Old VAD (baseline)", "Silero VAD (baseline)", "WebRTC VAD (baseline)"]
+    for name in table["Baseline"]:
+        assert name in section
+    assert "on the validation split" in section and "fixed: the default rule and threshold" in section
+    without = report.build_report(review.compare(rf.list_runs(workspace), ["A", "B"], "test", None, False), workspace)
+    assert "How the baselines label clips" not in without

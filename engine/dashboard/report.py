@@ -119,6 +119,13 @@ def build_report(comparison: Comparison, workspace: Path | None = None, written_
     if comparison.differences:
         parts.append("")
 
+    baselines = review.comparison_baselines(comparison)
+    if not baselines.empty:
+        parts += ["### How the baselines label clips", "", markdown_table(baselines), "",
+                  "A detector scores short frames; its clip rule turns them into one clip score, SPEECH at or above "
+                  "the threshold. Both are chosen on the validation split when one was given (the rule with the best "
+                  "balanced accuracy there), else the detector's fixed default.", ""]
+
     parts += ["## Training loss", ""]
     loss_table = review.loss_at_steps(comparison.losses)
     parts += [markdown_table(loss_table) if not loss_table.empty else
