@@ -12,6 +12,8 @@ ACTION_LABELS = {
     "intermediate_checkpoints": "Intermediate checkpoints of finished runs (final adapter kept)",
     "optimizer_state": "Optimizer, scheduler and RNG state of finished runs",
     "failed_runs": "Failed, cancelled and crashed runs (whole folders)",
+    "exported_reports": "Exported reports (_reports/)",
+    "upload_leftovers": "Unfinished browser uploads left by a crash (older than an hour)",
     "cache_revisions": "Model cache revisions (chosen below)",
 }
 MB = disk.MB

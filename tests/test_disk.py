@@ -135,6 +135,35 @@ def elsewhere_run(root: Path, name: str, heartbeat_age_s: float) -> Path:
     return run
 
 
+def test_reports_and_upload_leftovers_are_cleaned_only_as_planned(root, outside):
+    write(root / "_reports" / "20261201-101010" / "report.md", 100)
+    write(root / "_reports" / "20261202-101010" / "figures" / "loss.png", 300)
+    write(root / "_reports" / "plotly-2.35.2.min.js", 4000)
+    old_upload = write(root / "_datasets" / ".upload-old" / "part.wav", 700).parent
+    fresh_upload = write(root / "_datasets" / ".upload-fresh" / "part.wav", 50).parent
+    kept_dataset = write(root / "_datasets" / "heldout-1a2b3c4d" / "manifest.csv", 20)
+    hour_ago = time.time() - disk.UPLOAD_LEFTOVER_AGE_S - 5
+    os.utime(old_upload, (hour_ago, hour_ago))
+    (root / "_reports" / "outside-link").symlink_to(outside, target_is_directory=True)
+    make_run(root, "done", rf.SUCCEEDED)
+
+    plan = disk.plan_cleanup(root, {"exported_reports", "upload_leftovers"})
+    planned = {Path(i["path"]).relative_to(root).as_posix(): i["action"] for i in plan.items}
+    assert planned == {"_reports/20261201-101010": "exported_reports", "_reports/20261202-101010": "exported_reports",
+                       "_datasets/.upload-old": "upload_leftovers"}  # a link among them keeps plotly.js
+    assert any(".upload-fresh" in note and "left alone" in note for note in plan.notes)
+    assert plan.total == 100 + 300 + 700
+    disk.execute_cleanup(plan, root)
+    assert not old_upload.exists() and fresh_upload.exists() and kept_dataset.exists()
+    assert not (root / "_reports" / "20261201-101010").exists() and (root / "_reports" / "plotly-2.35.2.min.js").exists()
+    assert (outside / "precious.bin").exists() and (root / "done" / "adapter").is_dir()
+
+    (root / "_reports" / "outside-link").unlink()  # now plotly.js is the only thing left: it goes with the last report
+    write(root / "_reports" / "20261203-101010" / "report.md", 10)
+    plan = disk.plan_cleanup(root, {"exported_reports"})
+    assert {Path(i["path"]).name for i in plan.items} == {"20261203-101010", "plotly-2.35.2.min.js"}
+
+
 def test_clean_up_never_lists_a_run_running_elsewhere_with_a_fresh_heartbeat(root):
     live = elsewhere_run(root, "in-container", heartbeat_age_s=5)
     quiet = elsewhere_run(root, "quiet-container", heartbeat_age_s=300)  # reads crashed, may be paused

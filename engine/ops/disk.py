@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -26,7 +27,9 @@ from engine.models.family import read_folder_config
 from engine.runs import folder as rf
 
 CATEGORIES = ("adapters", "checkpoints", "optimizer_state", "predictions", "logs", "other")
-ACTIONS = ("intermediate_checkpoints", "optimizer_state", "failed_runs", "cache_revisions")
+ACTIONS = ("intermediate_checkpoints", "optimizer_state", "failed_runs", "exported_reports", "upload_leftovers",
+           "cache_revisions")
+UPLOAD_LEFTOVER_AGE_S = 3600  # a browser upload's scratch folder older than this was left by a crash
 FAILED_STATES = frozenset({rf.FAILED, rf.CANCELLED, rf.CRASHED})
 
 # Intermediate checkpoint folders at the top of a run: checkpoint-*, checkpoints/, epoch-*.
@@ -229,8 +232,6 @@ def cache_usage(cache_dir: Path | None = None) -> CacheUsage:
 
 
 def _iso(timestamp: float) -> str:
-    import time
-
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(timestamp))
 
 
@@ -256,8 +257,10 @@ def plan_cleanup(runs_root: Path, actions: Iterable[str], cache_dir: Path | None
 
     actions: "intermediate_checkpoints" (checkpoint folders of finished runs that kept their
     final adapter), "optimizer_state" (optimizer/scheduler/RNG files of finished runs),
-    "failed_runs" (whole folders of failed, cancelled and crashed runs), "cache_revisions"
-    (the hub-cache `revisions` listed, by commit hash).
+    "failed_runs" (whole folders of failed, cancelled and crashed runs), "exported_reports" (the
+    report folders in _reports/; the shared plotly.js goes with the last one), "upload_leftovers"
+    (hidden scratch folders of browser uploads in _datasets/ older than an hour: an upload cut off
+    by a crash), "cache_revisions" (the hub-cache `revisions` listed, by commit hash).
     """
     actions = set(actions)
     unknown = sorted(actions - set(ACTIONS))
@@ -302,9 +305,41 @@ def plan_cleanup(runs_root: Path, actions: Iterable[str], cache_dir: Path | None
                     if _OPTIMIZER_FILE.match(name) and not path.is_symlink():
                         plan.items.append(_item(path, "optimizer_state",
                                                 f"training state of {info.state} run {info.run_id}"))
+    if "exported_reports" in actions:
+        _plan_reports(plan, runs_root)
+    if "upload_leftovers" in actions:
+        _plan_upload_leftovers(plan, runs_root)
     if "cache_revisions" in actions:
         _plan_cache(plan, cache_dir, list(revisions))
     return plan
+
+
+def _shared_children(runs_root: Path, folder: str):
+    """The entries of a shared workspace folder (_reports, _datasets); none when it is a link."""
+    base = runs_root / folder
+    if base.is_symlink() or not base.is_dir():
+        return []
+    return sorted(base.iterdir())
+
+
+def _plan_reports(plan: Plan, runs_root: Path) -> None:
+    children = _shared_children(runs_root, "_reports")
+    reports = [c for c in children if c.is_dir() and not c.is_symlink()]
+    plan.items += [_item(c, "exported_reports", f"exported report {c.name}") for c in reports]
+    others = [c for c in children if c not in reports]
+    if reports and all(c.is_file() and not c.is_symlink() and c.name.startswith("plotly") for c in others):
+        plan.items += [_item(c, "exported_reports", "plotly.js shared by the reports (none left)") for c in others]
+
+
+def _plan_upload_leftovers(plan: Plan, runs_root: Path) -> None:
+    now = time.time()
+    for child in _shared_children(runs_root, "_datasets"):
+        if child.name.startswith(".upload-") and child.is_dir() and not child.is_symlink():
+            age = now - child.stat().st_mtime
+            if age >= UPLOAD_LEFTOVER_AGE_S:
+                plan.items.append(_item(child, "upload_leftovers", f"unfinished upload from {_iso(child.stat().st_mtime)}"))
+            else:
+                plan.notes.append(f"{child.name}: an upload from the last hour, left alone (it may still be running)")
 
 
 def _item(path: Path, action: str, reason: str, size: int | None = None) -> dict:
