@@ -163,6 +163,28 @@ def test_a_dead_job_reads_as_crashed_at_once_and_the_next_worker_records_it(root
     assert rf.read_json(run_dir / rf.STATUS)["state"] == rf.CRASHED
 
 
+def test_a_job_that_ends_never_overwrites_a_run_another_job_or_process_is_writing(root):
+    """A job that failed because its run name was taken must not give that run its failure: not when
+    another queued or running job writes the folder, and not when a live process recorded it."""
+    run_dir = root / "taken"
+    loser = enqueue_sleep(root, 1, run_dir)
+    owner = enqueue_sleep(root, 1, run_dir, prepare_run=(run_dir, {"kind": "train"}))
+    assert run_state(run_dir) == rf.QUEUED
+    store._sync_run_status(jobs.read_job(root, loser), rf.FAILED, "run folder already exists")
+    assert run_state(run_dir) == rf.QUEUED  # the owner's queued run is intact
+
+    rf.write_status(run_dir, rf.RUNNING, pid=os.getpid(), process_start_time=rf.process_start_time(os.getpid()))
+    jobs.cancel(root, owner)  # no other job now: only the live process protects it
+    store._sync_run_status(jobs.read_job(root, loser), rf.FAILED, "run folder already exists")
+    assert run_state(run_dir) == rf.RUNNING
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    rf.write_status(run_dir, rf.RUNNING, pid=gone.pid, process_start_time=time.time() - 5)
+    store._sync_run_status(jobs.read_job(root, loser), rf.FAILED, "exited with code 1")
+    assert run_state(run_dir) == rf.FAILED  # its own, dead process: the job's end is the run's
+
+
 def test_racing_launches_never_run_two_gpu_jobs_on_one_slot(root):
     job_ids: list[str] = []
 

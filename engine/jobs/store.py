@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import secrets
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from engine.runs import folder as rf
+
+log = logging.getLogger("engine.jobs.store")
 
 JOBS_DIR = ".jobs"
 JOB_FILE = "job.json"
@@ -321,8 +324,29 @@ def _sync_run_status(job: dict, state: str, error: str | None) -> None:
         return
     recorded = _recorded_run_state(run_dir)
     if recorded is None or recorded in rf.ACTIVE_STATES:
+        if (owner := _other_owner(job, Path(run_dir))) is not None:
+            log.info("job %s ended %s; run folder %s left as it is: %s", job.get("job_id"), state, run_dir, owner)
+            return
         fields = {"error": error} if error else {}
         rf.write_status(Path(run_dir), state, **fields)
+
+
+def _other_owner(job: dict, run_dir: Path) -> str | None:
+    """Who else is writing `run_dir` while `job` ends, or None. A job that failed because its run
+    name was taken (by another job queued meanwhile, or a run started outside the queue) must not
+    give that run its failure."""
+    try:
+        status = rf.read_status(run_dir)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        status = {}
+    if status.get("state") == rf.RUNNING and rf.is_local(status) and \
+            rf.process_alive(status.get("pid"), status.get("process_start_time")):
+        return f"its process {status.get('pid')} is still running"
+    for other in raw_jobs(run_dir.parent):
+        if other.get("job_id") != job.get("job_id") and other.get("state") in rf.ACTIVE_STATES and \
+                other.get("run_dir") and Path(other["run_dir"]) == run_dir:
+            return f"job {other['job_id']} ({other['state']}) writes it"
+    return None
 
 
 # ---------------------------------------------------------------- enqueue
