@@ -458,10 +458,19 @@ def hidden_states(hf, batch: Batch, trim: bool = True, prefix: "SharedPrefix | N
         rows = batch.input_ids.shape[0]
         attention_mask = torch.cat([prefix.attention_mask.expand(rows, -1), attention_mask], dim=1)
         position_ids = position_ids + prefix.next_position.expand(rows)[:, None]
-        past = prefix.cache()
+        past = {_cache_argument(hf.model.language_model): prefix.cache()}
     out = hf.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, past_key_values=past, use_cache=False)
+                                  position_ids=position_ids, use_cache=False, **(past or {}))
     return out.last_hidden_state
+
+
+def _cache_argument(language_model) -> str:
+    """The forward's name for the key/value cache: `cache` from transformers 5.2x on,
+    `past_key_values` before (the old name warns, and goes in 5.40)."""
+    import inspect
+
+    parameters = inspect.signature(type(language_model).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def answer_loss(model, batch: Batch, trim: bool = True) -> tuple[torch.Tensor, int]:
@@ -540,7 +549,8 @@ def _run_prefix(hf, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = hf.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                   position_ids=position_ids, use_cache=True)
-    layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    cache = out.cache if "cache" in type(out).__dataclass_fields__ else out.past_key_values
+    layers = [(layer.keys, layer.values) for layer in cache.layers]
     return SharedPrefix(layers, attention_mask, attention_mask.sum(-1))
 
 
