@@ -78,3 +78,15 @@ def test_demo_workspace_file_set(demo_workspace):
         assert {"test", "val"} <= {p.name for p in (demo_workspace / f"demo-attention-s{seed}" / "evaluations").iterdir()}
     opro_base = rf.read_json(demo_workspace / "demo-opro-base" / rf.CONFIG)
     assert demo_model.is_demo_model(opro_base["model"])  # the 2x2 design: the same base as the adapters
+
+
+def test_dashboard_knows_demo_runs_by_their_model(demo_workspace):
+    """Compare's demo caveat and the Train form's defaults follow the demo runs onto the demo model."""
+    from engine.dashboard import launch, review
+
+    comparison = review.compare(rf.list_runs(demo_workspace), ["Attention-Only (demo)", "Attention+MLP (demo)"],
+                                n_boot=50)
+    assert any(note.startswith("Demo runs use the tiny model") for note in comparison.notes)
+    defaults = launch.demo_defaults(demo_workspace)
+    assert demo_model.is_demo_model(defaults["model"])
+    assert defaults["model"] == rf.read_json(demo_workspace / "demo-attention-s42" / rf.CONFIG)["model"]

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from engine.models.qwen2_audio.demo_model import is_demo_model
 from engine.runs import folder as rf
 from engine.stats import core as stats
 from engine.runs.predictions import CLASSES, NONSPEECH, RECORD_FIELDS, SPEECH
@@ -1458,8 +1459,10 @@ def build_comparison(sides: Sequence[Side], baselines: Sequence[Side] = (),
     diffs, paired = computed["differences"], computed["paired"]
     n_clips = rows[0]["n"] if rows else 0
     notes = []
-    if any(s.kind == rf.KIND_TRAIN and s.config.get("model") == "tiny" for s in sides):
-        notes.append("Demo runs use the tiny random-weight model on synthetic clips: the numbers show how "
+    if any(s.kind == rf.KIND_TRAIN and (s.config.get("model") == "tiny" or is_demo_model(s.config.get("model")))
+           for s in sides):
+        notes.append("Demo runs use the tiny model (random weights, or the demo model pre-trained on synthetic "
+                     "sounds) on synthetic clips: the numbers show how "
                      "the dashboard works, not how Qwen2-Audio-7B performs.")
     for side in sides:
         if side.n_seeds < 2 and side.kind != rf.KIND_BASELINE:
