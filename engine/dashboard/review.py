@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from engine.models.qwen2_audio.demo_model import is_demo_model
 from engine.runs import folder as rf
 from engine.stats import core as stats
 from engine.runs.predictions import CLASSES, NONSPEECH, RECORD_FIELDS, SPEECH
@@ -1459,7 +1458,9 @@ def build_comparison(sides: Sequence[Side], baselines: Sequence[Side] = (),
     diffs, paired = computed["differences"], computed["paired"]
     n_clips = rows[0]["n"] if rows else 0
     notes = []
-    if any(s.kind == rf.KIND_TRAIN and (s.config.get("model") == "tiny" or is_demo_model(s.config.get("model")))
+    # Demo runs: the tiny model, or (the demo's own) the demo model trained on the demo's data.
+    if any(s.kind == rf.KIND_TRAIN and (s.config.get("model") == "tiny"
+                                        or ".demo-data" in Path(str(s.config.get("train_data", ""))).parts)
            for s in sides):
         notes.append("Demo runs use the tiny model (random weights, or the demo model pre-trained on synthetic "
                      "sounds) on synthetic clips: the numbers show how "
