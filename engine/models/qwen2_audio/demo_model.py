@@ -1,15 +1,16 @@
 """The demo's base model: the tiny Qwen2-Audio with learned audio features.
 
 A random base has no audio features, so on varied data a LoRA adapter would have to build them
-from random projections in a few hundred steps, which the tiny model cannot
-(docs/PERFORMANCE.md, "The demo's adapters"). So the demo builds its base like a real audio LLM
-is built, in miniature: the tiny random model (engine.models.qwen2_audio.tiny, same tokenizer and
-sizes) is pre-trained, all weights, on a different task, naming the kind of a synthetic sound
-("voice", "music", "rain", "traffic", ...), with its own prompt. The demo's adapters still have
-to learn the SPEECH / NONSPEECH answer with its prompt through LoRA.
+from random projections in the demo's 96 steps, which the tiny model cannot (docs/PERFORMANCE.md,
+"The demo's adapters"). So the demo builds its base as an audio LLM is built, in miniature: the
+tiny random model (engine.models.qwen2_audio.tiny, same tokenizer and sizes) has its audio encoder
+and projector pre-trained on a different task, naming the kind of a synthetic sound ("voice",
+"music", "rain", "traffic", ...) with its own prompt, through the frozen random language model.
+The demo's adapters still have to learn the SPEECH / NONSPEECH answer with the demo's prompt.
 
-Built once on the CPU, deterministic, and cached like the tiny model (atomically, a folder
-versioned by DEMO_MODEL_VERSION). The tests' random `tiny` model is not changed by any of this.
+Built once on the CPU (about 50 s on 2 cores), deterministic, and cached like the tiny model
+(atomically, in a folder versioned by DEMO_MODEL_VERSION). The tests' random `tiny` model is not
+changed by any of this; `python -m engine demo` builds it on first use.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from engine.labels import SPEECH
 from engine.models.qwen2_audio import QWEN2_AUDIO as FAMILY
 from engine.models.qwen2_audio.tiny import TINY_VERSION, build_tiny_model
 from engine.runs import folder as rf
@@ -49,8 +51,6 @@ PRETRAIN = dict(
 
 def kind_word(item: dict[str, Any]) -> str:
     """The pre-training answer for a planned clip: "voice" for speech, else its kind in words."""
-    from engine.labels import SPEECH
-
     return "voice" if item["label"] == SPEECH else item["condition"].replace("_", " ")
 
 
@@ -91,7 +91,8 @@ def ensure_demo_model(path: Path | None = None, say: Callable[[str], None] = lam
 
 def build_demo_model(out_dir: Path, recipe: dict[str, Any] | None = None,
                      say: Callable[[str], None] = lambda msg: None) -> Path:
-    """The tiny model, pre-trained (all weights, fp32, CPU) to name sound kinds; written to out_dir."""
+    """The tiny model with its audio encoder and projector pre-trained (fp32, CPU) to name sound
+    kinds (with recipe={"train_lm": True} the language model too); written to out_dir."""
     import numpy as np
     import torch
 
