@@ -212,4 +212,6 @@ def test_adapter_choices_are_finished_training_runs(demo_workspace):
     names = {c.label for c in choices}
     assert {"demo-attention-s42", "demo-attention-mlp-s42"} <= names
     assert not names & {"demo-silero-vad", "example-base", "example-lora-s42"}
-    assert all(c.model == "tiny" and c.quantization == "4bit" for c in choices)
+    from engine.models.qwen2_audio.demo_model import is_demo_model
+
+    assert all(is_demo_model(c.model) and c.quantization == "4bit" for c in choices)  # the demo runs' base

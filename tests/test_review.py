@@ -196,14 +196,20 @@ def test_difference_line_and_seed_table(demo_comparison, demo_workspace):
     assert diff["line"] == (f"{expected['Overall']:+.1f} {ci['overall']} pts overall ({expected[SPEECH]:+.1f} "
                             f"{ci[SPEECH]} SPEECH, {expected[NONSPEECH]:+.1f} {ci[NONSPEECH]} NONSPEECH); "
                             "95% intervals: bootstrap over clips (within class) and seeds")
-    seeds = stats.aggregate_seeds({42: records_of(demo_workspace, b[0]), 123: records_of(demo_workspace, b[1])},
-                                  n_boot=500)
-    row = demo_comparison.seed_table.set_index(["Configuration", "Metric"]).loc[(MLP, "Overall")]
-    assert row["Mean"] == f"{seeds['overall']['mean']:.2f}%"
-    # The demo's two seeds (a tiny random model) give a t-interval that passes 100: clipped and marked.
-    assert seeds["overall"]["t_ci_clipped"] and 0 <= seeds["overall"]["t_ci"][0] <= seeds["overall"]["t_ci"][1] <= 100
-    assert row["t 95% interval"] == review.format_interval(seeds["overall"]["t_ci"], 1.0) + " (clipped)"
-    assert row["Bootstrap 95% interval"] == review.format_interval(seeds["overall"]["bootstrap_ci"], 1.0)
+    # Two seeds that differ give a t-interval (t(1) = 12.7) that passes 100: clipped and marked.
+    # Which configuration's seeds differ depends on the demo's data and model, so both are checked.
+    clipped = 0
+    for label, runs in ((ATTENTION, a), (MLP, b)):
+        seeds = stats.aggregate_seeds({42: records_of(demo_workspace, runs[0]),
+                                       123: records_of(demo_workspace, runs[1])}, n_boot=500)
+        row = demo_comparison.seed_table.set_index(["Configuration", "Metric"]).loc[(label, "Overall")]
+        assert row["Mean"] == f"{seeds['overall']['mean']:.2f}%"
+        assert 0 <= seeds["overall"]["t_ci"][0] <= seeds["overall"]["t_ci"][1] <= 100
+        marker = " (clipped)" if seeds["overall"]["t_ci_clipped"] else ""
+        assert row["t 95% interval"] == review.format_interval(seeds["overall"]["t_ci"], 1.0) + marker
+        assert row["Bootstrap 95% interval"] == review.format_interval(seeds["overall"]["bootstrap_ci"], 1.0)
+        clipped += seeds["overall"]["t_ci_clipped"]
+    assert clipped >= 1
     assert row["n seeds"] == 2
 
 

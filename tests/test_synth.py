@@ -93,6 +93,47 @@ def test_generators_have_the_intended_spectra():
     assert np.mean(np.abs(clicks) > 0.05) < 0.1  # mostly silence between bursts
 
 
+def test_environmental_and_music_generators_have_their_character():
+    rng = np.random.default_rng(1)
+    wind, traffic, rain = synth.wind(2.0, rng), synth.traffic(2.0, rng), synth.rain(2.0, rng)
+    assert band_power(wind, 20, 500) > 100 * band_power(wind, 3000, 8000)  # wind and traffic rumble low
+    assert band_power(traffic, 20, 300) > 100 * band_power(traffic, 3000, 8000)
+    assert band_power(rain, 3000, 8000) > band_power(rain, 100, 300)  # rain drops are bright
+    quarter = wind.size // 4
+    loudness = [np.sqrt(np.mean(wind[i * quarter:(i + 1) * quarter] ** 2)) for i in range(4)]
+    assert max(loudness) > 1.1 * min(loudness)  # gusts
+    drums = synth.drums(2.0, rng)
+    assert np.mean(np.abs(drums) > 0.05) < 0.6  # hits with decays between them
+    bursts = synth.noise_bursts(2.0, rng)
+    assert np.mean(np.abs(bursts) < 1e-9) > 0.2  # silence between bursts
+
+
+def test_music_is_harmonic_notes():
+    tune = synth.music(2.0, np.random.default_rng(5))
+    spectrum = np.abs(np.fft.rfft(tune))
+    # Tonal: a few spectral lines hold most of the energy, unlike noise.
+    top = np.sort(spectrum ** 2)[::-1]
+    assert top[:200].sum() > 0.5 * top.sum()
+    noise = np.sort(np.abs(np.fft.rfft(synth.coloured_noise(2.0, "white", np.random.default_rng(5)))) ** 2)[::-1]
+    assert noise[:200].sum() < 0.1 * noise.sum()
+
+
+def test_channels_limit_the_band_and_keep_the_length():
+    rng = np.random.default_rng(2)
+    white = synth.coloured_noise(1.0, "white", rng)
+    phone = synth.apply_channel(white, "telephone", rng)
+    assert phone.size == white.size and np.max(np.abs(phone)) <= np.max(np.abs(white)) + 1e-9
+    assert band_power(phone, 500, 3000) > 1000 * band_power(phone, 4000, 8000)
+    assert band_power(phone, 500, 3000) > 1000 * band_power(phone, 20, 150)
+    lowpass = synth.apply_channel(white, "lowpass", rng)
+    assert band_power(lowpass, 100, 3000) > 1000 * band_power(lowpass, 6500, 8000)
+    assert np.array_equal(synth.apply_channel(white, "full", rng), white)
+    with pytest.raises(ValueError, match="unknown channel"):
+        synth.apply_channel(white, "radio", rng)
+    wet = synth.reverberate(synth.click_train(1.0, 2.0, rng), rng)
+    assert wet.size == 16000 and np.mean(np.abs(wet) > 1e-3) > 0.1  # the clicks now ring on
+
+
 # ---------------------------------------------------------------------- dataset
 
 def test_make_dataset_is_balanced_reproducible_and_loadable(tmp_path):
@@ -103,6 +144,7 @@ def test_make_dataset_is_balanced_reproducible_and_loadable(tmp_path):
     assert file_bytes(tmp_path / "a") == file_bytes(tmp_path / "b")
     assert file_bytes(tmp_path / "a") != file_bytes(tmp_path / "c")
     assert (tmp_path / "a" / "README.txt").read_text().startswith("Synthetic demo data")
+    assert synth.dataset_style(tmp_path / "a") == "plain" and synth.dataset_style(tmp_path) is None
 
     for split, n in (("train", 8), ("test", 6), ("val", 4)):
         rows = read_rows(first[split])
@@ -115,6 +157,7 @@ def test_make_dataset_is_balanced_reproducible_and_loadable(tmp_path):
             assert 500 <= int(row["duration_ms"]) <= 1000
             assert bool(row["voice"]) == (row["label"] == "SPEECH")
             assert (row["snr_db"] != "") == (row["condition"] == "noisy_speech")
+            assert row["channel"] == "full"  # the plain style has no channels
         clips, report = load_clips(first[split])
         assert len(clips) == report.n_clips == n and not report.bad_files
 
@@ -134,6 +177,56 @@ def test_default_dataset_size_balance_and_speed(tmp_path):
     # The test split has its own random stream: it does not change when the training set grows.
     synth.make_dataset(tmp_path / "bigger", n_train=40)
     assert file_bytes(tmp_path / "demo" / "test") == file_bytes(tmp_path / "bigger" / "test")
+
+
+def test_varied_dataset_covers_voices_kinds_channels_for_both_classes(tmp_path):
+    """The demo's data: every voice and sound kind, noisy speech over everyday backgrounds at
+    several SNRs, and channels drawn alike for both classes, so no recording trait gives the class away."""
+    started = time.perf_counter()
+    manifests = synth.make_dataset(tmp_path / "demo", n_train=192, n_test=32, n_val=32, style="varied")
+    elapsed = time.perf_counter() - started
+    assert elapsed < 30, f"the varied demo set took {elapsed:.1f} s for 256 clips"
+    assert synth.dataset_style(tmp_path / "demo") == "varied"
+    train = read_rows(manifests["train"])
+    assert len(train) == 192 and sum(r["label"] == "SPEECH" for r in train) == 96
+    assert {r["voice"] for r in train if r["voice"]} == set(synth.VARIED_SPEECH_VOICES)
+    assert {r["condition"] for r in train if r["label"] == "NONSPEECH"} == set(synth.VARIED_NONSPEECH_KINDS)
+    noisy = [r for r in train if r["condition"] == "noisy_speech"]
+    assert 0.3 < len(noisy) / 96 < 0.7 and len({r["snr_db"] for r in noisy}) >= 4
+    for label in ("SPEECH", "NONSPEECH"):
+        assert {r["channel"] for r in train if r["label"] == label} == set(synth.CHANNELS)
+    # Loudness varies over tens of dB for both classes, and speech is not simply the louder class.
+    levels = {label: [20 * np.log10(np.sqrt(np.mean(sf.read(tmp_path / "demo" / r["path"])[0] ** 2)))
+                      for r in train if r["label"] == label] for label in ("SPEECH", "NONSPEECH")}
+    for values in levels.values():
+        assert np.ptp(values) > 15
+    assert abs(np.median(levels["SPEECH"]) - np.median(levels["NONSPEECH"])) < 6
+    # Same seed, same bytes; and the plain style of the same seed is another set.
+    again = synth.make_dataset(tmp_path / "again", n_train=192, n_test=32, n_val=32, style="varied")
+    assert file_bytes(tmp_path / "demo") == file_bytes(tmp_path / "again") and again
+    with pytest.raises(ValueError, match="unknown style"):
+        synth.make_dataset(tmp_path / "x", style="fancy")
+
+
+# The first clip of the plain plan (seed 0, 64 clips) as it was drawn before the varied style existed.
+PLAIN_FIRST_CLIP = ("SPEECH", "clean_speech", 1.9109, 6901374321971837629)
+
+
+def test_plain_dataset_is_unchanged_by_the_varied_style():
+    """The tests' pinned losses train on the plain set: its plan must not draw from the varied lists."""
+    plan = synth.plan_clips(64, seed=0, stream=0)
+    assert {item["voice"] for item in plan if "voice" in item} <= set(synth.SPEECH_VOICES)
+    assert {item["condition"] for item in plan if item["label"] == "NONSPEECH"} <= set(synth.NONSPEECH_KINDS)
+    assert all(item["channel"] == "full" and "background" not in item for item in plan)
+    first = plan[0]
+    assert (first["label"], first["condition"], round(first["seconds"], 4), first["seed"]) == PLAIN_FIRST_CLIP
+
+
+def test_synthesis_in_processes_is_deterministic():
+    plan = synth.plan_clips(12, seed=3, stream=1, style="varied")
+    one, two = synth.synthesize_clips(plan, processes=2), synth.synthesize_clips(plan, processes=2)
+    assert len(one) == 12 and all(np.array_equal(a, b) for a, b in zip(one, two))
+    assert all(a.dtype == np.float32 and a.size >= int(0.8 * 16000) for a in one)
 
 
 def test_make_dataset_protects_other_folders_and_regenerates_its_own(tmp_path):

@@ -114,11 +114,16 @@ def _form_field(name: str, default: Any, doc: str) -> FormField:
 
 
 def demo_defaults(runs_root: Path) -> dict[str, Any]:
-    """Starting values for a demo workspace (one holding .demo-data/): its data and the tiny model."""
+    """Starting values for a demo workspace (one holding .demo-data/): its data and the demo runs' model."""
     data = Path(runs_root) / ".demo-data"
     if not (data / "train.csv").is_file():
         return {}
-    values: dict[str, Any] = {"model": "tiny", "train_data": str((data / "train.csv").resolve())}
+    try:  # new runs start on the demo runs' base model (the demo model, or tiny in older workspaces)
+        model = str(rf.read_json(Path(runs_root) / "demo-attention-s42" / rf.CONFIG).get("model") or "tiny")
+    except (OSError, ValueError, AttributeError):
+        model = "tiny"
+    values: dict[str, Any] = {"model": model,
+                              "train_data": str((data / "train.csv").resolve())}
     if (data / "val.csv").is_file():
         values["val_data"] = str((data / "val.csv").resolve())
     return values

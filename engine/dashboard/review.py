@@ -1562,8 +1562,12 @@ def build_comparison(sides: Sequence[Side], baselines: Sequence[Side] = (),
     diffs, paired = computed["differences"], computed["paired"]
     n_clips = rows[0]["n"] if rows else 0
     notes = []
-    if any(s.kind == rf.KIND_TRAIN and s.config.get("model") == "tiny" for s in sides):
-        notes.append("Demo runs use the tiny random-weight model on synthetic clips: the numbers show how "
+    # Demo runs: the tiny model, or (the demo's own) the demo model trained on the demo's data.
+    if any(s.kind == rf.KIND_TRAIN and (s.config.get("model") == "tiny"
+                                        or ".demo-data" in Path(str(s.config.get("train_data", ""))).parts)
+           for s in sides):
+        notes.append("Demo runs use the tiny model (random weights, or the demo model pre-trained on synthetic "
+                     "sounds) on synthetic clips: the numbers show how "
                      "the dashboard works, not how Qwen2-Audio-7B performs.")
     for side in sides:
         if side.n_seeds < 2 and side.kind != rf.KIND_BASELINE:

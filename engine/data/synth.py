@@ -33,7 +33,13 @@ import soxr
 from engine.data.audio import SAMPLE_RATE
 from engine.labels import NONSPEECH, SPEECH
 
-# Voices of the demo set: languages and variants, so "speech" is not one speaker's timbre.
+# Two styles of data set. "plain" (the default; the tests' pinned losses were measured on it):
+# espeak voices in silence or coloured noise vs noise, tones, chirps, clicks, hum. "varied" (the
+# demo): more voices, rates and pitches, speech over everyday backgrounds, music and environmental
+# sounds, and one recording chain (channel, room, level, noise floor) drawn alike for both classes.
+STYLES = ("plain", "varied")
+
+# Voices of the plain set: languages and variants, so "speech" is not one speaker's timbre.
 SPEECH_VOICES = ("en-us", "en+m3", "en-us+f3", "en+f2", "de", "fr", "es", "it")
 SPEECH_RATES = (140, 160, 175, 190, 210)
 SPEECH_SNRS_DB = (0, 5, 10, 20)
@@ -41,6 +47,28 @@ NOISY_SPEECH_FRACTION = 0.4
 # Just-intonation major, minor, open-fifth and major-seventh chords.
 _CHORD_RATIOS = ((1, 5 / 4, 3 / 2), (1, 6 / 5, 3 / 2), (1, 3 / 2, 2), (1, 5 / 4, 3 / 2, 15 / 8))
 NONSPEECH_KINDS = ("white_noise", "pink_noise", "brown_noise", "tone", "chord", "chirp", "clicks", "hum")
+
+# The varied set: espeak-ng variants (male, female, Klatt, old voices) in five languages; every
+# voice appears in a split of 32 or more speech clips.
+VARIED_SPEECH_VOICES = SPEECH_VOICES + ("en-us+m1", "en+f4", "en-us+klatt4", "en+grandpa", "de+f1", "fr+m4",
+                                        "es+f5", "it+klatt2")
+VARIED_RATE_RANGE = (120, 250)  # words per minute, drawn uniformly
+VARIED_PITCH_RANGE = (20, 80)
+VARIED_SNRS_DB = (0, 5, 10, 15, 20)
+VARIED_NOISY_SPEECH_FRACTION = 0.5
+# What noisy speech is mixed with: noise, and the non-speech of real rooms and streets.
+SPEECH_BACKGROUNDS = ("white_noise", "pink_noise", "brown_noise", "hum", "music", "rain", "wind", "traffic")
+VARIED_NONSPEECH_KINDS = NONSPEECH_KINDS + ("music", "drums", "noise_bursts", "rain", "wind", "traffic")
+# The recording channel, drawn alike for both classes so that it never gives the class away:
+# full band, a telephone line (300-3400 Hz, a little saturation) or a 4-6 kHz low-pass.
+CHANNELS = ("full", "telephone", "lowpass")
+_CHANNEL_WEIGHTS = (0.55, 0.25, 0.2)
+REVERB_FRACTION = 0.3
+LEVEL_CHANGE_FRACTION = 0.3
+LEVEL_RANGE_DBFS = (-40.0, -14.0)  # clip RMS
+NOISE_FLOOR_DBFS = (-75.0, -55.0)  # RMS of the room-noise floor
+NOISE_FLOOR_COLOURS = ("white", "pink", "brown")
+LAYERED_NONSPEECH_FRACTION = 0.25  # a second sound underneath, as in real scenes
 
 SENTENCES = {
     "en": ["The train leaves at seven.", "Please close the window.", "My sister plays the cello.",
@@ -57,10 +85,11 @@ SENTENCES = {
            "Dov'è la stazione?", "La zuppa è ancora calda.", "Camminiamo lungo il fiume."],
 }
 
-MANIFEST_COLUMNS = ("path", "label", "duration_ms", "snr_db", "condition", "voice")
+MANIFEST_COLUMNS = ("path", "label", "duration_ms", "snr_db", "condition", "voice", "channel")
 README_NAME = "README.txt"
 _README_MARKER = "Synthetic demo data"
-_README = f"""{_README_MARKER} for the Qwen2-Audio SPEECH / NONSPEECH dashboard.
+_README = {
+    "plain": f"""{_README_MARKER} for the Qwen2-Audio SPEECH / NONSPEECH dashboard.
 
 Made offline by engine.data.synth.make_dataset: speech is espeak-ng text-to-speech in several
 voices and languages (some mixed with noise at the SNR in snr_db); non-speech is generated
@@ -69,7 +98,21 @@ try the tools end to end; it says nothing about real recordings. Regenerating wi
 seed gives the same files bit for bit.
 
 Manifests: train.csv, test.csv (and val.csv), columns {", ".join(MANIFEST_COLUMNS)}.
-"""
+""",
+    "varied": f"""{_README_MARKER} for the Qwen2-Audio SPEECH / NONSPEECH dashboard.
+
+Made offline by engine.data.synth.make_dataset(style="varied"): speech is espeak-ng text-to-speech
+in 16 voices and 5 languages at varied rates and pitches (half of it mixed at the SNR in snr_db
+with noise, hum, music, rain, wind or traffic); non-speech is generated noise (white, pink,
+brown), tones, chords, chirps, click trains, mains hum, music (melodies, chords, drums), noise
+bursts, rain, wind and traffic. Both classes pass through the same channels (full band,
+telephone, low-pass; column channel), some rooms' reverberation, loudness from -40 to -14 dBFS
+with changes within a clip, and a room-noise floor. It exists to try the tools end to end; it
+says little about real recordings. Regenerating with the same seed gives the same files bit for bit.
+
+Manifests: train.csv, test.csv (and val.csv), columns {", ".join(MANIFEST_COLUMNS)}.
+""",
+}
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,6 +215,28 @@ def speak_in_fresh_process(requests: list[dict[str, Any]]) -> list[np.ndarray]:
             return [arrays[f"clip{i}"] for i in range(len(requests))]
 
 
+def _synthesize_in_fresh_process(plan: list[dict[str, Any]]) -> list[np.ndarray]:
+    """synthesize_clips(plan) in a new interpreter (as speak_in_fresh_process does for speech)."""
+    with tempfile.TemporaryDirectory(prefix="synth-") as tmp:
+        plan_file, output_file = Path(tmp) / "plan.json", Path(tmp) / "clips.npz"
+        plan_file.write_text(json.dumps(plan), encoding="utf-8")
+        python_path = os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        command = [sys.executable, "-P", "-c",
+                   "import sys; from engine.data.synth import _clips_worker; _clips_worker(sys.argv[1], sys.argv[2])",
+                   str(plan_file), str(output_file)]
+        done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=python_path),
+                              timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"synthesis subprocess failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        with np.load(output_file) as arrays:
+            return [arrays[f"clip{i}"] for i in range(len(plan))]
+
+
+def _clips_worker(plan_file: str, output_file: str) -> None:
+    plan = json.loads(Path(plan_file).read_text(encoding="utf-8"))
+    np.savez(output_file, **{f"clip{i}": clip for i, clip in enumerate(synthesize_clips(plan))})
+
+
 def _speech_worker(request_file: str, output_file: str) -> None:
     requests = json.loads(Path(request_file).read_text(encoding="utf-8"))
     np.savez(output_file, **{f"clip{i}": speak(**request) for i, request in enumerate(requests)})
@@ -245,8 +310,139 @@ def mains_hum(seconds: float, rng: np.random.Generator, fundamental_hz: float = 
     return _peak_normalise(_fade(np.asarray(signal), sr))
 
 
+def music(seconds: float, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """A melody of harmonic notes (plucked or sustained) over a held chord, at a random tempo."""
+    n = _n_samples(seconds, sr)
+    t = np.arange(n) / sr
+    root = rng.uniform(110, 330)
+    scale = np.array([0, 2, 4, 5, 7, 9, 11, 12])  # major scale, semitones
+    beat_s = 60.0 / rng.uniform(70, 180)
+    plucked = rng.random() < 0.5
+    harmonics = rng.uniform(0.2, 0.7) ** np.arange(6)  # brighter or duller timbre
+    signal = np.zeros(n)
+    start = 0
+    while start < n:
+        length = min(n - start, int(beat_s * sr * rng.choice([0.5, 1.0, 1.0, 2.0])))
+        f0 = 2 * root * 2 ** (rng.choice(scale) / 12)
+        local = t[:length]
+        note = sum(h * np.sin(2 * np.pi * f0 * (k + 1) * local) for k, h in enumerate(harmonics) if f0 * (k + 1) < sr / 2)
+        envelope = np.exp(-local / rng.uniform(0.08, 0.4)) if plucked else np.minimum(1.0, local / 0.02)
+        signal[start: start + length] += note * envelope
+        start += length
+    if rng.random() < 0.7:  # an accompanying chord
+        ratios = _CHORD_RATIOS[int(rng.integers(len(_CHORD_RATIOS)))]
+        signal = signal + 0.5 * np.max(np.abs(signal)) * tone(seconds, [root * r for r in ratios], rng, sr)
+    if rng.random() < 0.4:
+        signal = signal + 0.6 * np.max(np.abs(signal)) * drums(seconds, rng, sr)
+    return _peak_normalise(_fade(signal, sr))
+
+
+def drums(seconds: float, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """A drum pattern: kick (a falling low sine), snare (a noise burst), hi-hat (a short high click)."""
+    n = _n_samples(seconds, sr)
+    step = int(sr * 60.0 / rng.uniform(80, 160) / 2)  # eighth notes
+    pattern = rng.random((3, 8)) < np.array([[0.45], [0.3], [0.7]])
+    pattern[0, 0] = True  # a kick on the one
+    signal = np.zeros(n)
+    kick_t = np.arange(int(0.15 * sr)) / sr
+    kick = np.sin(2 * np.pi * (50 * kick_t + 60 * (1 - np.exp(-kick_t / 0.03)))) * np.exp(-kick_t / 0.05)
+    snare_len, hat_len = int(0.12 * sr), int(0.03 * sr)
+    for i, position in enumerate(range(0, n, step)):
+        sounds = (kick, rng.standard_normal(snare_len) * np.exp(-np.arange(snare_len) / (0.03 * sr)),
+                  np.diff(rng.standard_normal(hat_len + 1)) * np.exp(-np.arange(hat_len) / (0.006 * sr)))
+        for voice, hit in enumerate(sounds):
+            if pattern[voice, i % 8]:
+                end = min(n, position + hit.size)
+                signal[position:end] += hit[: end - position] * rng.uniform(0.6, 1.0)
+    return _peak_normalise(signal)
+
+
+def noise_bursts(seconds: float, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Irregular bursts of filtered noise with sharp attacks (doors, footsteps, things set down)."""
+    n = _n_samples(seconds, sr)
+    signal = np.zeros(n)
+    for _ in range(int(rng.integers(1, 6))):
+        length = int(rng.uniform(0.02, 0.3) * sr)
+        start = int(rng.integers(0, max(1, n - length)))
+        colour = str(rng.choice(["white", "pink", "brown"]))
+        burst = coloured_noise(length / sr, colour, rng, sr) * np.exp(-np.arange(length) / (length / rng.uniform(2, 8)))
+        end = min(n, start + length)
+        signal[start:end] += burst[: end - start] * rng.uniform(0.3, 1.0)
+    return _peak_normalise(signal)
+
+
+def rain(seconds: float, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Rain-like: many tiny random drops (high-passed clicks) over a bright hiss."""
+    n = _n_samples(seconds, sr)
+    drops = np.zeros(n)
+    count = int(rng.uniform(100, 800) * n / sr)
+    drops[rng.integers(0, n, count)] = rng.uniform(-1, 1, count)
+    drop_shape = np.exp(-np.arange(int(0.002 * sr)) / (0.0005 * sr))
+    drops = np.convolve(drops, drop_shape)[:n]
+    drops = np.diff(np.concatenate([[0.0], drops]))  # high-pass: drops are bright
+    hiss = band_limit(coloured_noise(seconds, "white", rng, sr), rng.uniform(300, 1000), sr / 2, sr)
+    return _peak_normalise(drops / (np.max(np.abs(drops)) or 1.0) + rng.uniform(0.1, 0.5) * hiss)
+
+
+def wind(seconds: float, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Wind-like: low-passed noise whose loudness swells and falls slowly."""
+    n = _n_samples(seconds, sr)
+    t = np.arange(n) / sr
+    base = band_limit(coloured_noise(seconds, "pink", rng, sr), 20.0, rng.uniform(400, 1500), sr)
+    gust = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.2, 1.5) * t + rng.uniform(0, 2 * np.pi))
+    return _peak_normalise(base * gust)
+
+
+def traffic(seconds: float, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Traffic-like: a low rumble with an engine's harmonics and a vehicle passing (swell and fall)."""
+    n = _n_samples(seconds, sr)
+    t = np.arange(n) / sr
+    rumble = coloured_noise(seconds, "brown", rng, sr)
+    engine_hz = rng.uniform(25, 60)
+    engine = sum(0.5 ** k * np.sin(2 * np.pi * engine_hz * (k + 1) * t + rng.uniform(0, 2 * np.pi)) for k in range(5))
+    passing = np.exp(-((t - rng.uniform(0, t[-1] + 1e-9)) / rng.uniform(0.3, 1.5)) ** 2)
+    return _peak_normalise((rumble + 0.3 * engine / 2) * (0.3 + passing))
+
+
+# ---------------------------------------------------------------------- channels and rooms
+
+def band_limit(signal: np.ndarray, low_hz: float, high_hz: float, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Keep low_hz..high_hz (FFT mask with 50 Hz raised-cosine edges, so no ringing brick wall)."""
+    spectrum = np.fft.rfft(signal)
+    freqs = np.fft.rfftfreq(signal.size, d=1.0 / sr)
+    edge = 50.0
+    rise = np.clip((freqs - (low_hz - edge)) / edge, 0, 1)
+    fall = np.clip(((high_hz + edge) - freqs) / edge, 0, 1)
+    mask = (0.5 - 0.5 * np.cos(np.pi * rise)) * (0.5 - 0.5 * np.cos(np.pi * fall))
+    return np.fft.irfft(spectrum * mask, signal.size)
+
+
+def apply_channel(signal: np.ndarray, channel: str, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """The sound as recorded through `channel` (one of CHANNELS)."""
+    if channel == "full":
+        return signal
+    if channel == "telephone":
+        drive = rng.uniform(1.0, 4.0)  # a little saturation (a cheap microphone), then the line's band
+        peak = np.max(np.abs(signal)) or 1.0
+        return band_limit(np.tanh(drive * signal / peak) / np.tanh(drive) * peak, 300.0, 3400.0, sr)
+    if channel == "lowpass":
+        return band_limit(signal, 0.0, rng.uniform(4000, 6000), sr)
+    raise ValueError(f"unknown channel {channel!r}; use {', '.join(CHANNELS)}")
+
+
+def reverberate(signal: np.ndarray, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """A room: the direct sound plus an exponentially decaying noise tail (RT60 0.2-0.8 s)."""
+    rt60 = rng.uniform(0.2, 0.8)
+    length = int(rt60 * sr)
+    tail = rng.standard_normal(length) * np.exp(-6.9 * np.arange(length) / length)
+    response = np.concatenate([[1.0], rng.uniform(0.1, 0.4) * tail / np.sqrt(np.sum(tail ** 2))])
+    size = 1 << int(np.ceil(np.log2(signal.size + response.size - 1)))  # a power of two: a fast FFT
+    wet = np.fft.irfft(np.fft.rfft(signal, size) * np.fft.rfft(response, size), size)
+    return wet[: signal.size]
+
+
 def nonspeech_sound(kind: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
-    """One random sound of a NONSPEECH_KINDS kind."""
+    """One random sound of a VARIED_NONSPEECH_KINDS kind (NONSPEECH_KINDS are its plain subset)."""
     if kind.endswith("_noise"):
         return coloured_noise(seconds, kind.removesuffix("_noise"), rng)
     if kind == "tone":
@@ -264,19 +460,24 @@ def nonspeech_sound(kind: str, seconds: float, rng: np.random.Generator) -> np.n
         return click_train(seconds, rng.uniform(2, 25), rng)
     if kind == "hum":
         return mains_hum(seconds, rng, fundamental_hz=float(rng.choice([50.0, 60.0])))
-    raise ValueError(f"unknown non-speech kind {kind!r}; use {', '.join(NONSPEECH_KINDS)}")
+    generators = {"music": music, "drums": drums, "noise_bursts": noise_bursts, "rain": rain, "wind": wind,
+                  "traffic": traffic}
+    if kind in generators:
+        return generators[kind](seconds, rng)
+    raise ValueError(f"unknown non-speech kind {kind!r}; use {', '.join(VARIED_NONSPEECH_KINDS)}")
 
 
 # ---------------------------------------------------------------------- the demo dataset
 
 def make_dataset(out_dir: str | Path, n_train: int = 96, n_test: int = 32, n_val: int = 0, seed: int = 0,
-                 min_s: float = 0.8, max_s: float = 2.0) -> dict[str, Path]:
+                 min_s: float = 0.8, max_s: float = 2.0, style: str = "plain") -> dict[str, Path]:
     """Write a balanced synthetic SPEECH / NONSPEECH dataset; returns {split: manifest path}.
 
     Files: <out_dir>/<split>/<speech|nonspeech>/<split>_<nnnn>.wav (16 kHz, 16-bit) and
-    <out_dir>/<split>.csv with columns path,label,duration_ms,snr_db,condition,voice (paths
+    <out_dir>/<split>.csv with columns path,label,duration_ms,snr_db,condition,voice,channel (paths
     relative to out_dir). Each split has ceil(n/2) speech and floor(n/2) non-speech clips and
     its own random stream, so the test set does not change with n_train. Same seed, same bytes.
+    `style` is one of STYLES (see there).
     """
     out_dir = Path(out_dir).expanduser()
     sizes = {"train": int(n_train), "test": int(n_test), "val": int(n_val)}
@@ -284,39 +485,63 @@ def make_dataset(out_dir: str | Path, n_train: int = 96, n_test: int = 32, n_val
         raise ValueError(f"need n_train >= 2, n_test >= 2, n_val >= 0 (got {sizes})")
     if not 0 < min_s <= max_s:
         raise ValueError(f"need 0 < min_s <= max_s (got {min_s}, {max_s})")
-    _prepare_out_dir(out_dir)
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; use {', '.join(STYLES)}")
+    _prepare_out_dir(out_dir, style)
 
-    plans = {split: _plan_split(split_index, n, seed, min_s, max_s)
+    plans = {split: plan_clips(n, seed, split_index, min_s, max_s, style)
              for split_index, (split, n) in enumerate(sizes.items()) if n > 0}
-    # One fresh process per split (run side by side): espeak-ng's carried-over state then
+    # One fresh speech process per split (run side by side): espeak-ng's carried-over state then
     # depends on that split alone, so the test set does not change with n_train.
     with ThreadPoolExecutor(max_workers=len(plans)) as pool:
-        speech_by_split = dict(zip(plans, pool.map(
-            lambda plan: speak_in_fresh_process([item["speech"] for item in plan if "speech" in item]),
-            plans.values())))
+        audio_by_split = dict(zip(plans, pool.map(synthesize_clips, plans.values())))
 
     manifests: dict[str, Path] = {}
     for split, plan in plans.items():
-        speech_audio = iter(speech_by_split[split])
         rows = []
-        for number, item in enumerate(plan):
-            rng = np.random.default_rng(item["seed"])
-            if "speech" in item:
-                samples = _speech_clip(next(speech_audio), item, rng)
-            else:
-                samples = _nonspeech_clip(item, rng)
+        for number, (item, samples) in enumerate(zip(plan, audio_by_split[split])):
             relative = f"{split}/{item['label'].lower()}/{split}_{number:04d}.wav"
             write_wav(out_dir / relative, samples)
             rows.append({"path": relative, "label": item["label"],
                          "duration_ms": int(round(1000 * samples.size / SAMPLE_RATE)),
                          "snr_db": "" if item.get("snr_db") is None else item["snr_db"],
-                         "condition": item["condition"], "voice": item.get("voice", "")})
+                         "condition": item["condition"], "voice": item.get("voice", ""),
+                         "channel": item["channel"]})
         manifests[split] = out_dir / f"{split}.csv"
         with open(manifests[split], "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
     return manifests
+
+
+def synthesize_clips(plan: list[dict[str, Any]], processes: int = 1) -> list[np.ndarray]:
+    """The audio of every item of a plan_clips() plan, in order.
+
+    processes > 1 splits the plan into that many consecutive parts made side by side in fresh
+    processes; the bytes depend on the plan and `processes` only (espeak-ng's state is per process).
+    """
+    if processes > 1 and len(plan) > 1:
+        bounds = np.linspace(0, len(plan), min(processes, len(plan)) + 1).astype(int)
+        parts = [plan[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+            return [clip for part in pool.map(_synthesize_in_fresh_process, parts) for clip in part]
+    speech = iter(speak_in_fresh_process([item["speech"] for item in plan if "speech" in item]))
+    clips = []
+    for item in plan:
+        rng = np.random.default_rng(item["seed"])
+        clips.append(_speech_clip(next(speech), item, rng) if "speech" in item else _nonspeech_clip(item, rng))
+    return clips
+
+
+def dataset_style(out_dir: str | Path) -> str | None:
+    """The style a synthetic dataset folder was made in (read from its README), None if not one."""
+    readme = Path(out_dir) / README_NAME
+    try:
+        text = readme.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return next((style for style, content in _README.items() if text == content), None)
 
 
 def write_wav(path: str | Path, samples: np.ndarray, sr: int = SAMPLE_RATE, channels: int = 1,
@@ -331,7 +556,7 @@ def write_wav(path: str | Path, samples: np.ndarray, sr: int = SAMPLE_RATE, chan
     return path
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
+def _prepare_out_dir(out_dir: Path, style: str) -> None:
     """Create out_dir, or clear the splits of an earlier synthetic set; never touch other folders."""
     if out_dir.exists() and any(out_dir.iterdir()):
         readme = out_dir / README_NAME
@@ -342,33 +567,46 @@ def _prepare_out_dir(out_dir: Path) -> None:
             (out_dir / f"{split}.csv").unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Written first: it marks the folder as ours even if generation is interrupted.
-    (out_dir / README_NAME).write_text(_README, encoding="utf-8")
+    (out_dir / README_NAME).write_text(_README[style], encoding="utf-8")
 
 
-def _plan_split(split_index: int, n: int, seed: int, min_s: float, max_s: float) -> list[dict[str, Any]]:
-    """Every random choice of a split, drawn up front from its own stream, in manifest order."""
-    rng = np.random.default_rng([seed, split_index])
+def plan_clips(n: int, seed: int, stream: int = 0, min_s: float = 0.8, max_s: float = 2.0,
+               style: str = "plain") -> list[dict[str, Any]]:
+    """Every random choice of n clips (a split), drawn up front from the stream [seed, stream],
+    in manifest order: ceil(n/2) speech items and floor(n/2) non-speech items."""
+    varied = style == "varied"
+    speech_voices = VARIED_SPEECH_VOICES if varied else SPEECH_VOICES
+    nonspeech_kinds = VARIED_NONSPEECH_KINDS if varied else NONSPEECH_KINDS
+    rng = np.random.default_rng([seed, stream])
     n_speech = (n + 1) // 2
     # Permuted round-robin: every voice and sound kind appears when the split is large enough.
-    voices = [SPEECH_VOICES[i % len(SPEECH_VOICES)]
-              for i in rng.permutation(max(n_speech, len(SPEECH_VOICES)))][:n_speech]
-    kinds = [NONSPEECH_KINDS[i % len(NONSPEECH_KINDS)]
-             for i in rng.permutation(max(n - n_speech, len(NONSPEECH_KINDS)))]
+    voices = [speech_voices[i % len(speech_voices)]
+              for i in rng.permutation(max(n_speech, len(speech_voices)))][:n_speech]
+    kinds = [nonspeech_kinds[i % len(nonspeech_kinds)]
+             for i in rng.permutation(max(n - n_speech, len(nonspeech_kinds)))]
     items: list[dict[str, Any]] = []
     for voice in voices:
         language = voice.split("+")[0].split("-")[0]
-        noisy = rng.random() < NOISY_SPEECH_FRACTION
-        items.append({
-            "label": SPEECH, "voice": voice,
-            "speech": {"text": str(rng.choice(SENTENCES[language])), "voice": voice,
-                       "rate": int(rng.choice(SPEECH_RATES)), "pitch": int(rng.integers(30, 71)),
-                       "seed": int(rng.integers(2**31))},
-            "snr_db": int(rng.choice(SPEECH_SNRS_DB)) if noisy else None,
-            "condition": "noisy_speech" if noisy else "clean_speech"})
+        noisy = rng.random() < (VARIED_NOISY_SPEECH_FRACTION if varied else NOISY_SPEECH_FRACTION)
+        text = str(rng.choice(SENTENCES[language]))
+        if varied:
+            rate = int(rng.integers(VARIED_RATE_RANGE[0], VARIED_RATE_RANGE[1] + 1))
+            pitch = int(rng.integers(VARIED_PITCH_RANGE[0], VARIED_PITCH_RANGE[1] + 1))
+        else:
+            rate, pitch = int(rng.choice(SPEECH_RATES)), int(rng.integers(30, 71))
+        item = {"label": SPEECH, "voice": voice, "style": style,
+                "speech": {"text": text, "voice": voice, "rate": rate, "pitch": pitch,
+                           "seed": int(rng.integers(2**31))},
+                "snr_db": int(rng.choice(VARIED_SNRS_DB if varied else SPEECH_SNRS_DB)) if noisy else None,
+                "condition": "noisy_speech" if noisy else "clean_speech"}
+        if varied:
+            item["background"] = str(rng.choice(SPEECH_BACKGROUNDS)) if noisy else None
+        items.append(item)
     for kind in kinds[: n - n_speech]:
-        items.append({"label": NONSPEECH, "condition": kind})
+        items.append({"label": NONSPEECH, "condition": kind, "style": style})
     for item in items:
         item["seconds"] = float(rng.uniform(min_s, max_s))
+        item["channel"] = str(rng.choice(CHANNELS, p=_CHANNEL_WEIGHTS)) if varied else "full"
         item["seed"] = int(rng.integers(2**63))
     return [items[i] for i in rng.permutation(len(items))]
 
@@ -379,17 +617,26 @@ def _speech_clip(speech: np.ndarray, item: dict[str, Any], rng: np.random.Genera
         speech = speech[voiced[0]: voiced[-1] + 1]
     clip = _place(speech, item["seconds"], rng)
     if item.get("snr_db") is not None:
-        noise = coloured_noise(clip.size / SAMPLE_RATE, str(rng.choice(["white", "pink", "brown"])), rng)
-        speech_power = np.mean(speech ** 2)
-        noise = noise * np.sqrt(speech_power / (np.mean(noise ** 2) * 10 ** (item["snr_db"] / 10)))
-        clip = clip + noise
-    return _finish(clip, rng)
+        if item["style"] == "varied":
+            background = nonspeech_sound(item["background"], clip.size / SAMPLE_RATE, rng)
+            speech_power = np.mean(speech[: clip.size] ** 2)
+        else:
+            background = coloured_noise(clip.size / SAMPLE_RATE, str(rng.choice(["white", "pink", "brown"])), rng)
+            speech_power = np.mean(speech ** 2)
+        background = background * np.sqrt(speech_power / (np.mean(background ** 2) * 10 ** (item["snr_db"] / 10)))
+        clip = clip + background
+    return _finish(clip, item, rng)
 
 
 def _nonspeech_clip(item: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
     # Like speech, the sound may fill only part of the clip: silence alone must not give the class away.
     sound = nonspeech_sound(item["condition"], item["seconds"] * rng.uniform(0.6, 1.0), rng)
-    return _finish(_place(sound, item["seconds"], rng), rng)
+    clip = _place(sound, item["seconds"], rng)
+    if item["style"] == "varied" and rng.random() < LAYERED_NONSPEECH_FRACTION:
+        layer = nonspeech_sound(str(rng.choice(VARIED_NONSPEECH_KINDS)), item["seconds"], rng)
+        clip = clip + layer * 10 ** (rng.uniform(-15, -3) / 20) * (np.sqrt(np.mean(clip ** 2)) /
+                                                                      (np.sqrt(np.mean(layer ** 2)) or 1.0))
+    return _finish(clip, item, rng)
 
 
 def _place(sound: np.ndarray, seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -402,12 +649,30 @@ def _place(sound: np.ndarray, seconds: float, rng: np.random.Generator) -> np.nd
     return clip
 
 
-def _finish(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random loudness (RMS -32..-16 dBFS) plus a faint noise floor, as float32 in [-1, 1]."""
+def _finish(clip: np.ndarray, item: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """The recording chain, the same for both classes, as float32 in [-1, 1].
+
+    plain: a loudness of -32..-16 dBFS RMS and a faint white noise floor. varied: sometimes a
+    room, the item's channel, a loudness of -40..-14 dBFS RMS (sometimes rising or falling by up
+    to 12 dB within the clip), and a coloured room-noise floor at -75..-55 dBFS.
+    """
+    if item["style"] != "varied":
+        rms = np.sqrt(np.mean(clip ** 2)) or 1.0
+        clip = clip * (10 ** (rng.uniform(-32, -16) / 20) / rms)
+        clip = clip + 10 ** (-65 / 20) * rng.standard_normal(clip.size)
+        return np.clip(clip, -1.0, 1.0).astype(np.float32)
+    if rng.random() < REVERB_FRACTION:
+        clip = reverberate(clip, rng)
+    clip = apply_channel(clip, item["channel"], rng)
     rms = np.sqrt(np.mean(clip ** 2)) or 1.0
-    clip = clip * (10 ** (rng.uniform(-32, -16) / 20) / rms)
-    clip = clip + 10 ** (-65 / 20) * rng.standard_normal(clip.size)
-    return np.clip(clip, -1.0, 1.0).astype(np.float32)
+    clip = clip * (10 ** (rng.uniform(*LEVEL_RANGE_DBFS) / 20) / rms)
+    if rng.random() < LEVEL_CHANGE_FRACTION:
+        change_db = rng.uniform(-12, 12)
+        ramp = np.clip((np.arange(clip.size) / clip.size - rng.uniform(0, 0.7)) / rng.uniform(0.05, 0.3), 0, 1)
+        clip = clip * 10 ** (change_db * ramp / 20)
+    floor = coloured_noise(clip.size / SAMPLE_RATE, str(rng.choice(NOISE_FLOOR_COLOURS)), rng)
+    floor = floor / (np.sqrt(np.mean(floor ** 2)) or 1.0) * 10 ** (rng.uniform(*NOISE_FLOOR_DBFS) / 20)
+    return np.clip(clip + floor, -1.0, 1.0).astype(np.float32)
 
 
 def _n_samples(seconds: float, sr: int) -> int:

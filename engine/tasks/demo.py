@@ -1,8 +1,11 @@
-"""The embedded demo: a real workspace made offline in a few minutes on 2 CPU cores.
+"""The embedded demo: a real workspace made offline in about two minutes on 2 CPU cores.
 
-Synthesises a small SPEECH/NONSPEECH data set (espeak-ng voices vs noise, tones, chirps, clicks,
-hum), trains the built-in tiny Qwen2-Audio (random weights, 4-bit, LoRA) for attention-only
-and attention+MLP over three seeds, scores the val and 32-clip test sets (the test set at the
+Synthesises a varied SPEECH/NONSPEECH data set (engine.data.synth, style "varied": 16 espeak-ng
+voices, some over noise, music, rain, wind or traffic, vs noise, music, drums, rain, wind, traffic,
+tones, clicks, hum; telephone and low-pass channels, rooms and loudness changes for both), trains
+LoRA adapters on the demo model (engine.models.qwen2_audio.demo_model: the tiny Qwen2-Audio
+pre-trained once to name sound kinds, cached like the tiny model; 4-bit) for attention-only and
+attention+MLP over three seeds, scores the val and 32-clip test sets (the test set at the
 p(SPEECH) cut chosen on val), adds the Silero VAD baseline (its rule and threshold chosen on val), and
 runs the prompt-optimisation 2x2 design (OPRO on the base model and on each attention+MLP seed,
 chosen on a 32-clip val set, tested once on the test set). Everything is labelled as a demo: the model is not Qwen2-Audio's weights and the
@@ -24,13 +27,21 @@ from engine.config import PRESET_LABELS, TrainConfig
 DEMO_DATA_DIR = ".demo-data"  # hidden inside the workspace: not listed as a run
 DEMO_SEEDS = (42, 123, 456)
 DEMO_PRESETS = ("attention", "attention+mlp")
+DEMO_DATA_STYLE = "varied"  # engine.data.synth.STYLES
+
+
+def demo_base_model(say: Callable[[str], None] = print) -> str:
+    """The demo runs' base model: the demo model folder, built (once) if it is not cached yet."""
+    from engine.models.qwen2_audio.demo_model import ensure_demo_model
+
+    return str(ensure_demo_model(say=say))
 
 
 def demo_config(preset: str, seed: int, train_manifest: Path, epochs: float = 4,
-                val_manifest: Path | None = None) -> TrainConfig:
+                val_manifest: Path | None = None, model: str = "tiny") -> TrainConfig:
     """The demo recipe: batches of 8, a high LR for a tiny model (docs/PERFORMANCE.md, "The demo's adapters")."""
     return TrainConfig(
-        label=f"{PRESET_LABELS[preset]} (demo)", model="tiny", quantization="4bit", targets=preset, seed=seed,
+        label=f"{PRESET_LABELS[preset]} (demo)", model=model, quantization="4bit", targets=preset, seed=seed,
         lora_r=16, lora_alpha=32, lora_dropout=0.0, epochs=epochs, per_device_batch=8, grad_accum=1,
         learning_rate=2e-3, warmup_ratio=0.0, train_data=str(train_manifest),
         val_data=str(val_manifest) if val_manifest else "", device="cpu")
@@ -38,21 +49,29 @@ def demo_config(preset: str, seed: int, train_manifest: Path, epochs: float = 4,
 
 def build_demo(runs_root: Path, seeds=DEMO_SEEDS, presets=DEMO_PRESETS, epochs: float = 4, baseline: bool = True,
                n_train: int = 192, n_test: int = 32, n_dev: int = 32, opro: bool = True,
-               say: Callable[[str], None] = print) -> dict:
-    """Make (or complete) the demo workspace; finished demo runs are kept, not redone."""
-    from engine.data.synth import make_dataset
+               model: str | None = None, say: Callable[[str], None] = print) -> dict:
+    """Make (or complete) the demo workspace; finished demo runs are kept, not redone.
+
+    model: the base model of the demo runs (default: the demo model, built once; see demo_base_model).
+    """
+    from engine.data.synth import dataset_style, make_dataset
     from engine.tasks.train import train
 
     started = time.time()
     runs_root = Path(runs_root)
     runs_root.mkdir(parents=True, exist_ok=True)
     data_dir = runs_root / DEMO_DATA_DIR
-    if not (data_dir / "val.csv").is_file():  # older demo folders lack val: same seed, same train/test bytes
+    # Older demo folders lack val: regenerated (same seed, same train/test bytes). One of the older,
+    # plain style is replaced only while no demo run was trained on it, so runs and data stay paired.
+    plain_and_unused = dataset_style(data_dir) != DEMO_DATA_STYLE and not any(runs_root.glob("demo-*"))
+    if not (data_dir / "val.csv").is_file() or plain_and_unused:
         say(f"synthesising demo audio into {data_dir} ...")
-        make_dataset(data_dir, n_train=n_train, n_test=n_test, n_val=n_dev, seed=0)
+        make_dataset(data_dir, n_train=n_train, n_test=n_test, n_val=n_dev, seed=0, style=DEMO_DATA_STYLE)
+    cells = [(p, s) for p in presets for s in seeds]
+    if model is None and (cells or opro):
+        model = demo_base_model(say)
     manifests = {split: data_dir / f"{split}.csv" for split in ("train", "test", "val")}
     results = []
-    cells = [(p, s) for p in presets for s in seeds]
     for i, (preset, seed) in enumerate(cells, 1):
         name = f"demo-{preset.replace('+', '-')}-s{seed}"
         run_dir = runs_root / name
@@ -67,7 +86,7 @@ def build_demo(runs_root: Path, seeds=DEMO_SEEDS, presets=DEMO_PRESETS, epochs: 
         # val_data: validation after every epoch (the loss curve shows it) and the final "val"
         # evaluation. The adapters rank the clips long before their arg-max moves (docs/PERFORMANCE.md):
         # the test set's p(SPEECH) cut is chosen on val, as `eval --threshold-from val` does, and recorded.
-        cfg = demo_config(preset, seed, manifests["train"], epochs, manifests["val"])
+        cfg = demo_config(preset, seed, manifests["train"], epochs, manifests["val"], model=model)
         train(cfg, run_dir, evaluate_on={"test": str(manifests["test"])}, threshold_from="val")
         acc = rf.read_json(rf.evaluation_dir(run_dir, "test") / rf.EVALUATION)["summary"]["accuracy"]
         results.append({"run": name, "test_accuracy": acc})
@@ -79,16 +98,16 @@ def build_demo(runs_root: Path, seeds=DEMO_SEEDS, presets=DEMO_PRESETS, epochs: 
         # The val split chooses Silero's clip rule and threshold, as a researcher would.
         run_baseline("silero", str(manifests["test"]), runs_root / "demo-silero-vad", val_data=str(manifests["val"]))
     if opro and "attention+mlp" in presets:
-        opro_demo(runs_root, [f"demo-attention-mlp-s{seed}" for seed in seeds], manifests, say)
+        opro_demo(runs_root, [f"demo-attention-mlp-s{seed}" for seed in seeds], manifests, say, base_model=model)
     elapsed = time.time() - started
     say(f"demo ready in {elapsed:.0f} s: {runs_root}")
     return {"runs_root": str(runs_root), "seconds": round(elapsed, 1), "runs": results}
 
 
 def opro_demo(runs_root: Path, fine_tuned: list[str], manifests: dict[str, Path],
-              say: Callable[[str], None] = print) -> None:
+              say: Callable[[str], None] = print, base_model: str = "tiny") -> None:
     """The 2x2 prompt-optimisation design: OPRO (edit search, 2 x 4 candidates on the 32 val clips)
-    for the base tiny model and for each fine-tuned run, each tested once on the test set."""
+    for the base model (the fine-tuned runs' base) and for each fine-tuned run, each tested once on the test set."""
     from engine.tasks.opro import OproSettings, optimise
 
     targets = [("demo-opro-base", None), *((f"demo-opro-{name.removeprefix('demo-')}", name) for name in fine_tuned)]
@@ -102,7 +121,7 @@ def opro_demo(runs_root: Path, fine_tuned: list[str], manifests: dict[str, Path]
             shutil.rmtree(run_dir)  # an unfinished demo search: redo it
         say(f"[opro {i}/{len(targets)}] optimising the prompt for {run or 'the base model'} ...")
         settings = OproSettings(dev_data=str(manifests["val"]), test_data=str(manifests["test"]), run=run,
-                                base=run is None, model="tiny" if run is None else None, quantization="4bit",
+                                base=run is None, model=base_model if run is None else None, quantization="4bit",
                                 iterations=2, candidates=4, device="cpu")
         result = optimise(settings, run_dir, runs_root)
         say(f"[opro {i}/{len(targets)}] {name}: dev balanced accuracy "

@@ -84,8 +84,11 @@ def build_tokenizer():
     return tokenizer
 
 
-def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
-    """Write config, random weights, tokenizer and processor of the tiny model into `out_dir`."""
+def build_tiny_model(out_dir: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> Path:
+    """Write config, random weights, tokenizer and processor of the tiny model into `out_dir`.
+
+    sizes: other widths and depths than TINY_SIZES (the demo model's); the tests' model uses TINY_SIZES.
+    """
     import torch
     from transformers import (Qwen2AudioConfig, Qwen2AudioForConditionalGeneration,
                               Qwen2AudioProcessor, WhisperFeatureExtractor)
@@ -93,7 +96,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
     audio_token_id = tokenizer.convert_tokens_to_ids(FAMILY.audio_token)
-    s = TINY_SIZES
+    s = {**TINY_SIZES, **(sizes or {})}
     reference_audio = FAMILY.reference_config["audio_config"]
     config = Qwen2AudioConfig(
         audio_config=dict(
@@ -117,7 +120,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     processor = Qwen2AudioProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
     processor.save_pretrained(out_dir)
     rf.atomic_write_json(out_dir / "tiny.json", {
-        "tiny_version": TINY_VERSION, "seed": seed, "sizes": TINY_SIZES,
+        "tiny_version": TINY_VERSION, "seed": seed, "sizes": s,
         "note": "Demo model: random weights, small widths. Not Qwen2-Audio's weights; for tests and the demo only."})
     return out_dir
 
