@@ -62,7 +62,7 @@ class TrainConfig:
     label: str = ""
     """Human name of the configuration, e.g. "Attention-Only" (default: from the target preset)."""
     model: str = DEFAULT_MODEL
-    """Hub id (loaded from the local hub cache only), a local model folder, or "tiny"."""
+    """Hub id (loaded from the local hub cache only), a local model folder, "tiny" or "tiny-demo" (built locally)."""
     quantization: str = cli_field("4bit", choices=QUANTIZATIONS)
     """"4bit" (NF4, double quantization, bf16 compute), "8bit", or "none"."""
     targets: str | list[str] = "attention"

@@ -45,7 +45,9 @@ class ModelFamily:
     aliases: Mapping[str, str] = field(default_factory=dict)
     """Short names (lower case) -> hub id."""
     tiny_model: str | None = None
-    """Name of the locally built test/demo model of this family, if it has one."""
+    """Name of the locally built test model of this family (random weights), if it has one."""
+    demo_model: str | None = None
+    """Name of the locally built demo model (the tiny one with learned audio features), if any."""
     sample_rate: int = 16000
     """Samples per second the feature extractor expects; every clip is resampled to it."""
     max_audio_seconds: float = 30.0
@@ -139,7 +141,7 @@ class ModelFamily:
     def recognises(self, model: str) -> bool:
         """True when `model` (a name, hub id or model folder) belongs to this family."""
         key = str(model).strip().lower()
-        if key in self.aliases or key == self.default_model.lower() or (self.tiny_model and key == self.tiny_model):
+        if key in self.aliases or key == self.default_model.lower() or key in (self.tiny_model, self.demo_model):
             return True
         model_type = folder_model_type(model)
         if model_type is not None:

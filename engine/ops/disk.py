@@ -533,7 +533,8 @@ def train_bytes(config: dict) -> int:
     epochs = float(config.get("epochs") or 1)
     adapters = 1 + (int(epochs) if config.get("checkpoints") == "epoch" else 0)
     model = str(config.get("model") or TrainConfig().model)
-    model = str(default_tiny_dir()) if model == TINY_MODEL else model  # its folder gives its real sizes
+    if model in (TINY_MODEL, DEFAULT_FAMILY.demo_model):  # the demo model has the tiny one's sizes
+        model = str(default_tiny_dir())  # its folder gives its real sizes
     return estimate_job_bytes("train", model=model, lora_r=int(config.get("lora_r") or 16),
                               targets=config.get("targets") or "attention",
                               quantization=config.get("quantization") or "4bit", n_adapters=adapters)

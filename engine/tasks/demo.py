@@ -31,10 +31,13 @@ DEMO_DATA_STYLE = "varied"  # engine.data.synth.STYLES
 
 
 def demo_base_model(say: Callable[[str], None] = print) -> str:
-    """The demo runs' base model: the demo model folder, built (once) if it is not cached yet."""
+    """The demo runs' base model, built (once) if it is not cached yet. Runs record its name,
+    `tiny-demo`, not this machine's cache folder, so a copied workspace re-scores elsewhere."""
+    from engine.models.qwen2_audio import QWEN2_AUDIO
     from engine.models.qwen2_audio.demo_model import ensure_demo_model
 
-    return str(ensure_demo_model(say=say))
+    ensure_demo_model(say=say)
+    return QWEN2_AUDIO.demo_model
 
 
 def demo_config(preset: str, seed: int, train_manifest: Path, epochs: float = 4,

@@ -96,6 +96,7 @@ QWEN2_AUDIO = Qwen2AudioFamily(
     hub_name_patterns=("qwen2-audio",),
     aliases={"qwen2-audio-7b": "Qwen/Qwen2-Audio-7B-Instruct", "qwen2-audio-7b-instruct": "Qwen/Qwen2-Audio-7B-Instruct"},
     tiny_model="tiny",
+    demo_model="tiny-demo",
     sample_rate=16000,
     max_audio_seconds=30.0,
     hop_length=160,

@@ -55,7 +55,10 @@ def kind_word(item: dict[str, Any]) -> str:
 
 
 def is_demo_model(model: Any) -> bool:
-    """True for a demo model folder (a run config's `model`); torch-free, for the dashboard."""
+    """True for the demo model's name or a demo model folder (a run config's `model`); torch-free,
+    for the dashboard."""
+    if isinstance(model, str) and model.strip().lower() == FAMILY.demo_model:
+        return True
     try:
         return bool(model) and (Path(str(model)).expanduser() / DEMO_MODEL_MARKER).is_file()
     except OSError:

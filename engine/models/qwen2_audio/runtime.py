@@ -43,7 +43,9 @@ from engine.models.qwen2_audio import QWEN2_AUDIO as FAMILY
 # ----------------------------------------------------------------------------- loading
 
 def resolve_model_path(model: str) -> Path:
-    """`tiny` -> the locally built tiny model; a folder -> itself; a hub id -> the local hub cache.
+    """`tiny` -> the locally built tiny model; `tiny-demo` -> the demo model (built on first use);
+    a folder -> itself; a hub id -> the local hub cache. The two local names keep run configs
+    portable: another machine resolves them to its own cached folder.
 
     Nothing is downloaded: a hub id must already be in the Hugging Face cache.
     """
@@ -52,6 +54,10 @@ def resolve_model_path(model: str) -> Path:
         from engine.models.qwen2_audio.tiny import ensure_tiny_model
 
         return ensure_tiny_model()
+    if model == FAMILY.demo_model:
+        from engine.models.qwen2_audio.demo_model import ensure_demo_model
+
+        return ensure_demo_model()
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
