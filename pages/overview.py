@@ -73,8 +73,9 @@ if active_runs or active_jobs:
 
 if not runs:
     st.info(f"No runs in **{root}** yet. A run is a folder made by Train, Evaluate, an import of predictions "
-            "or a baseline. The demo workspace trains the built-in tiny model on synthetic clips (a few "
-            "minutes on a CPU) so every page has something to show.")
+            "or a baseline. The demo workspace trains adapters of the built-in tiny model on synthetic clips "
+            "(about a minute on a laptop CPU, plus about 50 s once to pre-train the demo model's audio encoder) "
+            "so every page has something to show.")
     demo_queued = any(job["argv"][:1] == ["demo"] for job in active_jobs)
     if demo_queued:
         st.success(f"The demo workspace is being made in {root}; runs appear here as they finish.")
