@@ -19,6 +19,7 @@ import streamlit as st
 from engine import jobs
 from engine.dashboard import launch
 from engine.data import datasets
+from engine.data.audio import AUDIO_EXTENSIONS
 from engine.labels import CLASSES
 from engine.runs import folder as rf
 from engine.config import DEFAULT_MODEL, QUANTIZATIONS
@@ -277,7 +278,7 @@ def data_set_shortcut(label: str, text_key: str, known: list[str]) -> None:
 
 ZIP_UPLOAD, FILES_UPLOAD = "A zip", "Audio files with a label each"
 PER_FILE = "A label per file"
-AUDIO_TYPES = ["wav", "flac", "mp3", "ogg", "oga", "opus", "aif", "aiff", "au"]
+AUDIO_TYPES = sorted(ext.lstrip(".") for ext in AUDIO_EXTENSIONS)  # what the engine decodes
 
 
 def upload_data_set(root: Path, key: str, on_stored: Callable[[datasets.Dataset], None] | None = None) -> None:

@@ -8,7 +8,7 @@ from engine.ops import clip_worker
 from engine.dashboard import clip_matrix
 from engine.data.audio import AudioError, decode_bytes
 from engine.config import QUANTIZATIONS
-from pages._ui import banner, cached_runs, workspace
+from pages._ui import AUDIO_TYPES, banner, cached_runs, workspace
 
 BASE = "base model"
 
@@ -19,7 +19,7 @@ st.caption("Clips are decoded here (any sample rate, mono or stereo; the model h
            "and scored by a scoring worker that loads the base model once and switches adapters in place. "
            "It stops by itself after 15 idle minutes.")
 
-uploads = st.file_uploader("Audio clips", type=["wav", "flac", "mp3", "ogg"], accept_multiple_files=True,
+uploads = st.file_uploader("Audio clips", type=AUDIO_TYPES, accept_multiple_files=True,
                            key="clip_upload", on_change=lambda: st.session_state.pop("clip_results", None))
 choices = {choice.label: choice for choice in clip_worker.adapter_choices(root)}
 selected = st.multiselect("Score with", [*choices, BASE], default=list(choices)[:1], key="clip_adapters",
