@@ -94,14 +94,20 @@ def test_dashboard_knows_demo_runs_by_their_model(demo_workspace):
 
 def test_demo_runs_record_the_demo_models_name_so_a_copied_workspace_resolves_it(monkeypatch, tmp_path):
     """Run configs say `tiny-demo`, not this machine's cache folder; any machine resolves the name to
-    its own cached demo model (built on first use), like `tiny`."""
-    from engine.models import family_for
+    its own cached demo model, and one without it is told how to build it."""
+    from engine.models import ModelError, family_for
     from engine.models.qwen2_audio import QWEN2_AUDIO, runtime
     from engine.tasks import demo
 
     built = []
     monkeypatch.setattr(demo_model, "ensure_demo_model", lambda path=None, say=None: built.append(1) or tmp_path)
     assert demo.demo_base_model(say=lambda msg: None) == QWEN2_AUDIO.demo_model == "tiny-demo" and built
-    assert runtime.resolve_model_path("tiny-demo") == tmp_path
     assert family_for("tiny-demo") is QWEN2_AUDIO and demo_model.is_demo_model("tiny-demo")
     assert not demo_model.is_demo_model("tiny")
+
+    monkeypatch.setenv("QLORA_DASH_DEMO_MODEL", str(tmp_path / "elsewhere"))
+    with pytest.raises(ModelError, match="not built on this machine yet.*demo --model-only"):
+        runtime.resolve_model_path("tiny-demo")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / demo_model.DEMO_MODEL_MARKER).write_text("{}")
+    assert runtime.resolve_model_path("tiny-demo") == tmp_path / "elsewhere"

@@ -137,6 +137,8 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=4)
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--no-opro", action="store_true", help="skip the prompt-optimisation runs")
+    p.add_argument("--model-only", action="store_true",
+                   help="only build the demo model (tiny-demo) into its cache, e.g. on a machine that got a copied workspace")
     p.add_argument("--json", action="store_true")
 
 
@@ -148,6 +150,12 @@ def demo_main(args: argparse.Namespace) -> int:
     set_console_level(logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
+    if args.model_only:
+        from engine.models.qwen2_audio.demo_model import ensure_demo_model
+
+        path = ensure_demo_model(say=say)
+        print(json.dumps({"path": str(path)}) if args.json else f"demo model ready: {path}")
+        return 0
     result = build_demo(rf.runs_root(args.runs_dir), seeds=seeds, epochs=args.epochs,
                         baseline=not args.no_baseline, opro=not args.no_opro, say=say)
     if args.json:

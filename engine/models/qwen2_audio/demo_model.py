@@ -24,11 +24,12 @@ from typing import Any, Callable
 
 from engine.labels import SPEECH
 from engine.models.qwen2_audio import QWEN2_AUDIO as FAMILY
+# the folder, version and marker live in demo_folder (torch-free; the runtime resolves `tiny-demo` there)
+from engine.models.qwen2_audio.demo_folder import (  # noqa: F401 (re-exported)
+    DEMO_MODEL_MARKER, DEMO_MODEL_VERSION, default_demo_model_dir, is_demo_model)
 from engine.models.qwen2_audio.tiny import TINY_VERSION, build_tiny_model
 from engine.runs import folder as rf
 
-DEMO_MODEL_VERSION = 1  # bump when the recipe below changes: cached folders are rebuilt
-DEMO_MODEL_MARKER = "demo_model.json"
 
 # The pre-training task: name the kind of sound. Speech of every voice is one kind ("voice").
 PRETRAIN_PROMPT = "What kind of sound is this? Answer with its name."
@@ -52,25 +53,6 @@ PRETRAIN = dict(
 def kind_word(item: dict[str, Any]) -> str:
     """The pre-training answer for a planned clip: "voice" for speech, else its kind in words."""
     return "voice" if item["label"] == SPEECH else item["condition"].replace("_", " ")
-
-
-def is_demo_model(model: Any) -> bool:
-    """True for the demo model's name or a demo model folder (a run config's `model`); torch-free,
-    for the dashboard."""
-    if isinstance(model, str) and model.strip().lower() == FAMILY.demo_model:
-        return True
-    try:
-        return bool(model) and (Path(str(model)).expanduser() / DEMO_MODEL_MARKER).is_file()
-    except OSError:
-        return False
-
-
-def default_demo_model_dir() -> Path:
-    """$QLORA_DASH_DEMO_MODEL, else ~/.cache/qlora-dash/demo-qwen2-audio-vN."""
-    env = os.environ.get("QLORA_DASH_DEMO_MODEL")
-    if env:
-        return Path(env)
-    return Path.home() / ".cache" / "qlora-dash" / f"demo-qwen2-audio-v{DEMO_MODEL_VERSION}"
 
 
 def ensure_demo_model(path: Path | None = None, say: Callable[[str], None] = lambda msg: None) -> Path:

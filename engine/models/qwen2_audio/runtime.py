@@ -43,9 +43,9 @@ from engine.models.qwen2_audio import QWEN2_AUDIO as FAMILY
 # ----------------------------------------------------------------------------- loading
 
 def resolve_model_path(model: str) -> Path:
-    """`tiny` -> the locally built tiny model; `tiny-demo` -> the demo model (built on first use);
-    a folder -> itself; a hub id -> the local hub cache. The two local names keep run configs
-    portable: another machine resolves them to its own cached folder.
+    """`tiny` -> the locally built tiny model; `tiny-demo` -> the demo model's cached folder (built
+    by `python -m engine demo`); a folder -> itself; a hub id -> the local hub cache. The two local
+    names keep run configs portable: another machine resolves them to its own cached folder.
 
     Nothing is downloaded: a hub id must already be in the Hugging Face cache.
     """
@@ -55,9 +55,13 @@ def resolve_model_path(model: str) -> Path:
 
         return ensure_tiny_model()
     if model == FAMILY.demo_model:
-        from engine.models.qwen2_audio.demo_model import ensure_demo_model
+        from engine.models.qwen2_audio import demo_folder
 
-        return ensure_demo_model()
+        folder = demo_folder.default_demo_model_dir()
+        if not demo_folder.is_built(folder):
+            raise ModelError(f"the demo model ({FAMILY.demo_model}) is not built on this machine yet "
+                             f"(expected in {folder}): {demo_folder.BUILD_HINT}")
+        return folder
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
