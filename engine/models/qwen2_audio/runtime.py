@@ -318,8 +318,9 @@ class Batch:
     input_ids: torch.Tensor          # (B, S)
     attention_mask: torch.Tensor     # (B, S)
     position_ids: torch.Tensor       # (B, S)
-    input_features: torch.Tensor | None  # (B, 128, T) mel; T = 3000 with full_features, else longest + 4;
-    feature_attention_mask: torch.Tensor | None  # (B, T)          None after an audio prefix (no audio left)
+    # Both None in a batch that continues an audio prefix (instruction_batch): no audio left to encode.
+    input_features: torch.Tensor | None  # (B, 128, T) mel; T = 3000 with full_features, else longest + 4
+    feature_attention_mask: torch.Tensor | None  # (B, T)
     target_positions: torch.Tensor   # (N,) flat indices b*S+s of positions that predict a target
     target_ids: torch.Tensor         # (N,) token ids predicted there
     target_rows: torch.Tensor        # (N,) batch row of each target
