@@ -15,9 +15,6 @@ changed by any of this; `python -m engine demo` builds it on first use.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +24,7 @@ from engine.models.qwen2_audio import QWEN2_AUDIO as FAMILY
 # the folder, version and marker live in demo_folder (torch-free; the runtime resolves `tiny-demo` there)
 from engine.models.qwen2_audio.demo_folder import (  # noqa: F401 (re-exported)
     DEMO_MODEL_MARKER, DEMO_MODEL_VERSION, default_demo_model_dir, is_demo_model)
-from engine.models.qwen2_audio.tiny import TINY_VERSION, build_tiny_model
+from engine.models.qwen2_audio.tiny import TINY_VERSION, build_once, build_tiny_model
 from engine.runs import folder as rf
 
 
@@ -57,21 +54,8 @@ def kind_word(item: dict[str, Any]) -> str:
 
 def ensure_demo_model(path: Path | None = None, say: Callable[[str], None] = lambda msg: None) -> Path:
     """Build the demo model folder once (in a temp folder, then renamed into place)."""
-    path = Path(path) if path else default_demo_model_dir()
-    if (path / DEMO_MODEL_MARKER).is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-model-build-", dir=path.parent))
-    try:
-        build_demo_model(tmp, say=say)
-        try:
-            os.replace(tmp, path)
-        except OSError:  # another process won the race
-            if not (path / DEMO_MODEL_MARKER).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return build_once(Path(path) if path else default_demo_model_dir(), DEMO_MODEL_MARKER,
+                      lambda tmp: build_demo_model(tmp, say=say), prefix=".demo-model-build-")
 
 
 def build_demo_model(out_dir: Path, recipe: dict[str, Any] | None = None,

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 from engine.models.qwen2_audio import QWEN2_AUDIO as FAMILY, SPECIAL_TOKENS
 from engine.runs import folder as rf
@@ -47,18 +48,24 @@ def default_tiny_dir() -> Path:
 
 def ensure_tiny_model(path: Path | None = None, seed: int = 0) -> Path:
     """Build the tiny model folder once (atomically: built in a temp folder, then renamed)."""
-    path = Path(path) if path else default_tiny_dir()
-    marker = path / "tiny.json"
-    if marker.is_file():
+    return build_once(Path(path) if path else default_tiny_dir(), "tiny.json",
+                      lambda tmp: build_tiny_model(tmp, seed=seed), prefix=".tiny-build-")
+
+
+def build_once(path: Path, marker: str, build: Callable[[Path], Any], prefix: str) -> Path:
+    """`path` once `build(tmp)` has filled a temporary sibling folder (with `marker` written last)
+    and it was renamed into place; a folder that already has `marker` is returned as it is. When
+    two processes race, the loser's build is dropped and the winner's kept."""
+    if (path / marker).is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     try:
-        build_tiny_model(tmp, seed=seed)
+        build(tmp)
         try:
             os.replace(tmp, path)
         except OSError:  # another process won the race
-            if not marker.is_file():
+            if not (path / marker).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
