@@ -13,6 +13,8 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("engine.tasks.train:train", "train a QLoRA adapter (writes a run folder)"),
+    "train-group": ("engine.tasks.train_group:train_group",
+                    "train queued runs of a group one after another over one loaded base (the queue starts it)"),
     "eval": ("engine.tasks.evaluate:eval", "logit-score a run, an adapter folder or the base model"),
     "opro": ("engine.tasks.opro.cli:opro", "optimise the instruction prompt of a frozen model on a dev set (OPRO)"),
     "params": ("engine.models.qwen2_audio.runtime:params", "count trainable/total parameters without weights"),

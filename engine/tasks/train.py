@@ -83,6 +83,99 @@ def save_adapter(model, run_dir: Path, name: str = rf.ADAPTER_DIR) -> Path:
     return final
 
 
+# ----------------------------------------------------------------------------- a base shared by runs
+
+class SharedBase:
+    """The loaded base model that the runs of a group (`engine.tasks.train_group`) train on, one
+    after another, in one process: loaded, cached and compiled by the first run, kept for the next.
+
+    A run whose base settings match reuses it; its LoRA is re-initialised in place when shaped
+    like the last run's (the compiled layers and their CUDA graphs stay valid), else taken off and
+    attached anew (the layers recompile). Either way the adapter starts from the values, and the
+    RNG from the state, that a run started alone with the same seed gets.
+    """
+
+    def __init__(self) -> None:
+        self.loaded = None
+        self.base_key: tuple | None = None
+        self.lora_key: tuple | None = None
+        self.offload = False
+        self.cache = None
+        self.compile_mode, self.compile_reason, self.compiled = "off", "", 0
+        self.load_s = 0.0
+        self.runs = 0  # runs trained on the current base
+        self.lora_action = ""
+
+    @staticmethod
+    def base_key_of(cfg: TrainConfig) -> tuple:
+        return (cfg.model, cfg.quantization, cfg.dtype, cfg.device, cfg.offload_embeddings, cfg.base_cache, cfg.compile)
+
+    @staticmethod
+    def lora_key_of(cfg: TrainConfig) -> tuple:
+        return (tuple(cfg.target_modules), cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+
+    def serves(self, cfg: TrainConfig) -> bool:
+        return self.loaded is not None and self.base_key == self.base_key_of(cfg)
+
+    def keep(self, cfg: TrainConfig, loaded, offload: bool, cache, compile_mode: str, reason: str, compiled: int,
+             load_s: float) -> None:
+        """Remember the base the current run just loaded and prepared."""
+        self.loaded, self.offload, self.cache = loaded, offload, cache
+        self.compile_mode, self.compile_reason, self.compiled = compile_mode, reason, compiled
+        self.base_key, self.lora_key = self.base_key_of(cfg), self.lora_key_of(cfg)
+        self.load_s, self.runs, self.lora_action = load_s, 1, "attached with the model's load"
+
+    def retarget(self, cfg: TrainConfig, m) -> None:
+        """Ready the kept model for `cfg`'s run: LoRA as a fresh attach after seeding would leave
+        it (in place when shaped alike), gradient checkpointing as the run asks."""
+        import torch
+
+        hf = self.loaded.hf
+        checkpointing = cfg.gradient_checkpointing == "on"
+        self.loaded.model.zero_grad(set_to_none=True)
+        if self.lora_key == self.lora_key_of(cfg):
+            layers = m.reinit_lora(self.loaded.model, cfg.seed)
+            self.lora_action = f"re-initialised in place ({layers} layers)"
+        else:
+            m.detach_lora(self.loaded)
+            if self.compiled:
+                torch._dynamo.reset()  # the old LoRA's compiled code and graphs: the next steps recompile
+            torch.manual_seed(cfg.seed)
+            m.attach_lora(self.loaded, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, checkpointing)
+            self.lora_key = self.lora_key_of(cfg)
+            self.lora_action = "attached anew (LoRA shape changed)"
+        if checkpointing:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            hf.enable_input_require_grads()
+        else:
+            hf.gradient_checkpointing_disable()
+        self.runs += 1
+        log.info("shared base: run %d on the model loaded %.1f s earlier in this process; LoRA %s",
+                 self.runs, self.load_s, self.lora_action)
+
+    def release(self) -> None:
+        """Drop the kept model (the next run needs another base)."""
+        if self.loaded is None:
+            return
+        import gc
+
+        import torch
+
+        device = self.loaded.device
+        self.loaded = None
+        self.base_key = self.lora_key = None
+        if self.compiled:
+            torch._dynamo.reset()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def describe(self) -> dict[str, Any]:
+        """summary.json's "shared_base": where this run stands in its process."""
+        return {"run_on_this_base": self.runs, "model_load_s": round(self.load_s, 2),
+                "loaded_by_this_run": self.runs == 1, "lora": self.lora_action}
+
+
 # ----------------------------------------------------------------------------- training
 
 def lr_lambda(scheduler: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -329,17 +422,23 @@ class StepProfiler:
 
 
 def train(cfg: TrainConfig, run_dir: Path, stop: StopSignal | None = None,
-          evaluate_on: dict[str, str] | None = None, threshold_from: str | None = None) -> dict[str, Any]:
+          evaluate_on: dict[str, str] | None = None, threshold_from: str | None = None,
+          shared: "SharedBase | None" = None) -> dict[str, Any]:
     """Train one adapter into `run_dir`; returns the summary. Raises after recording a failure.
 
     evaluate_on: {evaluation name: test data} scored with the trained model before the run is
     marked finished (saves reloading the model, e.g. in the demo).
     threshold_from: name of an evaluation (e.g. "val") whose p(SPEECH) cut with the best balanced
     accuracy the evaluations scored after it use (`eval --threshold-from`), instead of 0.5.
+    shared: the base model runs of a group train on one after another (`engine.tasks.train_group`):
+    loaded by the first run that needs it, kept for the next; one process only.
     """
     from engine.tasks import distributed as dist
 
     cfg.validate()
+    if shared is not None and cfg.num_processes > 1:
+        raise ConfigError("num_processes", "a run of a shared-base group trains in one process; "
+                          "queue a data-parallel run on its own")
     dist.init_from_env(cfg.device)
     try:
         if not dist.is_main():  # only rank 0 writes the run folder
@@ -353,14 +452,15 @@ def train(cfg: TrainConfig, run_dir: Path, stop: StopSignal | None = None,
                     stop.restore()
         config = {"schema_version": rf.SCHEMA_VERSION, "kind": rf.KIND_TRAIN, **cfg.to_dict()}
         with run_lifecycle(run_dir, rf.KIND_TRAIN, config=config, stop=stop) as run:
-            summary = _train(cfg, run.run_dir, run.stop, evaluate_on or {}, run.progress, threshold_from)
+            summary = _train(cfg, run.run_dir, run.stop, evaluate_on or {}, run.progress, threshold_from, shared)
         return summary
     finally:
         dist.cleanup()
 
 
 def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[str, str],
-           progress: Callable[..., bool], threshold_from: str | None = None) -> dict[str, Any]:
+           progress: Callable[..., bool], threshold_from: str | None = None,
+           shared: "SharedBase | None" = None) -> dict[str, Any]:
     import torch
 
     from engine.data.manifests import AudioCache, load_clips, require_both_classes
@@ -384,28 +484,41 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
     log.info("%d training clips (%s)", len(train_clips), train_report.per_class)
 
     m.seed_everything(cfg.seed)
-    loaded = m.load_model(cfg.model, cfg.quantization, dist.device_for(cfg.device), cfg.dtype)
+    if shared is not None and shared.serves(cfg):
+        rf.atomic_write_json(run_dir / rf.ENVIRONMENT, environment_info(shared.loaded.device))
+        loaded, offload, cache, compiled = shared.loaded, shared.offload, shared.cache, shared.compiled
+        compile_mode, why = shared.compile_mode, shared.compile_reason
+        shared.retarget(cfg, m)
+        checkpointing = cfg.gradient_checkpointing == "on"
+    else:
+        if shared is not None:
+            shared.release()
+        load_started = time.time()
+        loaded = m.load_model(cfg.model, cfg.quantization, dist.device_for(cfg.device), cfg.dtype)
+        device = loaded.device
+        if main:
+            rf.atomic_write_json(run_dir / rf.ENVIRONMENT, environment_info(device))
+        checkpointing = cfg.gradient_checkpointing == "on"
+        offload = cfg.offload_embeddings == "on" or (
+            cfg.offload_embeddings == "auto" and device.type == "cuda" and usable_gpu_bytes(device) < 12 * 2**30)
+        if offload:
+            m.offload_input_embeddings(loaded)
+            log.info("input embeddings kept on the CPU (small GPU): %.2f GB saved", m.input_embedding_bytes(loaded) / 1e9)
+        torch.manual_seed(cfg.seed)  # LoRA init depends only on the seed
+        m.attach_lora(loaded, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, checkpointing)
+        if rank:
+            torch.manual_seed(cfg.seed + rank)  # same LoRA init on every rank, different dropout masks
+        shared_by = m.gpu_share() if device.type == "cuda" else 1
+        cache = base_cache.prepare(loaded.model, cfg.base_cache, device,
+                                   usable_gpu_bytes(device) if device.type == "cuda" else None, shared_by)
+        compile_mode, why = choose_compile(cfg.compile, device.type,
+                                           usable_gpu_bytes(device) if device.type == "cuda" else 0, shared_by)
+        log.info("compile %s: %s", compile_mode, why)
+        compiled = m.compile_layers(loaded, cuda_graphs=compile_mode == "graphs") if compile_mode != "off" else 0
+        if shared is not None:
+            shared.keep(cfg, loaded, offload, cache, compile_mode, why, compiled, time.time() - load_started)
     device = loaded.device
-    if main:
-        rf.atomic_write_json(run_dir / rf.ENVIRONMENT, environment_info(device))
-    checkpointing = cfg.gradient_checkpointing == "on"
-    offload = cfg.offload_embeddings == "on" or (
-        cfg.offload_embeddings == "auto" and device.type == "cuda" and usable_gpu_bytes(device) < 12 * 2**30)
-    if offload:
-        m.offload_input_embeddings(loaded)
-        log.info("input embeddings kept on the CPU (small GPU): %.2f GB saved", m.input_embedding_bytes(loaded) / 1e9)
-    torch.manual_seed(cfg.seed)  # LoRA init depends only on the seed
-    m.attach_lora(loaded, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, checkpointing)
-    if rank:
-        torch.manual_seed(cfg.seed + rank)  # same LoRA init on every rank, different dropout masks
     model = loaded.model
-    shared_by = m.gpu_share() if device.type == "cuda" else 1
-    cache = base_cache.prepare(model, cfg.base_cache, device,
-                               usable_gpu_bytes(device) if device.type == "cuda" else None, shared_by)
-    compile_mode, why = choose_compile(cfg.compile, device.type,
-                                       usable_gpu_bytes(device) if device.type == "cuda" else 0, shared_by)
-    log.info("compile %s: %s", compile_mode, why)
-    compiled = m.compile_layers(loaded, cuda_graphs=compile_mode == "graphs") if compile_mode != "off" else 0
     plan = m.label_plan(loaded.processor.tokenizer, cfg.label_words)
     audio = AudioCache(max_seconds=cfg.max_clip_seconds)
     class_index = {name: DEFAULT_LABEL_SET.index(name) for name in DEFAULT_LABEL_SET}
@@ -526,7 +639,7 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
         "gradient_checkpointing": checkpointing, "embeddings_on_cpu": offload, "base_cache": cache.to_dict(),
         "compile": compile_mode, "compile_reason": why, "compiled_layers": compiled, "device": str(device), "dtype": str(loaded.dtype).replace("torch.", ""),
         "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
-        "stopped_early": bool(stop),
+        "stopped_early": bool(stop), "shared_base": shared.describe() if shared is not None else None,
         "data": {"train": train_report.to_dict(), "val": val_report.to_dict() if val_report else None},
     }
     rf.atomic_write_json(run_dir / rf.SUMMARY, summary)

@@ -221,6 +221,46 @@ def attach_lora(loaded: LoadedModel, r: int, alpha: float, dropout: float, targe
     loaded.model = get_peft_model(hf, lora)
 
 
+def detach_lora(loaded: LoadedModel) -> None:
+    """Take the LoRA layers off again (peft's unload: the base modules go back in place, the
+    frozen base and its dequantized cache untouched), so a differently shaped LoRA can be attached."""
+    from peft import PeftModel
+
+    if isinstance(loaded.model, PeftModel):
+        loaded.model = loaded.model.unload()
+
+
+def reinit_lora(model, seed: int) -> int:
+    """Give every LoRA layer of `model` the values a fresh `attach_lora` after
+    `torch.manual_seed(seed)` gives it, in place; returns the number of layers.
+
+    In place, so the parameters keep their storage: compiled layers and their CUDA graphs stay
+    valid, which is what lets runs of a group train one after another without recompiling.
+    This replays the random draws of peft's creation of each layer, in creation order (the
+    modules' order): `nn.Linear(in, r)` then `nn.Linear(r, out)` are created with their default
+    initialisation (kaiming-uniform, a=sqrt(5), on the CPU), then `reset_lora_parameters` draws
+    A once more and zeroes B. The global RNG ends in the state the attach leaves it in, so dropout
+    masks follow as in a run started alone. `tests/test_train_group.py` checks both against peft.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    torch.manual_seed(seed)
+    layers = 0
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for name in module.lora_A:
+            a_weight, b_weight = module.lora_A[name].weight, module.lora_B[name].weight
+            a = torch.nn.init.kaiming_uniform_(torch.empty(a_weight.shape), a=math.sqrt(5))
+            torch.nn.init.kaiming_uniform_(torch.empty(b_weight.shape), a=math.sqrt(5))  # B's default init, then zeroed
+            torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            with torch.no_grad():
+                a_weight.copy_(a)
+                b_weight.zero_()
+            layers += 1
+    return layers
+
+
 def compile_layers(loaded: LoadedModel, cuda_graphs: bool = False) -> int:
     """torch.compile each decoder layer of the language model and of the audio encoder in place.
 
