@@ -204,8 +204,6 @@ class Worker:
         return True
 
     def _start(self, job_id: str, slot: int) -> bool:
-        if job_id in self.unrecorded_starts:
-            return self._record_start(job_id)
         started = False
         try:
             kind = workspace_executor_name(self.runs_root)
