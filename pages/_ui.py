@@ -401,8 +401,7 @@ def live_job_list(root: Path, command: str | tuple[str, ...] | None, cancel: Cal
                 if shown:
                     st.progress(shown[0], text=shown[1])
                 else:
-                    st.markdown(f"`{job['job_id']}` **{job_name(job)}**: {job['state']}"
-                                + (" (waiting for a free slot)" if job.get("state") == rf.QUEUED else ""))
+                    st.markdown(f"`{job['job_id']}` **{job_name(job)}**: {job['state']}" + launch.job_wait_note(job))
             right.button("Cancel", key=f"cancel_{job['job_id']}", on_click=cancel, args=(job["job_id"],),
                          help=cancel_help)
             if job.get("state") == rf.RUNNING:

@@ -79,11 +79,12 @@ needed = launch.sweep_bytes(to_launch) if plan.launchable else 0
 if plan.launchable and to_launch:
     st.caption(f"Needs about {disk.format_bytes(needed)} of disk (adapters, logs, predictions; safety margin "
                "included).")
+share_base = st.checkbox(launch.SHARE_BASE_LABEL, value=True, key="train_share_base", help=launch.SHARE_BASE_HELP)
 if st.button(f"Launch {len(to_launch)} run{'s' if len(to_launch) != 1 else ''}", key="train_launch", type="primary",
              disabled=not (plan.launchable and to_launch)):
     try:
         disk.preflight(root, needed)
-        result = jobs.submit_sweep(root, to_launch)
+        result = launch.submit_sweep(root, to_launch, share_base)
     except disk.DiskSpaceError as exc:
         st.error(f"Nothing launched: {exc}")
     except (jobs.JobError, rf.RunFolderError, OSError) as exc:
@@ -105,7 +106,7 @@ def resume_sweep(sweep_id: str, names: list[str]) -> None:
     cells, lost = launch.sweep_cells(root, names)
     message = ""
     if cells:
-        result = jobs.submit_sweep(root, cells, sweep_id=sweep_id)
+        result = launch.submit_sweep(root, cells, st.session_state.get("train_share_base", True), sweep_id=sweep_id)
         message = f"Sweep {sweep_id}: re-queued {len(result['enqueued'])} unfinished run(s)."
     if lost:
         message += f" Cannot resume {', '.join(lost)}: the run folder is gone."

@@ -141,12 +141,16 @@ def test_train_preview_validation_launch_and_cancel(workspace, no_worker, tmp_pa
     at.text_input(key="train_lora_alpha").input("32").run()
     assert texts(at.error) == [] and not at.button(key="train_launch").disabled
 
+    share = at.checkbox(key="train_share_base")
+    assert share.value is True and share.label == ("Train the sweep in one process over one loaded base model "
+                                                   "(faster; GPU, local queue)")
     at.button(key="train_launch").click().run()
     assert not at.exception
     assert any(s.startswith("Queued 4 run(s) as sweep-") for s in texts(at.success))
     assert no_worker == [workspace.resolve()]
     queued = jobs.read_jobs(workspace)
     assert len(queued) == 4 and {job["state"] for job in queued} == {rf.QUEUED}
+    assert {job["group"] for job in queued} == {queued[0]["sweep_id"]}  # one shared-base group
     queue = at.dataframe[-1].value
     assert sorted(queue["run"]) == sorted(preview["run"]) and set(queue["state"]) == {rf.QUEUED}
     assert set(queue["command"]) == {"train"}
@@ -161,6 +165,35 @@ def test_train_preview_validation_launch_and_cancel(workspace, no_worker, tmp_pa
     # the cancelled run is the one unfinished run a resume would queue again (the others are queued)
     sweep_id = queued[0]["sweep_id"]
     assert at.button(key=f"resume_{sweep_id}").label == f"Resume sweep {sweep_id} (1 of 4 runs unfinished)"
+
+
+def test_train_sweep_runs_alone_when_not_shared_and_a_claimed_member_reads_as_waiting(workspace, no_worker, tmp_path):
+    train_csv = tmp_path / "train.csv"
+    train_csv.write_text("path,label\na.wav,SPEECH\n", encoding="utf-8")
+    at = page("train").run()
+    at.text_input(key="train_train_data").input(str(train_csv))
+    at.text_input(key="train_model").input("tiny")
+    at.text_input(key="train_seed").input("1, 2")
+    at.checkbox(key="train_share_base").uncheck().run()
+    at.button(key="train_launch").click().run()
+    assert not at.exception
+    queued = jobs.read_jobs(workspace)
+    assert len(queued) == 2 and {job["group"] for job in queued} == {None}
+
+    # A worker claimed both into one shared-base process (this test process stands in for it):
+    # the one it has started shows as running, the other as waiting for its turn.
+    first, second = (job["job_id"] for job in queued)
+    me = rf.mark_process(workspace)
+    handle = {"executor": "local", **{k: me[k] for k in ("pid", "pgid", "process_start_time", "host", "pid_namespace")}}
+    jobs.store.update_jobs(workspace, lambda current: {job["job_id"]: {
+        "state": rf.RUNNING, "started_at": rf.now_iso(), "handle": handle, "group_members": [first, second]}
+        for job in current})
+    jobs.store.update_job(workspace, first, lambda job: {"member_started_at": rf.now_iso()})
+    at.run()
+    assert not at.exception
+    lines = [m for m in texts(at.markdown) if m.startswith("`")]
+    assert any(m.startswith(f"`{second}`") and m.endswith(": running (waiting in shared-base group)") for m in lines)
+    assert any(m.startswith(f"`{first}`") and m.endswith(": running") for m in lines)
 
 
 def test_train_page_follows_the_loss_curve_and_the_validation_points(workspace, no_worker):

@@ -859,6 +859,29 @@ def queue_opro(runs_root: Path, planned: Iterable[OproJob], start_worker: bool =
 
 # ---------------------------------------------------------------- the queue
 
+SHARE_BASE_LABEL = "Train the sweep in one process over one loaded base model (faster; GPU, local queue)"
+SHARE_BASE_HELP = ("The local queue trains the sweep's runs one after another in one process that loads the base "
+                   "model and compiles once, instead of once per run (about a minute saved per run on the 7B). "
+                   "The group takes one GPU slot; each run is still its own job (cancel, log, state). A single "
+                   "run, a run on several GPUs and a Slurm workspace run each job alone.")
+
+
+def submit_sweep(runs_root: Path, cells: list[dict], share_base: bool, sweep_id: str | None = None) -> dict:
+    """Queue a sweep's cells and ensure a worker (`jobs.submit_sweep`). With `share_base` (the Train
+    form's checkbox) a launch of several runs is one shared-base group; a single run runs alone."""
+    return jobs.submit_sweep(runs_root, cells, sweep_id=sweep_id, share_base=share_base and len(cells) > 1)
+
+
+def job_wait_note(job: dict) -> str:
+    """What an active job waits for, for the job lists: a free slot (queued), or its turn in a
+    shared-base group's process (claimed, not started: its run folder still says queued)."""
+    if job.get("state") == rf.QUEUED:
+        return " (waiting for a free slot)"
+    if jobs.waiting_in_group(job):
+        return " (waiting in shared-base group)"
+    return ""
+
+
 def sweep_launch_message(result: dict) -> str:
     """What the Train page says after a launch (`jobs.submit_sweep`'s result). When another browser
     session queued the same sweep first, every cell is skipped as already queued: say so."""

@@ -26,6 +26,9 @@ class Executor(Protocol):
     """Where and how a job's process runs. Every method takes the job as job.json records it."""
 
     name: str
+    # Optional class attributes: `queues_itself = True` (a scheduler queues the jobs: the worker
+    # hands over every queued job at once), `runs_groups = True` (a shared-base group's queued jobs
+    # may run in one process; kinds without it run each job of a group alone).
 
     def start(self, job: dict, env: dict[str, str]) -> dict:
         """Launch `python -m <module> <argv...>` with `env` added to the environment, output to

@@ -50,6 +50,8 @@ class LocalExecutor:
     other instance (a reader, the next worker) judges by pid + start time."""
 
     name = "local"
+    # A shared-base group's queued jobs run in one process on one slot (engine.jobs.groups).
+    runs_groups = True
 
     def __init__(self, runs_root: Path):
         self.runs_root = Path(runs_root)

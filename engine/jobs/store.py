@@ -37,6 +37,8 @@ SETTINGS_FILE = "settings.json"
 RESOURCES = ("gpu", "cpu")
 # A lock file still without its owner record after this long lost its holder while being made.
 EMPTY_LOCK_STALE_S = 5.0
+# exclusive_lock_file's default: a lock older than this lost its holder.
+SWEEP_LOCK_STALE_S = 600.0
 # The state of a job whose job.json cannot be used; never written, only reported.
 BROKEN = "broken"
 
@@ -118,7 +120,7 @@ def worker_running(runs_root: Path) -> bool:
 
 
 @contextlib.contextmanager
-def exclusive_lock_file(path: Path, timeout_s: float = 30.0, stale_s: float = 600.0) -> Iterator[None]:
+def exclusive_lock_file(path: Path, timeout_s: float = 30.0, stale_s: float = SWEEP_LOCK_STALE_S) -> Iterator[None]:
     """Hold `path`, created with O_EXCL and holding {host, pid, created}, for the block.
 
     O_EXCL creation is atomic on local disks and on NFS v3+, unlike flock, so this lock also
@@ -194,7 +196,7 @@ def _remove_if_unchanged(path: Path, holder: dict) -> None:
 # ---------------------------------------------------------------- job.json
 
 _OPTIONAL_TEXT = ("run_dir", "sweep_id", "log", "created_at", "started_at", "ended_at", "cancel_requested_at",
-                  "cancel_outcome", "error", "cuda_visible_devices", "module", "executor")
+                  "cancel_outcome", "error", "cuda_visible_devices", "module", "executor", "group", "member_started_at")
 _OPTIONAL_INT = ("pid", "pgid", "returncode")
 
 
@@ -226,6 +228,12 @@ def job_problem(job: Any, folder_name: str) -> str | None:
     handle = job.get("handle")
     if handle is not None and not (isinstance(handle, dict) and isinstance(handle.get("executor"), str)):
         return "handle is not an object naming its executor"
+    if job.get("group") == "":
+        return "group is empty (leave it out, or name the group)"
+    members = job.get("group_members")
+    if members is not None and not (isinstance(members, list) and members and
+                                    all(isinstance(m, str) and m for m in members)):
+        return f"group_members {members!r} is not a non-empty list of job ids"
     return None
 
 
@@ -298,6 +306,34 @@ def raw_jobs(runs_root: Path) -> list[dict]:
     return out
 
 
+def update_jobs(runs_root: Path, change: Callable[[list[dict]], dict[str, dict] | None]) -> list[dict]:
+    """Read-modify-write several job.json files under one hold of the queue lock: `change` gets every
+    usable job (oldest first) and returns {job_id: fields to merge}; returns the changed jobs.
+
+    Each file is replaced atomically, one after another: a write that fails (a full disk) leaves the
+    jobs before it changed and the rest as they were.
+    """
+    with locked(jobs_dir(runs_root) / QUEUE_LOCK):
+        current = [job for job in raw_jobs(runs_root) if job.get("state") != BROKEN]
+        changes = change(current) or {}
+        changed = []
+        for job in current:
+            if fields := changes.get(job["job_id"]):
+                job.update(fields)
+                rf.atomic_write_json(job_dir(runs_root, job["job_id"]) / JOB_FILE, job)
+                changed.append(job)
+        return changed
+
+
+def sweep_lock_held(runs_root: Path) -> bool:
+    """True while a sweep is being queued (its `.jobs/sweep.lock` is held by a live holder): its
+    jobs may not all be in the queue yet."""
+    path = jobs_dir(runs_root) / SWEEP_LOCK
+    if not path.exists():
+        return False
+    return not _lock_is_stale(path, _lock_holder(path), SWEEP_LOCK_STALE_S)
+
+
 def has_queued_jobs(runs_root: Path) -> bool:
     return any(job.get("state") == rf.QUEUED for job in raw_jobs(runs_root))
 
@@ -353,9 +389,12 @@ def _other_owner(job: dict, run_dir: Path) -> str | None:
 
 def enqueue(runs_root: Path, argv: list[str], resource: str = "gpu", run_dir: Path | None = None,
             sweep_id: str | None = None, prepare_run: tuple[Path, dict] | None = None,
-            module: str = "engine") -> str:
+            module: str = "engine", group: str | None = None) -> str:
     """Add a job running `python -m <module> ARGV...`; returns its id. Does not start a worker
     (`engine.jobs.submit` does both).
+
+    A `group` (a sweep's id) lets the local worker run the group's queued jobs in one process
+    (docs/JOBS.md, "Shared-base groups"); the job still runs alone anywhere else.
 
     With `prepare_run=(run_dir, config)` the run folder gets config.json (kind "train" unless the
     config names another) and a "queued" status.json first, so the dashboard lists the run at once.
@@ -367,6 +406,8 @@ def enqueue(runs_root: Path, argv: list[str], resource: str = "gpu", run_dir: Pa
         raise JobError(f"resource must be one of {', '.join(RESOURCES)} (got {resource!r})")
     if not MODULE_PATTERN.match(module):
         raise JobError(f"module {module!r} is not an engine module")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise JobError(f"group must be a non-empty name (got {group!r})")
     if prepare_run is not None:
         prep_dir, config = prepare_run
         if run_dir is not None and Path(run_dir).resolve() != Path(prep_dir).resolve():
@@ -382,6 +423,7 @@ def enqueue(runs_root: Path, argv: list[str], resource: str = "gpu", run_dir: Pa
         "resource": resource,
         "run_dir": str(Path(run_dir).resolve()) if run_dir is not None else None,
         "sweep_id": sweep_id,
+        "group": group,
         "state": rf.QUEUED,
         "executor": None,
         "handle": None,

@@ -163,7 +163,7 @@ def sweep_pending(runs_root: Path, names: Iterable[str]) -> list[str]:
 
 
 def enqueue_sweep(runs_root: Path, cells: list[dict], sweep_id: str | None = None,
-                  resource: str = "gpu") -> dict:
+                  resource: str = "gpu", share_base: bool = False) -> dict:
     """One `train` job per pending cell; returns {"sweep_id", "enqueued": {name: job_id}, "skipped": {...}}.
 
     The job runs `train --config <run>/config.json --run-dir <run>`: the prepared config.json
@@ -174,14 +174,25 @@ def enqueue_sweep(runs_root: Path, cells: list[dict], sweep_id: str | None = Non
     its own job, so a failing cell does not stop the others. Runs under the sweep lock (it waits
     for another launch to finish; LockBusyError after a minute). `engine.jobs.submit_sweep` also
     ensures a worker.
+
+    With `share_base` every cell's job gets `group = sweep_id`: the local worker then trains the
+    sweep's queued cells one after another in one process over one loaded base model (docs/JOBS.md,
+    "Shared-base groups"). A cell that trains on several GPUs (`num_processes` > 1) relaunches
+    itself through accelerate and is left out of the group.
     """
     runs_root = Path(runs_root)
     sweep_id = sweep_id or f"sweep-{store.new_job_id()}"
     with store.exclusive_lock_file(store.jobs_dir(runs_root) / store.SWEEP_LOCK, timeout_s=SWEEP_LOCK_TIMEOUT_S):
-        return _enqueue_pending(runs_root, cells, sweep_id, resource)
+        return _enqueue_pending(runs_root, cells, sweep_id, resource, share_base)
 
 
-def _enqueue_pending(runs_root: Path, cells: list[dict], sweep_id: str, resource: str) -> dict:
+def _shares_base(config: dict) -> bool:
+    """Whether a cell can train in a shared-base group: not when it launches one process per GPU."""
+    processes = config.get("num_processes", 1)
+    return not isinstance(processes, int) or processes <= 1
+
+
+def _enqueue_pending(runs_root: Path, cells: list[dict], sweep_id: str, resource: str, share_base: bool) -> dict:
     active_runs = {job.get("run_dir") for job in active_jobs(runs_root)}
     pending = set(sweep_pending(runs_root, [c["run_name"] for c in cells]))
     enqueued: dict[str, str] = {}
@@ -198,8 +209,9 @@ def _enqueue_pending(runs_root: Path, cells: list[dict], sweep_id: str, resource
         if run_dir.exists():
             _move_aside(run_dir)
         argv = ["train", "--config", str(run_dir / rf.CONFIG), "--run-dir", str(run_dir)]
+        group = sweep_id if share_base and _shares_base(cell["config"]) else None
         enqueued[name] = store.enqueue(runs_root, argv, resource=resource, sweep_id=sweep_id,
-                                 prepare_run=(run_dir, cell["config"]))
+                                       prepare_run=(run_dir, cell["config"]), group=group)
     return {"sweep_id": sweep_id, "enqueued": enqueued, "skipped": skipped}
 
 

@@ -11,8 +11,8 @@ import signal
 import time
 from pathlib import Path
 
-from engine.jobs import store
-from engine.jobs.executor import executor_for, job_executor_name
+from engine.jobs import groups, store
+from engine.jobs.executor import Executor, executor_for, job_executor_name
 from engine.jobs.store import _recorded_run_state, _sync_run_status
 from engine.runs import folder as rf
 
@@ -40,8 +40,22 @@ def _outcome_from_returncode(job: dict, returncode: int) -> tuple[str, str | Non
     return rf.FAILED, f"exited with code {returncode}: {last_line.strip()[:300] or 'no output'} (log: {job.get('log')})"
 
 
+def poll(executor: Executor, job: dict) -> dict | None:
+    """`executor.poll(job)`; for a member of a shared-base group, the poll of the group's process,
+    and {"returncode": None} once the member's run folder records a final state while the process
+    goes on with the next member (the run's state then decides: `outcome`)."""
+    if not groups.is_member(job):
+        return executor.poll(job)
+    ended = executor.poll(groups.leader_view(job))
+    if groups.run_finished(job):
+        return {"returncode": None}  # the process's exit code belongs to the group, not to this run
+    return ended
+
+
 def outcome(job: dict, ended: dict) -> tuple[str, str | None]:
-    """(state, error) of a job whose executor's poll returned `ended`."""
+    """(state, error) of a job whose executor's poll (`poll`) returned `ended`."""
+    if groups.is_member(job):
+        return groups.member_outcome(job, ended) or (rf.CRASHED, "the shared-base process ended")
     if ended.get("state") in rf.TERMINAL_STATES:
         return ended["state"], ended.get("error")
     if ended.get("returncode") is None:
@@ -71,7 +85,7 @@ def _reconciled(job: dict, worker_alive: bool, runs_root: Path) -> dict:
     if job.get("state") != rf.RUNNING or worker_alive:
         return job
     executor = executor_for(job, runs_root)
-    ended = executor.poll(job) if executor is not None else None
+    ended = poll(executor, job) if executor is not None else None
     if ended is None:
         return job
     state, error = outcome(job, ended)
@@ -113,8 +127,16 @@ def cancel(runs_root: Path, job_id: str, grace_s: float = 20.0) -> dict:
     """Cancel a job: dequeue it if queued, else its executor stops it (local: SIGTERM to its main
     process, SIGKILL to its group after `grace_s`).
 
-    Returns {job_id, outcome}: "dequeued", "graceful", "forced" or "already finished". Returns
-    once the job's final state is recorded (by the worker, or here when no worker is running).
+    A member of a shared-base group that the process has not started yet is cancelled at once
+    ("dequeued"), the process left alone. A started member while other members are still active
+    is only marked: the process stops that run at its next step (it polls
+    `groups.cancel_requested`) and goes on with the others; the outcome is "graceful" once the run
+    has recorded its final state within `grace_s`, else "requested" (the job ends when the process
+    gets there). The last active member is stopped like any job (the process gets the SIGTERM).
+
+    Returns {job_id, outcome}: "dequeued", "graceful", "forced", "requested" or "already
+    finished". Returns once the job's final state is recorded (by the worker, or here when no
+    worker is running).
     """
     runs_root = Path(runs_root)
     now = rf.now_iso()
@@ -126,6 +148,10 @@ def cancel(runs_root: Path, job_id: str, grace_s: float = 20.0) -> dict:
             dequeued = True
             _sync_run_status(job, rf.CANCELLED, None)
             return {"state": rf.CANCELLED, "cancel_requested_at": now, "ended_at": now}
+        if groups.is_waiting(job):  # under the queue lock: start_member can no longer start it
+            dequeued = True
+            _sync_run_status(job, rf.CANCELLED, None)
+            return {"state": rf.CANCELLED, "cancel_requested_at": now, "ended_at": now, "cancel_outcome": "dequeued"}
         if job.get("state") == rf.RUNNING and not job.get("cancel_requested_at"):
             return {"cancel_requested_at": now}
         return None
@@ -135,6 +161,12 @@ def cancel(runs_root: Path, job_id: str, grace_s: float = 20.0) -> dict:
         return {"job_id": job_id, "outcome": "dequeued"}
     if job.get("state") != rf.RUNNING:
         return {"job_id": job_id, "outcome": "already finished"}
+    if groups.is_member(job) and groups.others_active(runs_root, job):
+        # The shared process goes on with the other members: never signal it for this one.
+        ended = _wait_recorded(runs_root, job_id, timeout_s=grace_s, settle_until_done=True)
+        if ended:
+            store.update_job(runs_root, job_id, lambda _job: {"cancel_outcome": "graceful"})
+        return {"job_id": job_id, "outcome": "graceful" if ended else "requested"}
     executor = executor_for(job, runs_root)
     if executor is None:
         raise store.JobError(f"job {job_id} belongs to executor {job_executor_name(job)!r}, "
@@ -146,15 +178,20 @@ def cancel(runs_root: Path, job_id: str, grace_s: float = 20.0) -> dict:
     return {"job_id": job_id, "outcome": result}
 
 
-def _wait_recorded(runs_root: Path, job_id: str, timeout_s: float) -> None:
-    """Wait for the worker to record the final state; record it here when no worker runs."""
+def _wait_recorded(runs_root: Path, job_id: str, timeout_s: float, settle_until_done: bool = False) -> bool:
+    """Wait for the worker to record the final state; record it here when no worker runs (once, or
+    with `settle_until_done` on every look until it ends: a group member's run ends while its
+    process goes on). True once the state is recorded."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while True:
         if store.read_job_file(runs_root, job_id).get("state") in rf.TERMINAL_STATES:
-            return
+            return True
         if not store.worker_running(runs_root):
             settle_if_unwatched(runs_root, job_id)
-            return
+            if not settle_until_done:
+                return store.read_job_file(runs_root, job_id).get("state") in rf.TERMINAL_STATES
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)
 
 
@@ -165,7 +202,7 @@ def settle_if_unwatched(runs_root: Path, job_id: str) -> None:
         if job.get("state") != rf.RUNNING:
             return None
         executor = executor_for(job, runs_root)
-        ended = executor.poll(job) if executor is not None else None
+        ended = poll(executor, job) if executor is not None else None
         return finish_fields(job, ended) if ended is not None else None
 
     store.update_job(runs_root, job_id, settle)

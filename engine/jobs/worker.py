@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.jobs import store, tracking
+from engine.jobs import groups, store, tracking
 from engine.jobs.executor import (GPU_SHARE_ENV, Executor, available, executor_named, job_executor_name, jobs_per_gpu,
                                   workspace_executor_name)
 from engine.jobs.store import _sync_run_status
@@ -122,17 +122,35 @@ class Worker:
         for job in jobs:
             if job.get("state") == rf.RUNNING and job.get("resource") in used and job.get("slot") is not None:
                 used[job["resource"]].add(job["slot"])
+        grouping: bool | None = None  # whether this pass runs shared-base groups (asked once, when needed)
+        claimed: set[str] = set()  # jobs this pass put into a group's process
         for job in jobs:
-            if job.get("state") != rf.QUEUED:
+            if job.get("state") != rf.QUEUED or job["job_id"] in claimed:
                 continue
             tracked = True
             resource = job.get("resource")
             if resource not in store.RESOURCES:
                 self._guarded(job["job_id"], self._fail_unstartable, job, f"unknown resource {resource!r}")
                 continue
+            if job["job_id"] in self.unrecorded_starts:  # already running: record it, whatever the slots
+                slot = self.unrecorded_starts[job["job_id"]].get("slot")
+                if self._guarded(job["job_id"], self._record_start, job["job_id"]) and slot is not None:
+                    used[resource].add(slot)
+                continue
+            in_group = groups.can_group(job)
+            if in_group and grouping is None:
+                grouping = self._runs_groups()
+            if in_group and grouping and store.sweep_lock_held(self.runs_root):
+                continue  # its sweep is still being queued: claim the whole group on a later pass
             capacity = len(used[resource]) + 1 if self._scheduler_queues() else self._capacity(resource)
             free = [s for s in range(capacity) if s not in used[resource]]
-            if free and self._guarded(job["job_id"], self._start, job["job_id"], free[0]):
+            if not free:
+                continue
+            if in_group and grouping:
+                started = self._guarded(job["job_id"], self._start_group, job["job_id"], free[0], claimed)
+            else:
+                started = self._guarded(job["job_id"], self._start, job["job_id"], free[0])
+            if started:
                 used[resource].add(free[0])
         return tracked
 
@@ -158,13 +176,21 @@ class Worker:
         except store.JobError:
             return False
 
+    def _runs_groups(self) -> bool:
+        """Whether the workspace's executor runs a shared-base group in one process (the local one);
+        with any other (Slurm) every job of a group runs alone."""
+        try:
+            return bool(getattr(self.executor(workspace_executor_name(self.runs_root)), "runs_groups", False))
+        except store.JobError:
+            return False
+
     def _poll(self, job: dict) -> bool:
         """Record the end of a running job its executor says has ended; False if it cannot be tracked."""
         name = job_executor_name(job)
         if not available(name):
             self._report_once(job["job_id"], f"job {job['job_id']} belongs to executor {name!r}, not available here")
             return False
-        ended = self.executor(name).poll(job)
+        ended = tracking.poll(self.executor(name), job)
         if ended is None:
             return True
 
@@ -178,8 +204,6 @@ class Worker:
         return True
 
     def _start(self, job_id: str, slot: int) -> bool:
-        if job_id in self.unrecorded_starts:
-            return self._record_start(job_id)
         started = False
         try:
             kind = workspace_executor_name(self.runs_root)
@@ -195,13 +219,7 @@ class Worker:
             module = job.get("module") or "engine"
             if not store.MODULE_PATTERN.match(module):
                 return _failed(job, f"module {module!r} refused")
-            env, cuda, sharing = {}, None, None
-            if job.get("resource") == "gpu" and self.devices:
-                sharing = self._jobs_per_gpu()
-                if slot < len(self.devices) * sharing:  # slots wrap round the GPUs: slot k on GPU k mod n
-                    cuda = env["CUDA_VISIBLE_DEVICES"] = self.devices[slot % len(self.devices)]
-                if sharing > 1:
-                    env[GPU_SHARE_ENV] = str(sharing)
+            env, cuda, sharing = self._slot_env(job, slot)
             log_path = executor.log_path(job)
             try:
                 handle = executor.start(job, env)
@@ -219,6 +237,63 @@ class Worker:
         if started:
             _say(f"started job {job_id} ({kind} {job['handle']}, {job['resource']} slot {slot}): {job['argv']}")
         return started
+
+    def _slot_env(self, job: dict, slot: int) -> tuple[dict[str, str], str | None, int | None]:
+        """(environment to add, CUDA_VISIBLE_DEVICES, jobs per GPU) of a job started on `slot`."""
+        env, cuda, sharing = {}, None, None
+        if job.get("resource") == "gpu" and self.devices:
+            sharing = self._jobs_per_gpu()
+            if slot < len(self.devices) * sharing:  # slots wrap round the GPUs: slot k on GPU k mod n
+                cuda = env["CUDA_VISIBLE_DEVICES"] = self.devices[slot % len(self.devices)]
+            if sharing > 1:
+                env[GPU_SHARE_ENV] = str(sharing)
+        return env, cuda, sharing
+
+    def _start_group(self, job_id: str, slot: int, claimed: set[str]) -> bool:
+        """Claim, under one hold of the queue lock, every queued job of `job_id`'s group (oldest
+        first; same resource and module) onto `slot` and start ONE process for them
+        (`groups.group_command`), output to the first job's log; record them all running with its
+        handle and `group_members`. Adds the claimed ids to `claimed`; True when it started."""
+        try:
+            kind = workspace_executor_name(self.runs_root)
+            executor = self.executor(kind)
+        except store.JobError as exc:
+            self._report_once("settings", f"cannot start jobs: {exc}")
+            return False
+        started: list[str] = []
+
+        def launch(current: list[dict]) -> dict[str, dict]:
+            lead = next((j for j in current if j["job_id"] == job_id), None)
+            if lead is None or lead.get("state") != rf.QUEUED:
+                return {}  # cancelled meanwhile
+            members = [j for j in current if j.get("state") == rf.QUEUED and j.get("group") == lead.get("group")
+                       and j.get("resource") == lead.get("resource") and j.get("module") == lead.get("module")
+                       and groups.can_group(j) and j["job_id"] not in self.unrecorded_starts]
+            first = members[0]
+            env, cuda, sharing = self._slot_env(first, slot)
+            module, argv = groups.group_command(self.runs_root, members)
+            log_path = executor.log_path(first)
+            ids = [m["job_id"] for m in members]
+            try:
+                handle = executor.start(dict(first, module=module, argv=argv, log=str(log_path)), env)
+            except OSError as exc:
+                return {m["job_id"]: _failed(m, f"could not start the shared-base process: {exc}") for m in members}
+            started.extend(ids)
+            fields = {"state": rf.RUNNING, "executor": kind, "handle": handle, **_process_fields(handle),
+                      "started_at": rf.now_iso(), "slot": slot, "cuda_visible_devices": cuda, "gpu_share": sharing,
+                      "log": str(log_path), "group_members": ids}
+            for member in ids:  # remembered until each job.json says so (a full disk mid-way)
+                self.unrecorded_starts[member] = fields
+            return {member: fields for member in ids}
+
+        changed = store.update_jobs(self.runs_root, launch)
+        for job in changed:
+            self.unrecorded_starts.pop(job["job_id"], None)
+        claimed.update(job["job_id"] for job in changed)
+        if started:
+            _say(f"started shared-base group {changed[0].get('group')} ({kind} {changed[0]['handle']}, "
+                 f"{changed[0]['resource']} slot {slot}): jobs {', '.join(started)}")
+        return bool(started)
 
     def _record_start(self, job_id: str) -> bool:
         """Write the running state of a job started on an earlier pass whose job.json write failed."""
