@@ -414,14 +414,18 @@ def test_micro_batch_probe_runs_in_training_mode_so_checkpointing_is_real(tiny_m
     assert not loaded.model.training  # the caller's mode is restored
 
 
-@pytest.mark.parametrize("mode, device, gib, shared, expected", [
-    ("auto", "cuda", 80, 1, "graphs"), ("auto", "cuda", 16, 1, "off"), ("auto", "cpu", 0, 1, "off"),
-    ("auto", "cuda", 80, 4, "off"), ("graphs", "cuda", 80, 4, "graphs"), ("on", "cpu", 0, 1, "on"),
+@pytest.mark.parametrize("mode, device, gib, shared, dropout, expected", [
+    ("auto", "cuda", 80, 1, 0.0, "graphs"), ("auto", "cuda", 16, 1, 0.0, "off"), ("auto", "cpu", 0, 1, 0.0, "off"),
+    ("auto", "cuda", 80, 4, 0.0, "off"), ("graphs", "cuda", 80, 4, 0.0, "graphs"), ("on", "cpu", 0, 1, 0.0, "on"),
+    ("auto", "cuda", 80, 1, 0.05, "off"), ("graphs", "cuda", 80, 1, 0.05, "graphs"),
 ])
-def test_compile_auto_uses_graphs_only_on_a_large_gpu_the_job_has_to_itself(mode, device, gib, shared, expected):
+def test_compile_auto_uses_graphs_only_on_a_large_gpu_the_job_has_to_itself_without_dropout(
+        mode, device, gib, shared, dropout, expected):
     from engine.tasks.train import choose_compile
 
-    chosen, why = choose_compile(mode, device, gib * 2**30, shared)
+    chosen, why = choose_compile(mode, device, gib * 2**30, shared, dropout)
     assert chosen == expected and why
     if shared > 1 and mode == "auto":
         assert "shared by 4 jobs" in why
+    if dropout and mode == "auto" and device == "cuda":
+        assert "LoRA dropout 0.05" in why

@@ -170,3 +170,29 @@ def test_member_from_job_reads_the_queued_train_command(tmp_path):
         member_from_job({"job_id": "j3", "argv": ["train", "--seed", "1"]})
     with pytest.raises(ConfigError, match="cannot read"):
         member_from_job({"job_id": "j4", "argv": ["train", "--no-such-flag", "--run-dir", str(run_dir)]})
+
+
+@pytest.mark.slow
+def test_a_sweep_queued_with_a_shared_base_trains_in_one_process(tmp_path, demo_data, tiny_model):
+    """The queue's path end to end: submit_sweep(share_base=True) -> the worker starts one
+    `python -m engine train-group` for the sweep -> every run folder complete, every job succeeded."""
+    from engine import jobs
+    from engine.jobs.sweep import expand_sweep
+    from engine.jobs.worker import run_worker
+
+    root = tmp_path / "ws"
+    base = quick_config(demo_data["train"], max_steps=2).to_dict()
+    cells = expand_sweep(base, {"seed": [1, 2], "targets": ["attention", "attention+mlp"]})
+    queued = jobs.enqueue_sweep(root, cells, share_base=True)
+    assert len(queued["enqueued"]) == 4
+    assert run_worker(root, once=True, poll_s=0.2, idle_grace_s=0) == 0
+    finished = jobs.read_jobs(root)
+    assert [job["state"] for job in finished] == [rf.SUCCEEDED] * 4, [job.get("error") for job in finished]
+    assert len({job["pid"] for job in finished}) == 1  # one process for the whole sweep
+    for job in finished:
+        run_dir = Path(job["run_dir"])
+        assert files_of(run_dir) == FINISHED_TRAIN_RUN_FILES
+        assert rf.read_status(run_dir)["state"] == rf.SUCCEEDED
+    shared = sorted(rf.read_json(Path(job["run_dir"]) / rf.SUMMARY)["shared_base"]["run_on_this_base"]
+                    for job in finished)
+    assert shared == [1, 2, 3, 4]

@@ -66,7 +66,8 @@ def cache_bytes(layers: list[torch.nn.Module]) -> int:
 
 
 SHARED_GPU_REASON = ("the GPU is shared by {n} jobs (4 jobs with the cache and CUDA graphs each ran 9-13 s a step "
-                     "on an H200, one alone 0.13 s; docs/PERFORMANCE.md)")
+                     "on an H200; the same slowness later came with one job alone with LoRA dropout, so sharing "
+                     "may not be the cause, but sharing with the cache is not measured yet; docs/PERFORMANCE.md)")
 
 
 def plan(model: torch.nn.Module, mode: str, device: torch.device, usable_bytes: int | None = None,

@@ -232,21 +232,31 @@ def usable_gpu_bytes(device) -> int:
     return usable(device)
 
 
-def choose_compile(mode: str, device_type: str, usable_bytes: int, shared_by: int = 1) -> tuple[str, str]:
+# What the auto rule avoids, as measured (docs/PERFORMANCE.md, round 4).
+GRAPHS_WITH_DROPOUT_REASON = ("LoRA dropout {p:g}: the layers' CUDA graphs ran 9 s a step with dropout on an H200 "
+                              "(0.13 s with dropout 0); --compile graphs forces them")
+
+
+def choose_compile(mode: str, device_type: str, usable_bytes: int, shared_by: int = 1,
+                   lora_dropout: float = 0.0) -> tuple[str, str]:
     """The compile mode to use for `mode` (auto|graphs|on|off) and why. Auto: CUDA graphs on a GPU
-    this job has to itself with >= 20 GB (below, the graphs' buffers do not fit beside the model;
-    on a GPU shared with other jobs of the queue, 4 jobs with graphs each ran 70x slower)."""
+    this job has to itself with >= 20 GB (below, the graphs' buffers do not fit beside the model),
+    for LoRA without dropout: the recorded graphs were fast only without it (120 samples/s, 1-s
+    clips, H200), and with the default dropout of 0.05 every step took about 9 s instead of 0.13;
+    then the layers run uncompiled (a 96-step run with dropout took 113 s end to end on an H200)."""
     if mode != "auto":
         return mode, "as asked"
     if device_type != "cuda":
         return "off", "auto: only on a GPU"
+    if lora_dropout > 0:
+        return "off", "auto: " + GRAPHS_WITH_DROPOUT_REASON.format(p=lora_dropout)
     if shared_by > 1:
         from engine.models.base_cache import SHARED_GPU_REASON
 
         return "off", "auto: " + SHARED_GPU_REASON.format(n=shared_by)
     if usable_bytes < COMPILE_MIN_GPU_BYTES:
         return "off", f"auto: {usable_bytes / 2**30:.1f} GiB usable, graphs need {COMPILE_MIN_GPU_BYTES / 2**30:.0f}"
-    return "graphs", f"auto: {usable_bytes / 2**30:.1f} GiB usable"
+    return "graphs", f"auto: {usable_bytes / 2**30:.1f} GiB usable, LoRA dropout 0"
 
 
 def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch, device: str = "cuda") -> tuple[int, int, bool]:
@@ -273,7 +283,10 @@ def choose_micro_batch(model, cfg: TrainConfig, clips, make_batch, device: str =
     was_training = model.training
     model.train()
     try:
-        with torch.random.fork_rng(devices=[torch.device(device)] if device == "cuda" else []):
+        # Eager, even when the layers are compiled: probes of sizes that do not fit would otherwise
+        # compile and record graphs for shapes the steps never use.
+        with torch.random.fork_rng(devices=[torch.device(device)] if device == "cuda" else []), \
+                eager_if_compiled(True):
             for size in (s for s in sizes if s <= len(clips)):
                 for checkpointing in options:
                     if _probe_fits(model, m, longest[:size], make_batch, checkpointing, trainable, device):
@@ -512,7 +525,8 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
         cache = base_cache.prepare(loaded.model, cfg.base_cache, device,
                                    usable_gpu_bytes(device) if device.type == "cuda" else None, shared_by)
         compile_mode, why = choose_compile(cfg.compile, device.type,
-                                           usable_gpu_bytes(device) if device.type == "cuda" else 0, shared_by)
+                                           usable_gpu_bytes(device) if device.type == "cuda" else 0, shared_by,
+                                           cfg.lora_dropout)
         log.info("compile %s: %s", compile_mode, why)
         compiled = m.compile_layers(loaded, cuda_graphs=compile_mode == "graphs") if compile_mode != "off" else 0
         if shared is not None:
