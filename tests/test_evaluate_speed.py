@@ -21,7 +21,7 @@ from engine.models.qwen2_audio import runtime as m
 from engine.runs import folder as rf
 from engine.runs.predictions import read_predictions
 from engine.tasks import evaluate
-from engine.tasks.evaluate import (SCORING_COMPILE_MIN_CLIPS, ClipSamples, apply_control, choose_scoring_compile,
+from engine.tasks.evaluate import (SCORING_COMPILE_MIN_CLIPS, apply_control, choose_scoring_compile,
                                    evaluate_clips, header_length, p_speech_from_scores, score_audio)
 
 SYSTEM, PROMPT, WORDS = "You are a helpful assistant.", "Is this speech?", ["SPEECH", "NONSPEECH"]
