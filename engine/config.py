@@ -268,6 +268,7 @@ class TrainConfig:
 CONTROLS = ("silence", "shuffle")  # audio-is-used controls: every clip silenced, or clips shuffled
 PADDING_SIDES = ("left", "right")
 PREFIX_CACHE_MODES = ("on", "off")
+SCORING_COMPILE_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -316,6 +317,9 @@ class EvalConfig:
     """keep the 4-bit base's dequantized weights: auto (GPU with room), on, off"""
     prefix_cache: str = cli_field("on", choices=PREFIX_CACHE_MODES)
     """compute the system turn's keys and values once for all clips (on; off: every clip's whole sequence)"""
+    compile: str = cli_field("auto", choices=SCORING_COMPILE_MODES)
+    """torch.compile the scoring forward (fused kernels, no CUDA graphs): auto (on a GPU, for evaluations long
+    enough to repay the compilation), on, off"""
     save_predictions: Path | None = None
     """also write the records to FILE (.jsonl or .csv)"""
 

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from engine import cli, cliargs
-from engine.config import (CHECKPOINT_POLICIES, CONTROLS, DEVICES, DTYPES, GRAD_CHECKPOINTING, MODEL_LINEAR_NAMES,
-                           QUANTIZATIONS, SCHEDULERS, TARGET_PRESETS, ConfigError, EvalConfig, TrainConfig)
+from engine.config import (BASE_CACHE_MODES, CHECKPOINT_POLICIES, CONTROLS, DEVICES, DTYPES, GRAD_CHECKPOINTING,
+                           MODEL_LINEAR_NAMES, PREFIX_CACHE_MODES, QUANTIZATIONS, SCHEDULERS, SCORING_COMPILE_MODES,
+                           TARGET_PRESETS, ConfigError, EvalConfig, TrainConfig)
 from engine.tasks.opro import OproSettings
 from engine.tasks.train import config_from_args, rank_argv, train_argv
 
@@ -99,13 +100,17 @@ EVAL_FLAGS = [
     ("--threshold", "0.3", "threshold", 0.3),
     ("--threshold-from", "val", "threshold_from", "val"),
     ("--control", "silence", "control", "silence"),
+    ("--base-cache", "on", "base_cache", "on"),
+    ("--prefix-cache", "off", "prefix_cache", "off"),
+    ("--compile", "on", "compile", "on"),
     ("--save-predictions", "p.csv", "save_predictions", "p.csv"),
     ("--json", None, "json", True),
 ]
 EVAL_DEFAULTS = {"name": "test", "device": "auto", "dtype": "auto", "batch_size": 8, "padding_side": "left",
                  "run": None, "checkpoint": None, "quantization": None, "prompt": None, "prompt_from": None,
                  "label_words": None, "threshold": None, "threshold_from": None, "control": None,
-                 "save_predictions": None, "runs_dir": None, "run_name": None, "model": None, "json": False}
+                 "save_predictions": None, "runs_dir": None, "run_name": None, "model": None, "json": False,
+                 "base_cache": "auto", "prefix_cache": "on", "compile": "auto"}
 OPRO_BASE = ["--base", "--dev-csv", "d.csv"]
 OPRO_FLAGS = [
     ("--run", "r1", "run", "r1"),
@@ -182,6 +187,7 @@ def test_eval_and_opro_defaults_are_unchanged():
     ("eval", ["--base"], "--test-csv"),
     ("eval", [*EVAL_BASE, "--prompt", "p", "--prompt-from", "o"], "not allowed with argument"),
     ("eval", [*EVAL_BASE, "--control", "noise"], "invalid choice"),
+    ("eval", [*EVAL_BASE, "--compile", "graphs"], "invalid choice"),
     ("opro", ["--dev-csv", "d.csv"], "one of the arguments --run --base is required"),
     ("opro", ["--base"], "--dev-csv"),
     ("train", ["--quantization", "3bit"], "invalid choice"),
@@ -250,6 +256,8 @@ def eval_configs(draw) -> EvalConfig:
         label_words=draw(st.none() | st.lists(WORD, min_size=2, max_size=2, unique=True)),
         threshold=draw(st.none() | st.floats(0, 1)), device=draw(st.sampled_from(DEVICES)),
         dtype=draw(st.sampled_from(DTYPES)), padding_side=draw(st.sampled_from(["left", "right"])),
+        base_cache=draw(st.sampled_from(BASE_CACHE_MODES)), prefix_cache=draw(st.sampled_from(PREFIX_CACHE_MODES)),
+        compile=draw(st.sampled_from(SCORING_COMPILE_MODES)),
         save_predictions=draw(st.none() | st.just(Path("out/p.jsonl"))))
     return cfg.validate()
 
@@ -320,6 +328,7 @@ def test_ranks_resolve_the_same_config_as_the_launching_process(tmp_path):
     (EvalConfig(base=True, test_data="t.csv", batch_size=0), "batch_size", ">= 1"),
     (EvalConfig(base=True, test_data="t.csv", threshold=1.5), "threshold", "[0, 1]"),
     (EvalConfig(base=True, test_data="t.csv", control="noise"), "control", "silence, shuffle"),
+    (EvalConfig(base=True, test_data="t.csv", compile="graphs"), "compile", "auto, on, off"),
     (EvalConfig(base=True, test_data="t.csv", label_words=["YES", "YES"]), "label_words", "differ"),
 ])
 def test_eval_config_names_the_bad_field(cfg, field, words):

@@ -244,23 +244,63 @@ def measure_engine_training(model_dir: Path, steps: int, seconds: float, targets
             "losses": [r["loss"] for r in metrics]}
 
 
+EVAL_WARMUP_BATCHES = 2  # batches left out of `eval`'s steady rate: the first one pays the compilation, if any
+
+
+def batch_rates(stamps: list[tuple[int, float]], warmup: int = EVAL_WARMUP_BATCHES) -> dict[str, Any]:
+    """From (clips scored, time) at the start of the scoring (0) and after each batch: the steady
+    clips/s after `warmup` batches, the time the first `warmup` batches took, and how much longer
+    that was than the steady rate gives for their clips (the compilation, with --compile on; the
+    system prefix and the first CUDA calls either way)."""
+    if len(stamps) < warmup + 3:
+        return {"steady_clips_per_s": None, "first_batches_s": None, "first_batches_extra_s": None}
+    (done0, t0), (done_w, t_w), (done_n, t_n) = stamps[0], stamps[warmup], stamps[-1]
+    steady = (done_n - done_w) / (t_n - t_w)
+    first = t_w - t0
+    return {"steady_clips_per_s": round(steady, 1), "first_batches_s": round(first, 3),
+            "first_batches_extra_s": round(first - (done_w - done0) / steady, 3), "steady_batches": len(stamps) - 1 - warmup}
+
+
 def measure_engine_eval(model_dir: Path, n_clips: int, seconds: float, batch_size: int, work: Path,
                         extra: list[str] = ()) -> dict[str, Any]:
     """`python -m engine eval --base` itself (in this process, through the CLI's own parser):
-    the evaluation's clips/s (scoring only) and the command's wall time (model load included)."""
+    the evaluation's clips/s (decoding and scoring, from evaluation.json), the steady rate after
+    EVAL_WARMUP_BATCHES batches and the first batches' extra time (`batch_rates`, from a clock
+    read at every progress call), the graphs dynamo compiled, and the command's wall time
+    (model load included)."""
+    from torch._dynamo.utils import counters
+
     from engine import cli
+    from engine.tasks import evaluate
 
     manifest = write_manifest(work / f"test-{seconds:g}s-{n_clips}", n_clips, seconds, seed=1)
     name = f"bench-eval-{seconds:g}s-{time.time_ns()}"
     argv = ["eval", "--base", "--model", str(model_dir), "--runs-dir", str(work), "--run-name", name,
             "--test-data", str(manifest), "--batch-size", str(batch_size), *extra]
+    stamps: list[tuple[int, float]] = []
+    plain = evaluate.ProgressFile
+
+    class ClockedProgress(plain):
+        def __call__(self, scored: int, total: int) -> bool:
+            stamps.append((scored, time.perf_counter()))
+            return super().__call__(scored, total)
+
+    graphs_before = counters["stats"]["unique_graphs"]
+    evaluate.ProgressFile = ClockedProgress
     t0 = time.perf_counter()
-    code = cli.main(argv)
+    try:
+        code = cli.main(argv)
+    finally:
+        evaluate.ProgressFile = plain
     wall = time.perf_counter() - t0
-    evaluation = json.loads((work / name / "evaluations" / "test" / "evaluation.json").read_text())
+    folder = work / name / "evaluations" / "test"
+    evaluation = json.loads((folder / "evaluation.json").read_text())
     return {"clip_s": seconds, "clips": n_clips, "batch_size": batch_size, "extra": list(extra), "exit": code,
             "clips_per_s": evaluation.get("clips_per_s"), "scoring_s": evaluation.get("time_taken_s"),
-            "end_to_end_s": round(wall, 2), "base_cache": evaluation.get("base_cache")}
+            **batch_rates(stamps), "end_to_end_s": round(wall, 2), "base_cache": evaluation.get("base_cache"),
+            "compile": evaluation.get("compile"), "compile_reason": evaluation.get("compile_reason"),
+            "graphs_compiled": counters["stats"]["unique_graphs"] - graphs_before,
+            "correct": evaluation.get("summary", {}).get("correct"), "evaluation": str(folder)}
 
 
 def profile_scoring(model_dir: Path, n_clips: int, seconds: float, batch_size: int, work: Path) -> list[dict[str, Any]]:

@@ -15,7 +15,8 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -29,10 +30,12 @@ from engine.runs.predictions import SPEECH, make_record, save_predictions_file, 
 log = logging.getLogger("engine.tasks.evaluate")
 
 
-def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt: str, label_words: Sequence[str],
-                batch_size: int = 8, padding_side: str = "left", trim: bool = True,
-                on_batch: Callable[[int, int], Any] | None = None, prefix_cache: bool = True) -> np.ndarray:
-    """(N, classes) class scores, columns in `label_words` order, for decoded 16 kHz clips.
+def score_audio(loaded, audios: "Sequence[np.ndarray] | ClipSamples", system_prompt: str, prompt: str,
+                label_words: Sequence[str], batch_size: int = 8, padding_side: str = "left", trim: bool = True,
+                on_batch: Callable[[int, int], Any] | None = None, prefix_cache: bool = True,
+                compiled: bool = False) -> np.ndarray:
+    """(N, classes) class scores, columns in `label_words` order, for 16 kHz clips: decoded, or
+    `ClipSamples` (decoded batch by batch in the batch-ahead thread).
 
     Clips are batched longest-first so a batch's trimmed encoder input stays short; results
     come back in input order. on_batch(clips scored, clips in all) is called after each batch.
@@ -40,13 +43,16 @@ def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt
     `system_prefix`; equal to the whole sequence up to float rounding, tests/test_scoring.py).
     The next batch is made (tokens, mel features) in a thread while the device runs this one,
     and a batch's scores are fetched only after the next batch is queued, so the GPU does not
-    wait for the host between batches.
+    wait for the host between batches. compiled=True runs the encoder's and the language model's
+    layers compiled (the runtime's compiled scoring forward; the first batches pay the
+    compilation): for long evaluations only, see `choose_scoring_compile`.
     """
     import torch
 
     m = loaded.family.runtime()
     plan = m.label_plan(loaded.processor.tokenizer, label_words)
-    order = sorted(range(len(audios)), key=lambda i: -len(audios[i]))
+    lengths = audios.lengths if isinstance(audios, ClipSamples) else [len(a) for a in audios]
+    order = sorted(range(len(audios)), key=lambda i: -lengths[i])
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     scores = np.zeros((len(audios), len(label_words)), dtype=np.float64)
     feature_device = str(loaded.device) if loaded.device.type == "cuda" else "cpu"
@@ -78,7 +84,7 @@ def score_audio(loaded, audios: Sequence[np.ndarray], system_prompt: str, prompt
         for idx, batch in zip(chunks, _made_ahead(make, chunks)):
             with autocast:
                 pending.append((idx, m.class_scores(loaded.model, batch.to(loaded.device, non_blocking=cuda), plan,
-                                                    trim=trim, prefix=prefix)))
+                                                    trim=trim, prefix=prefix, compiled=compiled)))
             collect(keep=1)
         collect(keep=0)
     return scores
@@ -98,6 +104,30 @@ def _made_ahead(make: Callable[[Any], Any], items: Sequence[Any]):
             if k + 1 < len(items):
                 future = pool.submit(make, items[k + 1])
             yield made
+
+
+# Scoring compiled (`--compile auto`) from this many clips on. The compilation costs a fixed time at
+# the start and each batch then runs faster, so it pays only on long evaluations. 20,000 is a first
+# guess, to be set from the GPU measurement (benchmarks/perf_round4_eval.sh: compile time / time
+# saved per clip, on the 7B).
+SCORING_COMPILE_MIN_CLIPS = 20_000
+
+
+def choose_scoring_compile(mode: str, device_type: str, n_clips: int, unsupported: str | None = None) -> tuple[bool, str]:
+    """Whether to score compiled for `mode` (auto|on|off), and why. auto: on a GPU, for evaluations
+    of at least SCORING_COMPILE_MIN_CLIPS clips; never on the CPU. `unsupported`: why the model
+    cannot run the compiled forward (the runtime's `compiled_scoring_unsupported`), if it cannot."""
+    if mode == "off":
+        return False, "turned off"
+    if unsupported:
+        return False, f"{'asked for, but' if mode == 'on' else 'auto:'} {unsupported}"
+    if mode == "on":
+        return True, "turned on"
+    if device_type != "cuda":
+        return False, "auto: only on a GPU"
+    if n_clips < SCORING_COMPILE_MIN_CLIPS:
+        return False, f"auto: {n_clips} clips; the compilation pays from {SCORING_COMPILE_MIN_CLIPS}"
+    return True, f"auto: {n_clips} clips (the compilation pays from {SCORING_COMPILE_MIN_CLIPS})"
 
 
 AUDIO_PREFIX_CPU_BUDGET = 4 * 2**30  # bytes of cached keys/values when scoring on the CPU
@@ -194,10 +224,104 @@ def apply_control(audios: list[np.ndarray], control: str | None, seed: int = 0) 
         return audios
     if control == "silence":
         return [np.zeros_like(a) for a in audios]
+    return [audios[i] for i in _control_order(len(audios), control, seed)]
+
+
+def _control_order(n: int, control: str | None, seed: int = 0) -> list[int]:
+    """Which clip's audio each position gets under `control` (shuffle: a seeded permutation)."""
+    if control is None or control == "silence":
+        return list(range(n))
     if control == "shuffle":
-        perm = np.random.default_rng(seed).permutation(len(audios))
-        return [audios[i] for i in perm]
+        return [int(i) for i in np.random.default_rng(seed).permutation(n)]
     raise ConfigError("control", f"{control!r} is not one of {', '.join(CONTROLS)}")
+
+
+# Formats whose header states the frame count exactly (libsndfile's `frames`; a WAV cut short
+# reports the frames it holds).
+_EXACT_LENGTH_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "FLAC", "AIFF", "AU", "CAF"})
+
+
+def header_length(path: str | Path, max_seconds: float | None) -> int | None:
+    """The number of samples `load_audio(path, max_seconds)` returns, from the file's header alone:
+    for a 16 kHz file of a format whose header states its frame count. None for any other file
+    (resampled, compressed, unreadable, too short): decode it to know."""
+    import soundfile as sf
+
+    from engine.data.audio import MIN_SAMPLES, SAMPLE_RATE
+
+    try:
+        info = sf.info(str(path))
+    except Exception:  # noqa: BLE001 - soundfile raises several types; decoding then says why
+        return None
+    if info.samplerate != SAMPLE_RATE or info.format not in _EXACT_LENGTH_FORMATS or not 0 < info.frames < 2**40:
+        return None
+    n = info.frames
+    if max_seconds is not None:  # load_audio reads ceil(max_seconds x rate) frames, keeps round(max_seconds x 16 kHz)
+        n = min(n, int(np.ceil(max_seconds * SAMPLE_RATE)), int(round(max_seconds * SAMPLE_RATE)))
+    return n if n >= MIN_SAMPLES else None
+
+
+def _is_compile_failure(exc: BaseException) -> bool:
+    """An error of torch.compile itself (dynamo or inductor), not of the scoring it would run."""
+    import torch._dynamo.exc
+
+    kinds: list[type] = [torch._dynamo.exc.TorchDynamoException]
+    try:
+        from torch._inductor.exc import InductorError
+
+        kinds.append(InductorError)
+    except ImportError:  # older torch: inductor's errors reach us as dynamo's BackendCompilerFailed
+        pass
+    return isinstance(exc, tuple(kinds))
+
+
+class HeaderLengthMismatch(RuntimeError):
+    """A clip decoded to another length than its header gave: the batches made from the header
+    lengths are not the ones its decoded length makes."""
+
+
+class ClipSamples(Sequence):
+    """The clips' samples for `score_audio`, as `apply_control([audio.load(c) for c in clips], control)`
+    gives them, each decoded only when indexed: score_audio does that in its batch-ahead thread, so
+    decoding overlaps the device's work instead of coming before all of it.
+
+    The lengths, which fix the batches (longest first), are known before: from the header where that
+    is exact (`header_length`, with an AudioCache as the loader), else by decoding the clip at once.
+    A clip that decodes to another length raises HeaderLengthMismatch (`evaluate_clips` then scores
+    again with every clip decoded first), so the batches, and every score, are the ones of decoding first.
+    """
+
+    def __init__(self, clips: Sequence[Any], audio, control: str | None = None, seed: int = 0) -> None:
+        from engine.data.manifests import AudioCache
+
+        self.clips, self.audio, self.control = list(clips), audio, control
+        self.order = _control_order(len(self.clips), control, seed)
+        self._decoded: dict[int, np.ndarray] = {}
+        self._lengths: list[int] = []
+        for j, clip in enumerate(self.clips):
+            n = header_length(clip.path, audio.max_seconds) if isinstance(audio, AudioCache) else None
+            if n is None:
+                self._decoded[j] = audio.load(clip)
+                n = len(self._decoded[j])
+            self._lengths.append(n)
+        self.lengths = [self._lengths[j] for j in self.order]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        j = self.order[k]
+        samples = self._decoded.get(j)
+        if samples is None:
+            samples = self.audio.load(self.clips[j])
+            if len(samples) != self._lengths[j]:
+                raise HeaderLengthMismatch(f"{self.clips[j].path}: decoded to {len(samples)} samples, its header "
+                                           f"gave {self._lengths[j]}")
+        return np.zeros_like(samples) if self.control == "silence" else samples
+
+    def decoded(self) -> list[np.ndarray]:
+        """Every clip decoded now, in order (what scoring took before ClipSamples)."""
+        return apply_control([self.audio.load(c) for c in self.clips], self.control)
 
 
 PROGRESS_EVERY_S = 1.0  # evaluations/<name>/progress.json is rewritten at most this often
@@ -241,23 +365,44 @@ def evaluate_clips(loaded, clips, report, run_dir: Path, name: str, system_promp
                    label_words: Sequence[str], producer: dict, audio=None, batch_size: int = 8,
                    threshold: float = 0.5, threshold_source: str = "fixed", control: str | None = None,
                    padding_side: str = "left", save_to: Path | None = None,
-                   prefix_cache: bool = True) -> tuple[Path, list[dict]]:
-    """Score clips and store the evaluation `name` in `run_dir`; returns (folder, records)."""
+                   prefix_cache: bool = True, compile: str = "off") -> tuple[Path, list[dict]]:
+    """Score clips and store the evaluation `name` in `run_dir`; returns (folder, records).
+
+    The clips are decoded batch by batch while the device scores (`ClipSamples`). compile
+    (auto|on|off): score with the compiled forward (`choose_scoring_compile`; recorded with its reason).
+    """
     from engine.data.manifests import AudioCache
 
-    audio = audio or AudioCache()
+    audio = audio if audio is not None else AudioCache()  # an empty AudioCache is falsy (len 0)
     started = time.time()
+    compiled, compile_reason = False, "turned off"
+    if compile != "off":
+        compiled, compile_reason = choose_scoring_compile(
+            compile, loaded.device.type, len(clips), loaded.family.runtime().compiled_scoring_unsupported(loaded))
+        log.info("scoring compile %s: %s", "on" if compiled else "off", compile_reason)
     progress = ProgressFile(rf.evaluation_dir(run_dir, name))
     progress(0, len(clips))
     try:
-        audios = apply_control([audio.load(c) for c in clips], control)
-        scores = score_audio(loaded, audios, system_prompt, prompt, label_words, batch_size, padding_side,
-                             on_batch=progress, prefix_cache=prefix_cache)
+        audios: ClipSamples | list[np.ndarray] = ClipSamples(clips, audio, control)
+        while True:  # each fallback happens at most once: then every clip is decoded, or compiling is off
+            try:
+                scores = score_audio(loaded, audios, system_prompt, prompt, label_words, batch_size, padding_side,
+                                     on_batch=progress, prefix_cache=prefix_cache, compiled=compiled)
+                break
+            except HeaderLengthMismatch as exc:
+                log.warning("%s; scoring again with every clip decoded first", exc)
+                audios = audios.decoded()
+            except Exception as exc:
+                if not (compiled and _is_compile_failure(exc)):
+                    raise
+                log.warning("compiling the scoring forward failed (%s: %s); scoring again eager", type(exc).__name__, exc)
+                compiled, compile_reason = False, f"{compile_reason}; compiling failed ({type(exc).__name__}), scored eager"
+        lengths = audios.lengths if isinstance(audios, ClipSamples) else [len(a) for a in audios]
         p_speech = p_speech_from_scores(scores)
         records = [make_record(c.clip_id, c.path, c.label, float(p), float(s[0] - s[1]),
-                               c.duration_s if c.duration_s is not None else len(a) / loaded.family.sample_rate,
+                               c.duration_s if c.duration_s is not None else n / loaded.family.sample_rate,
                                c.metadata, threshold)
-                   for c, p, s, a in zip(clips, p_speech, scores, audios)]
+                   for c, p, s, n in zip(clips, p_speech, scores, lengths)]
         elapsed = time.time() - started
         report_dict = report.to_dict() if report is not None else {}
         meta = {
@@ -270,6 +415,7 @@ def evaluate_clips(loaded, clips, report, run_dir: Path, name: str, system_promp
             "time_taken_s": round(elapsed, 3), "clips_per_s": round(len(clips) / elapsed, 2) if elapsed else None,
             "batch_size": batch_size, "device": str(loaded.device),
             "base_cache": getattr(loaded, "base_cache", None), "prefix_cache": prefix_cache,
+            "compile": "on" if compiled else "off", "compile_reason": compile_reason,
         }
         out = write_evaluation(run_dir, name, records, meta)
     finally:
@@ -338,7 +484,7 @@ def _score_into(args: argparse.Namespace, run_dir: Path, model_id: str, quantiza
     out, _ = evaluate_clips(loaded, clips, report, run_dir, name, system_prompt, prompt, words, producer,
                             batch_size=args.batch_size, threshold=threshold, threshold_source=source,
                             control=args.control, padding_side=args.padding_side, save_to=args.save_predictions,
-                            prefix_cache=args.prefix_cache == "on")
+                            prefix_cache=args.prefix_cache == "on", compile=args.compile)
     return out
 
 

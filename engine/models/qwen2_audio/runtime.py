@@ -453,12 +453,13 @@ def _ids_around_audio(tok, system_prompt: str, prompt: str) -> tuple[list[int], 
 # ----------------------------------------------------------------------------- fast forward
 
 def encode_audio(hf, input_features: torch.Tensor, feature_attention_mask: torch.Tensor,
-                 trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                 trim: bool = True, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Audio features (B, T_out, hidden) after the projector, and per-clip valid lengths.
 
     With trim=True only the first `longest + 2` mel frames (even) go through the encoder; the
     last real output reads at most frame length+1 through the two convolutions, and the
     attention mask hides everything after each clip, so the kept outputs equal the full ones.
+    compiled=True runs each encoder layer through the compiled scoring function (`_encoder_layer`).
     """
     from transformers.masking_utils import create_bidirectional_mask
 
@@ -480,47 +481,62 @@ def encode_audio(hf, input_features: torch.Tensor, feature_attention_mask: torch
     x = F.dropout(x, p=tower.dropout, training=tower.training)
     valid = (torch.arange(x.shape[1], device=x.device)[None, :] < conv_lengths[:, None]).long()
     mask = create_bidirectional_mask(config=tower.config, inputs_embeds=x[..., :1], attention_mask=valid)
-    for layer in tower.layers:
-        x = layer(x, mask)
+    if compiled:
+        call = _compiled_scoring(_encoder_layer)
+        _dynamic(x, 0, 1)
+        _dynamic(mask, 0, 2, 3)
+        for layer in tower.layers:
+            x = call(layer, x, mask)
+    else:
+        for layer in tower.layers:
+            x = layer(x, mask)
     x = tower.avg_pooler(x.permute(0, 2, 1)).permute(0, 2, 1)
     x = tower.layer_norm(x)
     return hf.model.multi_modal_projector(x), out_lengths
 
 
-def hidden_states(hf, batch: Batch, trim: bool = True, prefix: "SharedPrefix | None" = None) -> torch.Tensor:
+def hidden_states(hf, batch: Batch, trim: bool = True, prefix: "SharedPrefix | None" = None,
+                  compiled: bool = False) -> torch.Tensor:
     """Last hidden states (B, S, H) of the language model with the audio features merged in.
 
     With `prefix`, the batch's tokens continue the cached prefix: its keys and values are
-    prepended in every layer and the positions go on from where it ends.
+    prepended in every layer and the positions go on from where it ends. compiled=True runs the
+    encoder's and the language model's layers through the compiled scoring functions (scoring
+    only: see `compiled_scoring_unsupported`).
     """
     embed = hf.model.get_input_embeddings()
     device = batch.input_ids.device
     inputs_embeds = embed(batch.input_ids.to(embed.weight.device)).to(device)
     if batch.input_features is not None:
-        audio, out_lengths = encode_audio(hf, batch.input_features, batch.feature_attention_mask, trim=trim)
+        audio, out_lengths = encode_audio(hf, batch.input_features, batch.feature_attention_mask, trim=trim,
+                                          compiled=compiled)
         keep = torch.arange(audio.shape[1], device=audio.device)[None, :] < out_lengths[:, None]
         audio = audio[keep]
         audio_mask = (batch.input_ids == hf.config.audio_token_id).unsqueeze(-1)
         if int(audio_mask.sum()) != audio.shape[0]:
             raise RuntimeError(f"audio tokens ({int(audio_mask.sum())}) != audio features ({audio.shape[0]})")
         inputs_embeds = inputs_embeds.to(audio.device).masked_scatter(audio_mask, audio.to(inputs_embeds.dtype))
-    attention_mask, position_ids, past = batch.attention_mask, batch.position_ids, None
+    attention_mask, position_ids, cache = batch.attention_mask, batch.position_ids, None
     if prefix is not None:
         rows = batch.input_ids.shape[0]
         attention_mask = torch.cat([prefix.attention_mask.expand(rows, -1), attention_mask], dim=1)
         position_ids = position_ids + prefix.next_position.expand(rows)[:, None]
-        past = {_cache_argument(hf.model.language_model): prefix.cache()}
-    out = hf.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, use_cache=False, **(past or {}))
+        cache = prefix.cache()
+    lm = hf.model.language_model
+    if compiled:
+        return _language_model_by_layer(lm, inputs_embeds, attention_mask, position_ids, cache)
+    past = {} if cache is None else {_cache_argument(lm): cache}
+    out = lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+             **past)
     return out.last_hidden_state
 
 
-def _cache_argument(language_model) -> str:
-    """The forward's name for the key/value cache: `cache` from transformers 5.2x on,
-    `past_key_values` before (the old name warns, and goes in 5.40)."""
+def _cache_argument(module) -> str:
+    """The forward's name for the key/value cache (of the language model or one of its layers):
+    `cache` from transformers 5.2x on, `past_key_values` before (the old name warns, and goes in 5.40)."""
     import inspect
 
-    parameters = inspect.signature(type(language_model).forward).parameters
+    parameters = inspect.signature(type(module).forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
 
@@ -534,10 +550,11 @@ def answer_loss(model, batch: Batch, trim: bool = True) -> tuple[torch.Tensor, i
 
 
 def class_scores(model, batch: Batch, plan: LabelPlan, trim: bool = True,
-                 prefix: "SharedPrefix | None" = None) -> torch.Tensor:
-    """(B, 2) log-probabilities of the first token where the two answers differ."""
+                 prefix: "SharedPrefix | None" = None, compiled: bool = False) -> torch.Tensor:
+    """(B, 2) log-probabilities of the first token where the two answers differ (compiled: see
+    `hidden_states`)."""
     hf = unwrap(model)
-    h = hidden_states(hf, batch, trim=trim, prefix=prefix)
+    h = hidden_states(hf, batch, trim=trim, prefix=prefix, compiled=compiled)
     picked = h.reshape(-1, h.shape[-1])[batch.score_positions]
     logp = torch.log_softmax(hf.lm_head(picked).float(), dim=-1)
     return logp[:, list(plan.decision_ids)]
@@ -556,6 +573,94 @@ def scoring_attention(device: torch.device):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+# ----------------------------------------------------------------------------- compiled scoring
+#
+# About a third of scoring's GPU time is element-wise work between the matmuls (RMSNorm's fp32
+# round trip, RoPE's halves and concatenations, SiLU, casts, residual adds: docs/PERFORMANCE.md,
+# round 3), which inductor fuses. Scoring compiles its own two functions, one encoder layer and one
+# decoder layer, called with the layer as an argument: layers of a stack share the compiled code
+# (their parameters are graph inputs), and nothing in the model is changed, so training's in-place
+# compiled layers (`compile_layers`) and every eager caller (validation, Try a clip, OPRO) are
+# untouched. No CUDA graphs: the shapes change with the clips and the batch.
+
+_COMPILED_SCORING: dict[str, Any] = {}
+
+
+def _compiled_scoring(fn):
+    """torch.compile(fn), made once per process (dynamo keeps its compiled code per function)."""
+    compiled = _COMPILED_SCORING.get(fn.__name__)
+    if compiled is None:
+        compiled = _COMPILED_SCORING[fn.__name__] = torch.compile(fn, dynamic=None)
+    return compiled
+
+
+def _dynamic(tensor: torch.Tensor | None, *dims: int) -> None:
+    """Compile the batch and length dimensions as symbols from the first call on, so that a new clip
+    length or a short last batch reuses the code instead of recompiling (dynamic=None alone compiles
+    a static version first, then a dynamic one at the first new shape)."""
+    if tensor is not None:
+        for dim in dims:
+            torch._dynamo.maybe_mark_dynamic(tensor, dim)
+
+
+def compiled_scoring_unsupported(loaded: LoadedModel) -> str | None:
+    """Why the compiled scoring forward cannot serve this model, or None when it can: it builds
+    the decoder's attention mask itself, in the form the sdpa attention takes, for full attention."""
+    config = loaded.hf.model.language_model.config
+    if config._attn_implementation != "sdpa":
+        return f"the language model's attention is {config._attn_implementation!r}, not sdpa"
+    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
+        return "the language model has sliding-window layers"
+    return None
+
+
+def _encoder_layer(layer, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return layer(hidden, mask)
+
+
+def _decoder_layer(layer, hidden: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   position_ids: torch.Tensor, past: "_PrefixLayer | None", cache_name: str) -> torch.Tensor:
+    # `past` is this layer's prefix alone, which ignores the layer number the attention passes:
+    # a whole Cache is indexed by it, and the compiled code would specialise on (and be compiled
+    # again for) every layer.
+    return layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=(cos, sin),
+                 use_cache=False, **{cache_name: past})
+
+
+def _language_model_by_layer(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                             position_ids: torch.Tensor, past: Cache | None) -> torch.Tensor:
+    """`lm(...).last_hidden_state` for scoring, each decoder layer through the compiled `_decoder_layer`:
+    Qwen2Model.forward's steps (rotary table, causal mask, layers, final norm) with the mask built here
+    (`_causal_mask`) and each layer given its own prefix keys and values."""
+    cos, sin = lm.rotary_emb(inputs_embeds, position_ids)
+    mask = _causal_mask(attention_mask, inputs_embeds.shape[1])
+    layers = lm.layers[: lm.config.num_hidden_layers]
+    pasts = list(past.layers) if past is not None else [None] * len(layers)
+    _dynamic(inputs_embeds, 0, 1)
+    _dynamic(mask, 0, 2, 3)
+    for tensor in (cos, sin, position_ids):
+        _dynamic(tensor, 0, 1)
+    call, cache_name = _compiled_scoring(_decoder_layer), _cache_argument(layers[0])
+    hidden = inputs_embeds
+    for layer, layer_past in zip(layers, pasts):
+        hidden = call(layer, hidden, mask, cos, sin, position_ids, layer_past, cache_name)
+    return lm.norm(hidden)
+
+
+def _causal_mask(attention_mask: torch.Tensor, query_length: int) -> torch.Tensor:
+    """(B, 1, S, L) boolean mask, True = attend, for the last S of L positions (the first L - S are
+    a cached prefix): causal and padding, as transformers' sdpa mask. A padding query that would see
+    nothing (left padding without a prefix) sees everything instead: its output is never read (it is
+    masked as a key for the others), and a fully masked row is NaN in some kernels, which would then
+    reach the real rows through the masked keys (NaN x 0)."""
+    length = attention_mask.shape[1]
+    device = attention_mask.device
+    keys = torch.arange(length, device=device)
+    queries = torch.arange(length - query_length, length, device=device)
+    mask = (keys[None, :] <= queries[:, None])[None, None] & attention_mask.bool()[:, None, None, :]
+    return mask | ~mask.any(dim=-1, keepdim=True)
 
 
 # ----------------------------------------------------------------------------- cached prefixes
