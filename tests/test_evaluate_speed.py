@@ -29,11 +29,18 @@ SYSTEM, PROMPT, WORDS = "You are a helpful assistant.", "Is this speech?", ["SPE
 
 # ---------------------------------------------------------------- the compile decision
 
-def test_auto_compiles_only_long_evaluations_on_a_gpu():
+def test_auto_does_not_compile_until_the_threshold_is_measured():
+    assert SCORING_COMPILE_MIN_CLIPS is None
+    used, why = choose_scoring_compile("auto", "cuda", 10**6)
+    assert not used and "not measured on a GPU" in why
+
+
+def test_auto_compiles_only_long_evaluations_on_a_gpu(monkeypatch):
+    monkeypatch.setattr("engine.tasks.evaluate.SCORING_COMPILE_MIN_CLIPS", 20_000)
     assert choose_scoring_compile("auto", "cpu", 10**6) == (False, "auto: only on a GPU")
-    used, why = choose_scoring_compile("auto", "cuda", SCORING_COMPILE_MIN_CLIPS - 1)
-    assert not used and f"{SCORING_COMPILE_MIN_CLIPS - 1} clips" in why
-    used, why = choose_scoring_compile("auto", "cuda", SCORING_COMPILE_MIN_CLIPS)
+    used, why = choose_scoring_compile("auto", "cuda", 19_999)
+    assert not used and "19999 clips" in why
+    used, why = choose_scoring_compile("auto", "cuda", 20_000)
     assert used and why.startswith("auto:")
     assert choose_scoring_compile("on", "cpu", 1) == (True, "turned on")
     assert choose_scoring_compile("off", "cuda", 10**6) == (False, "turned off")

@@ -107,15 +107,16 @@ def _made_ahead(make: Callable[[Any], Any], items: Sequence[Any]):
 
 
 # Scoring compiled (`--compile auto`) from this many clips on. The compilation costs a fixed time at
-# the start and each batch then runs faster, so it pays only on long evaluations. 20,000 is a first
-# guess, to be set from the GPU measurement (benchmarks/perf_round4_eval.sh: compile time / time
-# saved per clip, on the 7B).
-SCORING_COMPILE_MIN_CLIPS = 20_000
+# the start and each batch then runs faster, so it pays only on long evaluations. None until the
+# compiled forward has been measured on a GPU (benchmarks/perf_round4_eval.sh: compile time / time
+# saved per clip, on the 7B): it is exact on the CPU, but its GPU speed and robustness are not known
+# yet, so auto leaves it off and `--compile on` tries it.
+SCORING_COMPILE_MIN_CLIPS: int | None = None
 
 
 def choose_scoring_compile(mode: str, device_type: str, n_clips: int, unsupported: str | None = None) -> tuple[bool, str]:
     """Whether to score compiled for `mode` (auto|on|off), and why. auto: on a GPU, for evaluations
-    of at least SCORING_COMPILE_MIN_CLIPS clips; never on the CPU. `unsupported`: why the model
+    of at least SCORING_COMPILE_MIN_CLIPS clips once that is set; never on the CPU. `unsupported`: why the model
     cannot run the compiled forward (the runtime's `compiled_scoring_unsupported`), if it cannot."""
     if mode == "off":
         return False, "turned off"
@@ -125,6 +126,8 @@ def choose_scoring_compile(mode: str, device_type: str, n_clips: int, unsupporte
         return True, "turned on"
     if device_type != "cuda":
         return False, "auto: only on a GPU"
+    if SCORING_COMPILE_MIN_CLIPS is None:
+        return False, "auto: not measured on a GPU yet; --compile on tries it"
     if n_clips < SCORING_COMPILE_MIN_CLIPS:
         return False, f"auto: {n_clips} clips; the compilation pays from {SCORING_COMPILE_MIN_CLIPS}"
     return True, f"auto: {n_clips} clips (the compilation pays from {SCORING_COMPILE_MIN_CLIPS})"
