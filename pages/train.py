@@ -79,7 +79,8 @@ needed = launch.sweep_bytes(to_launch) if plan.launchable else 0
 if plan.launchable and to_launch:
     st.caption(f"Needs about {disk.format_bytes(needed)} of disk (adapters, logs, predictions; safety margin "
                "included).")
-share_base = st.checkbox(launch.SHARE_BASE_LABEL, value=True, key="train_share_base", help=launch.SHARE_BASE_HELP)
+share_base = st.checkbox(launch.SHARE_BASE_LABEL, value=launch.share_base_default(root), key="train_share_base",
+                         help=launch.SHARE_BASE_HELP)
 if st.button(f"Launch {len(to_launch)} run{'s' if len(to_launch) != 1 else ''}", key="train_launch", type="primary",
              disabled=not (plan.launchable and to_launch)):
     try:
@@ -106,7 +107,7 @@ def resume_sweep(sweep_id: str, names: list[str]) -> None:
     cells, lost = launch.sweep_cells(root, names)
     message = ""
     if cells:
-        result = launch.submit_sweep(root, cells, st.session_state.get("train_share_base", True), sweep_id=sweep_id)
+        result = launch.submit_sweep(root, cells, st.session_state.get("train_share_base", launch.share_base_default(root)), sweep_id=sweep_id)
         message = f"Sweep {sweep_id}: re-queued {len(result['enqueued'])} unfinished run(s)."
     if lost:
         message += f" Cannot resume {', '.join(lost)}: the run folder is gone."

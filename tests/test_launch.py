@@ -318,3 +318,15 @@ def test_command_preview_of_a_single_module_target_runs(train_csv):
     parser = argparse.ArgumentParser()
     train_arguments(parser)
     assert config_from_args(parser.parse_args(shlex.split(command)[4:])).targets == ["q_proj"]
+
+
+def test_share_base_starts_ticked_unless_the_workspace_runs_several_jobs_per_gpu(tmp_path):
+    from engine.dashboard import launch
+    from engine.jobs import store
+
+    assert launch.share_base_default(tmp_path) is True
+    store.jobs_dir(tmp_path).mkdir(parents=True)
+    (store.jobs_dir(tmp_path) / store.SETTINGS_FILE).write_text('{"jobs_per_gpu": 4}')
+    assert launch.share_base_default(tmp_path) is False
+    (store.jobs_dir(tmp_path) / store.SETTINGS_FILE).write_text('{"jobs_per_gpu": 1}')
+    assert launch.share_base_default(tmp_path) is True

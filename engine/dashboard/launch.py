@@ -861,9 +861,21 @@ def queue_opro(runs_root: Path, planned: Iterable[OproJob], start_worker: bool =
 
 SHARE_BASE_LABEL = "Train the sweep in one process over one loaded base model (faster; GPU, local queue)"
 SHARE_BASE_HELP = ("The local queue trains the sweep's runs one after another in one process that loads the base "
-                   "model and compiles once, instead of once per run (about a minute saved per run on the 7B). "
+                   "model (about 25 s for the 7B) and, where it compiles, compiles once, instead of once per run. "
                    "The group takes one GPU slot; each run is still its own job (cancel, log, state). A single "
-                   "run, a run on several GPUs and a Slurm workspace run each job alone.")
+                   "run, a run on several GPUs and a Slurm workspace run each job alone. Unticked at first when "
+                   "the workspace runs several jobs per GPU: then the runs side by side may finish sooner.")
+
+
+def share_base_default(runs_root: Path) -> bool:
+    """The Train form's first value for the checkbox: on, unless the workspace runs several jobs per
+    GPU (8 side by side gave 3.2x on an H200; a group takes one slot and trains one run at a time)."""
+    from engine.jobs.executor import jobs_per_gpu
+
+    try:
+        return jobs_per_gpu(runs_root) == 1
+    except jobs.JobError:
+        return True
 
 
 def submit_sweep(runs_root: Path, cells: list[dict], share_base: bool, sweep_id: str | None = None) -> dict:
