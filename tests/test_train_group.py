@@ -120,6 +120,35 @@ def test_a_failing_member_is_recorded_and_the_group_goes_on(tmp_path, demo_data,
 
 
 @pytest.mark.slow
+def test_a_refused_lora_attach_leaves_the_next_run_a_clean_attach(tmp_path, demo_data, tiny_model, monkeypatch):
+    """The second member's new LoRA shape is refused after the old LoRA came off; the third member,
+    shaped like the first, gets a full attach (not an in-place re-init of a LoRA no longer there)."""
+    from engine.models.qwen2_audio import runtime
+
+    attach = runtime.attach_lora
+
+    def refuse_mlp(loaded, r, alpha, dropout, targets, *args, **kwargs):
+        if "gate_proj" in targets:
+            raise ConfigError("targets", "refused for the test")
+        return attach(loaded, r, alpha, dropout, targets, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "attach_lora", refuse_mlp)
+    train_csv = demo_data["train"]
+    (tmp_path / "refused").mkdir()
+    rf.write_status(tmp_path / "refused", rf.QUEUED)
+    members = [Member(quick_config(train_csv, max_steps=1), tmp_path / "first", StopSignal()),
+               Member(quick_config(train_csv, max_steps=1, targets="attention+mlp"), tmp_path / "refused",
+                      StopSignal()),
+               Member(quick_config(train_csv, max_steps=1, seed=3), tmp_path / "third", StopSignal())]
+    results = train_runs(members, StopSignal())
+    assert [r is None for r in results] == [False, True, False]
+    assert "refused for the test" in rf.read_status(tmp_path / "refused")["error"]
+    third = rf.read_json(tmp_path / "third" / rf.SUMMARY)
+    assert third["shared_base"]["lora"].startswith("attached anew")
+    assert third["trainable_params"] == results[0]["trainable_params"]
+
+
+@pytest.mark.slow
 def test_a_stopped_group_takes_no_more_members(tmp_path, demo_data, tiny_model):
     stop = StopSignal()
 

@@ -137,6 +137,7 @@ class SharedBase:
             layers = m.reinit_lora(self.loaded.model, cfg.seed)
             self.lora_action = f"re-initialised in place ({layers} layers)"
         else:
+            self.lora_key = None  # until the new LoRA is on: an attach refused below leaves none
             m.detach_lora(self.loaded)
             if self.compiled:
                 torch._dynamo.reset()  # the old LoRA's compiled code and graphs: the next steps recompile
