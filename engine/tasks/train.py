@@ -575,6 +575,9 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
 
     # ---- train
     profiler = StepProfiler.from_env(device)
+    # A diagnostic for the CUDA graphs' slowness with LoRA dropout (docs/PERFORMANCE.md, round 4,
+    # benchmarks/graphs_dropout.sh): tell the graph trees where each micro-batch begins.
+    mark_graph_steps = compile_mode == "graphs" and os.environ.get("QLORA_CUDAGRAPH_MARK_STEP") == "1"
     model.train()
     step, samples, last_loss, t0 = 0, 0, math.nan, time.time()
     epoch_float = 0.0
@@ -589,6 +592,8 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
             n_targets = sum(b.target_ids.numel() for b in batches)
             weighted_losses = []
             for batch in batches:
+                if mark_graph_steps:
+                    torch.compiler.cudagraph_mark_step_begin()
                 with torch.autocast(device.type, dtype=loaded.dtype, enabled=loaded.dtype != torch.float32):
                     loss, count = m.answer_loss(model, batch)
                 # weight by tokens so the step's loss is the mean over all its answer tokens
