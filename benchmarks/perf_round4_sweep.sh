@@ -2,7 +2,8 @@
 # Round-4 sweep on one GPU: 8 runs (4 seeds x attention / attention+MLP, 512 one-second clips,
 # 3 epochs) over one loaded base. MODE=direct (default): train_group.train_runs from
 # benchmarks/sweep_shared_base.py; MODE=queue: a sweep queued with share_base through
-# engine.jobs.submit_sweep, served by the worker (what the Train page does). SOLO=1 also trains
+# engine.jobs.submit_sweep, served by the worker (what the Train page does); DROPOUT (default the
+# recipe's 0.05; 0 lets auto record CUDA graphs, PERFORMANCE.md round 4). SOLO=1 also trains
 # SOLO_TARGETS/SOLO_SEED alone with this checkout, for the per-run comparison. Results under $OUT.
 set -o pipefail
 E=${ENGINE_ROOT:-$PWD}; OUT=${OUT:-/tmp/perf-out}; mkdir -p $OUT
@@ -21,12 +22,13 @@ if [ "${MODE:-direct}" = direct ]; then
 else
   WS=$W/ws-$TAG
   python3 - $WS $M <<'PY'
-import sys
+import os, sys
 from pathlib import Path
 from engine import jobs
 from engine.jobs.sweep import expand_sweep
 root, manifest = Path(sys.argv[1]), sys.argv[2]
-cells = expand_sweep({"model": "/tmp/q7b", "train_data": manifest, "epochs": 3},
+cells = expand_sweep({"model": "/tmp/q7b", "train_data": manifest, "epochs": 3,
+                      "lora_dropout": float(os.environ.get("DROPOUT", "0.05"))},
                      {"targets": ["attention", "attention+mlp"], "seed": [42, 123, 456, 789]})
 print(jobs.enqueue_sweep(root, cells, share_base=True))
 PY
