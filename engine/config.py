@@ -126,7 +126,8 @@ class TrainConfig:
     compile: str = cli_field("auto", choices=COMPILE_MODES)
     """torch.compile the decoder and encoder layers: "graphs" (fused kernels replayed as CUDA
     graphs), "on" (fused kernels only), "off", or "auto" (graphs on a GPU with at least 20 GB for
-    this run, else off). The first steps pay the compilation (about 30 s on the 7B)."""
+    this run when LoRA dropout is 0, else off: with dropout the graphs ran 70x slower). The first
+    steps pay the compilation (about 30 s on the 7B)."""
     auto_micro_batch: bool = cli_field(True, cli=False)
     """On a GPU, pick the largest micro-batch that fits (a divisor of the effective batch) and
     accumulate the rest, so per_device_batch x grad_accum and the optimisation stay the same."""
@@ -318,8 +319,8 @@ class EvalConfig:
     prefix_cache: str = cli_field("on", choices=PREFIX_CACHE_MODES)
     """compute the system turn's keys and values once for all clips (on; off: every clip's whole sequence)"""
     compile: str = cli_field("auto", choices=SCORING_COMPILE_MODES)
-    """torch.compile the scoring forward (fused kernels, no CUDA graphs): auto (on a GPU, for evaluations long
-    enough to repay the compilation), on, off"""
+    """torch.compile the scoring forward (fused kernels, no CUDA graphs): on, off, or auto (off until
+    its GPU speed is measured; then on a GPU for evaluations long enough to repay the compilation)"""
     save_predictions: Path | None = None
     """also write the records to FILE (.jsonl or .csv)"""
 
