@@ -24,6 +24,17 @@ def wait_for(predicate, timeout_s: float = 15.0, what: str = "condition", poll_s
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def kill_jobs_left_running(workspace: Path) -> None:
+    """SIGKILL the process group of every job of `workspace` still alive: what a failing test left running."""
+    import signal
+
+    from engine.jobs import local, store
+
+    for job in store.raw_jobs(workspace):
+        if job.get("pgid") and local._process_state(job["pid"], job["process_start_time"]) == "alive":
+            os.killpg(job["pgid"], signal.SIGKILL)
+
+
 def pytest_collection_modifyitems(items) -> None:
     """A test that needs the demo workspace is `slow`: building it trains four tiny runs."""
     for item in items:

@@ -14,7 +14,7 @@ from engine.jobs import executor as executors
 from engine.jobs import local, store
 from engine.jobs.worker import Worker
 from engine.runs import folder as rf
-from tests.conftest import wait_for
+from tests.conftest import kill_jobs_left_running, wait_for
 
 
 
@@ -24,9 +24,7 @@ def root(tmp_path):
     workspace = tmp_path / "runs"
     workspace.mkdir()
     yield workspace
-    for job in store.raw_jobs(workspace):  # whatever a failing test left running
-        if job.get("pgid") and local._process_state(job["pid"], job["process_start_time"]) == "alive":
-            os.killpg(job["pgid"], signal.SIGKILL)
+    kill_jobs_left_running(workspace)
 
 
 def run_state(run_dir: Path) -> str | None:

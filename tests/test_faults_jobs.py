@@ -16,9 +16,9 @@ from streamlit.testing.v1 import AppTest
 
 from engine import jobs
 from engine.dashboard import launch
-from engine.jobs import local, store
+from engine.jobs import store
 from engine.runs import folder as rf
-from tests.conftest import wait_for
+from tests.conftest import kill_jobs_left_running, wait_for
 
 PAGES = Path(__file__).resolve().parents[1] / "pages"
 FAST_WORKER = {"poll_s": 0.05, "idle_grace_s": 0.3}
@@ -42,9 +42,7 @@ def root(tmp_path):
     yield workspace
     for proc in workers_of(workspace):
         proc.kill()
-    for job in store.raw_jobs(workspace):
-        if job.get("pgid") and local._process_state(job["pid"], job["process_start_time"]) == "alive":
-            os.killpg(job["pgid"], signal.SIGKILL)
+    kill_jobs_left_running(workspace)
 
 
 def enqueue_sleep(root: Path, name: str, seconds: float) -> str:

@@ -18,10 +18,10 @@ import pytest
 from engine import jobs
 from engine.dashboard import launch
 from engine.jobs import executor as executors
-from engine.jobs import groups, local, store
+from engine.jobs import groups, store
 from engine.jobs.worker import Worker
 from engine.runs import folder as rf
-from tests.conftest import wait_for
+from tests.conftest import kill_jobs_left_running, wait_for
 
 FAST_WORKER = {"poll_s": 0.05, "idle_grace_s": 0.5}
 
@@ -31,9 +31,7 @@ def root(tmp_path):
     workspace = tmp_path / "runs"
     workspace.mkdir()
     yield workspace
-    for job in store.raw_jobs(workspace):  # whatever a failing test left running
-        if job.get("pgid") and local._process_state(job["pid"], job["process_start_time"]) == "alive":
-            os.killpg(job["pgid"], signal.SIGKILL)
+    kill_jobs_left_running(workspace)
     deadline = time.monotonic() + 5
     while jobs.worker_running(workspace) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -103,6 +103,16 @@ class Worker:
         _say(f"worker {os.getpid()} idle, exiting")
         return 0
 
+    def _start_executor(self) -> tuple[str, Executor] | None:
+        """The workspace's executor kind and instance to start jobs with; None (reported once) when
+        the workspace's settings name none that can be used."""
+        try:
+            kind = workspace_executor_name(self.runs_root)
+            return kind, self.executor(kind)
+        except store.JobError as exc:
+            self._report_once("settings", f"cannot start jobs: {exc}")
+            return None
+
     def executor(self, name: str) -> Executor:
         if name not in self.executors:
             self.executors[name] = executor_named(name, self.runs_root)
@@ -205,12 +215,10 @@ class Worker:
 
     def _start(self, job_id: str, slot: int) -> bool:
         started = False
-        try:
-            kind = workspace_executor_name(self.runs_root)
-            executor = self.executor(kind)
-        except store.JobError as exc:
-            self._report_once("settings", f"cannot start jobs: {exc}")
+        found = self._start_executor()
+        if found is None:
             return False
+        kind, executor = found
 
         def launch(job: dict) -> dict | None:
             nonlocal started
@@ -254,12 +262,10 @@ class Worker:
         first; same resource and module) onto `slot` and start ONE process for them
         (`groups.group_command`), output to the first job's log; record them all running with its
         handle and `group_members`. Adds the claimed ids to `claimed`; True when it started."""
-        try:
-            kind = workspace_executor_name(self.runs_root)
-            executor = self.executor(kind)
-        except store.JobError as exc:
-            self._report_once("settings", f"cannot start jobs: {exc}")
+        found = self._start_executor()
+        if found is None:
             return False
+        kind, executor = found
         started: list[str] = []
 
         def launch(current: list[dict]) -> dict[str, dict]:

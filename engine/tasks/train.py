@@ -498,12 +498,12 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
     log.info("%d training clips (%s)", len(train_clips), train_report.per_class)
 
     m.seed_everything(cfg.seed)
+    checkpointing = cfg.gradient_checkpointing == "on"
     if shared is not None and shared.serves(cfg):
         rf.atomic_write_json(run_dir / rf.ENVIRONMENT, environment_info(shared.loaded.device))
         loaded, offload, cache, compiled = shared.loaded, shared.offload, shared.cache, shared.compiled
         compile_mode, why = shared.compile_mode, shared.compile_reason
         shared.retarget(cfg, m)
-        checkpointing = cfg.gradient_checkpointing == "on"
     else:
         if shared is not None:
             shared.release()
@@ -512,7 +512,6 @@ def _train(cfg: TrainConfig, run_dir: Path, stop: StopSignal, evaluate_on: dict[
         device = loaded.device
         if main:
             rf.atomic_write_json(run_dir / rf.ENVIRONMENT, environment_info(device))
-        checkpointing = cfg.gradient_checkpointing == "on"
         offload = cfg.offload_embeddings == "on" or (
             cfg.offload_embeddings == "auto" and device.type == "cuda" and usable_gpu_bytes(device) < 12 * 2**30)
         if offload:
